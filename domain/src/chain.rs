@@ -1,0 +1,216 @@
+//! The usage ledger's hash chain: each consumed unit carries
+//! `hash = SHA-256(prev_hash ‖ canonical JSON of the unit)`, so editing, removing or
+//! reordering any unit breaks every link after it.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The `prev_hash` of a period's first unit.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The fields of a unit that its hash covers besides `prev_hash`.
+const BODY_FIELDS: [&str; 5] = ["consumed_at", "job_id", "period_start", "unit", "user_id"];
+
+/// JSON with object keys sorted and no white space: one byte sequence per value.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(v) = map.get(k) {
+                    write_canonical(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The hash of a unit whose body (the fields other than the two hashes) is `body`.
+pub fn link_hash(prev_hash: &str, body: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(canonical_json(body).as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Where and why a chain fails verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ledger chain broken at unit index {index}: {reason}")]
+pub struct ChainBreak {
+    /// 0-based position of the first bad unit.
+    pub index: usize,
+    /// The job of that unit, when it could be read.
+    pub job_id: Option<String>,
+    /// What is wrong.
+    pub reason: BreakReason,
+}
+
+/// What is wrong with a unit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BreakReason {
+    /// Not JSON, or not in canonical form (its bytes were changed).
+    #[error("not canonical JSON")]
+    NotCanonical,
+    /// A field is missing, extra, or of the wrong type.
+    #[error("malformed unit")]
+    Malformed,
+    /// Its `unit` number is not one more than the previous unit's.
+    #[error("unit number out of sequence")]
+    Sequence,
+    /// Its `prev_hash` is not the previous unit's hash.
+    #[error("prev_hash does not match the previous unit")]
+    Link,
+    /// Its `hash` is not the hash of its contents.
+    #[error("hash does not match the unit's contents")]
+    Hash,
+}
+
+/// The verified end of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// How many units the chain holds.
+    pub units: u64,
+    /// The last unit's hash ([`GENESIS`] when empty).
+    pub hash: String,
+}
+
+/// Verifies a period's consumed units, given as the JSON of their `UnitConsumed` events in
+/// ledger order.
+///
+/// # Errors
+/// The first unit that fails, and why.
+pub fn verify_chain<'a>(
+    units: impl IntoIterator<Item = &'a Value>,
+) -> Result<ChainHead, ChainBreak> {
+    let mut head = ChainHead {
+        units: 0,
+        hash: GENESIS.to_owned(),
+    };
+    for (index, unit) in units.into_iter().enumerate() {
+        let fail = |reason| ChainBreak {
+            index,
+            job_id: unit
+                .get("job_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            reason,
+        };
+        let obj = unit
+            .as_object()
+            .ok_or_else(|| fail(BreakReason::Malformed))?;
+        let (prev, hash, body) = split_unit(obj).ok_or_else(|| fail(BreakReason::Malformed))?;
+        if body.get("unit").and_then(Value::as_u64) != Some(head.units + 1) {
+            return Err(fail(BreakReason::Sequence));
+        }
+        if prev != head.hash {
+            return Err(fail(BreakReason::Link));
+        }
+        if link_hash(prev, &body) != hash {
+            return Err(fail(BreakReason::Hash));
+        }
+        head = ChainHead {
+            units: head.units + 1,
+            hash: hash.to_owned(),
+        };
+    }
+    Ok(head)
+}
+
+/// Verifies units given as the exact bytes that were recorded: any byte changed, even one
+/// that parses to an equal value, fails at that unit.
+///
+/// # Errors
+/// The first unit that fails, and why.
+pub fn verify_chain_bytes(units: &[&[u8]]) -> Result<ChainHead, ChainBreak> {
+    let mut values = Vec::with_capacity(units.len());
+    for (index, bytes) in units.iter().enumerate() {
+        let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
+        match parsed {
+            Some(v) if canonical_json(&v).as_bytes() == *bytes => values.push(v),
+            _ => {
+                return Err(ChainBreak {
+                    index,
+                    job_id: None,
+                    reason: BreakReason::NotCanonical,
+                });
+            }
+        }
+    }
+    verify_chain(values.iter())
+}
+
+/// `(prev_hash, hash, body)` when the unit has exactly the expected fields.
+fn split_unit(obj: &Map<String, Value>) -> Option<(&str, &str, Value)> {
+    if obj.len() != BODY_FIELDS.len() + 2 {
+        return None;
+    }
+    let prev = obj.get("prev_hash")?.as_str()?;
+    let hash = obj.get("hash")?.as_str()?;
+    let mut body = Map::new();
+    for field in BODY_FIELDS {
+        body.insert(field.to_owned(), obj.get(field)?.clone());
+    }
+    Some((prev, hash, Value::Object(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let v = json!({"b": 1, "a": {"d": [true, null], "c": "x"}});
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":"x","d":[true,null]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn empty_chain_is_genesis() {
+        let head = verify_chain(std::iter::empty()).unwrap();
+        assert_eq!(
+            head,
+            ChainHead {
+                units: 0,
+                hash: GENESIS.into()
+            }
+        );
+    }
+
+    #[test]
+    fn link_hash_is_sha256_of_prev_and_body() {
+        let body = json!({"a": 1});
+        let mut h = Sha256::new();
+        h.update(GENESIS.as_bytes());
+        h.update(br#"{"a":1}"#);
+        assert_eq!(link_hash(GENESIS, &body), hex::encode(h.finalize()));
+    }
+}

@@ -1,0 +1,36 @@
+//! runledger's business core: the Job, Usage and Subscription aggregates, their commands and
+//! events, plans, billing periods, the job envelope, the retry policy and the usage hash chain.
+//!
+//! Pure: no I/O, no clock, no randomness. Time, ids, the user's plan and limit arrive inside
+//! each command. Every rule is a [`Decider`]: `decide(&state, command) -> events` and
+//! `evolve(state, event)`. With the `cqrs` feature the aggregates also implement cqrs-es's
+//! `Aggregate` by delegating to those two functions.
+//!
+//! # Layout
+//! - [`ids`], [`task`], [`plan`], [`period`], [`retry`]: values parsed at the edge.
+//! - [`job`], [`usage`], [`subscription`]: the aggregates.
+//! - [`chain`]: the usage ledger's hash chain and its verifier.
+//! - [`process`]: which usage command follows which job event.
+//! - [`envelope`]: what workers receive; [`schema`]: the JSON Schemas.
+
+pub mod chain;
+#[cfg(feature = "cqrs")]
+pub mod cqrs;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod job;
+pub mod period;
+pub mod plan;
+pub mod process;
+pub mod retry;
+pub mod schema;
+pub mod subscription;
+pub mod task;
+pub mod usage;
+
+#[cfg(test)]
+mod tests;
+
+pub use event::Decider;

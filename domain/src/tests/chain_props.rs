@@ -1,0 +1,95 @@
+//! Flipping any byte of any consumed unit makes verification fail at that unit.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    chain::{BreakReason, canonical_json, verify_chain, verify_chain_bytes},
+    plan::Plan,
+    usage::*,
+};
+
+/// The canonical bytes of `n` consumed units of one ledger.
+fn ledger(n: usize) -> Vec<Vec<u8>> {
+    let mut usage = Usage::default();
+    let mut units = Vec::new();
+    for j in 0..n {
+        let id = job_id(j as u128);
+        let reserve = UsageCommand::Reserve(ReserveUnit {
+            job_id: id,
+            user_id: user(),
+            period: period(),
+            plan: Plan::Pro,
+            limit: None,
+            now: t0(),
+        });
+        let commit = UsageCommand::Commit(CommitUnit {
+            job_id: id,
+            now: later(j as i64),
+        });
+        for cmd in [reserve, commit] {
+            for e in usage.decide(cmd).unwrap() {
+                usage.evolve(&e);
+                if let UsageEvent::UnitConsumed(u) = e {
+                    units.push(canonical_json(&serde_json::to_value(&u).unwrap()).into_bytes());
+                }
+            }
+        }
+    }
+    units
+}
+
+#[test]
+fn an_untouched_ledger_verifies() {
+    let units = ledger(5);
+    let slices: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
+    let head = verify_chain_bytes(&slices).unwrap();
+    assert_eq!(head.units, 5);
+}
+
+#[test]
+fn a_removed_or_reordered_unit_breaks_the_chain() {
+    let units = ledger(4);
+    let mut removed: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
+    removed.remove(1);
+    let err = verify_chain_bytes(&removed).unwrap_err();
+    assert_eq!((err.index, err.reason), (1, BreakReason::Sequence));
+    let mut swapped: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
+    swapped.swap(2, 3);
+    assert_eq!(verify_chain_bytes(&swapped).unwrap_err().index, 2);
+}
+
+#[test]
+fn a_unit_rewritten_with_a_recomputed_hash_breaks_the_next_link() {
+    let units = ledger(3);
+    let mut values: Vec<serde_json::Value> = units
+        .iter()
+        .map(|u| serde_json::from_slice(u).unwrap())
+        .collect();
+    let mut forged: UnitConsumed = serde_json::from_value(values[1].clone()).unwrap();
+    forged.job_id = job_id(99);
+    forged.hash = unit_hash(&forged);
+    values[1] = serde_json::to_value(&forged).unwrap();
+    let err = verify_chain(values.iter()).unwrap_err();
+    assert_eq!((err.index, err.reason), (2, BreakReason::Link));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn flipping_any_byte_fails_at_that_unit(
+        n in 1usize..12,
+        pick in any::<prop::sample::Index>(),
+        pos in any::<prop::sample::Index>(),
+        mask in 1u8..=255,
+    ) {
+        let mut units = ledger(n);
+        let i = pick.index(n);
+        let p = pos.index(units[i].len());
+        units[i][p] ^= mask;
+        let slices: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
+        let err = verify_chain_bytes(&slices).unwrap_err();
+        prop_assert_eq!(err.index, i);
+    }
+}

@@ -1,19 +1,38 @@
-//! `runledger`: one binary, a subcommand per role. This file only parses the command line.
+//! `runledger`: one binary, a subcommand per role. This file only parses the command line
+//! and calls each crate's `run`.
 
-use std::{path::PathBuf, process::ExitCode};
+mod bench;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use domain::ids::UserId;
+use platform::{auth::Role, settings::Settings};
 
 #[derive(Parser)]
 #[command(name = "runledger", version, about = "An event-sourced job platform")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Action,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Action {
+    /// Apply the database migrations (DATABASE_URL).
+    Migrate,
+    /// Serve the write side: job submission, cancel, worker reports; runs the process manager.
+    CommandApi,
+    /// Tokens for the configured HS256 secret (RUNLEDGER_JWT_SECRET).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Load generators that print their figures.
+    Bench {
+        #[command(subcommand)]
+        action: bench::BenchAction,
+    },
     /// The JSON Schemas of the envelope, commands and events, generated from the domain types.
     Schemas {
         #[command(subcommand)]
@@ -21,6 +40,22 @@ enum Command {
         /// The schemas directory.
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a signed token.
+    Mint {
+        /// The subject: a user id (UUID).
+        #[arg(long)]
+        sub: String,
+        /// authenticated, worker, auditor or admin.
+        #[arg(long, default_value = "authenticated")]
+        role: Role,
+        /// Lifetime, such as 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
     },
 }
 
@@ -34,8 +69,15 @@ enum SchemasAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    platform::install_crypto();
     let result = match cli.command {
-        Command::Schemas { action, dir } => schemas(action, &dir),
+        Action::Schemas { action, dir } => schemas(action, &dir),
+        Action::Token {
+            action: TokenAction::Mint { sub, role, ttl },
+        } => mint(&sub, role, ttl),
+        Action::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
+        Action::CommandApi => runtime().and_then(|rt| rt.block_on(command_api())),
+        Action::Bench { action } => runtime().and_then(|rt| rt.block_on(bench::run(action))),
     };
     match result {
         Ok(code) => code,
@@ -44,6 +86,67 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn settings() -> anyhow::Result<Settings> {
+    Settings::from_env().context("bad configuration")
+}
+
+fn mint(sub: &str, role: Role, ttl: Duration) -> anyhow::Result<ExitCode> {
+    let s = settings()?;
+    let secret = s
+        .jwt_secret
+        .as_ref()
+        .context("RUNLEDGER_JWT_SECRET is required to mint tokens")?;
+    let sub = UserId::parse(sub).context("--sub must be a UUID")?;
+    let token = platform::auth::mint(secret, &s.jwt_audience, sub, role, ttl)?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate() -> anyhow::Result<ExitCode> {
+    let s = settings()?;
+    let pool = platform::db::connect(s.require_database()?, 2).await?;
+    platform::db::migrate(&pool).await?;
+    eprintln!("runledger: migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn command_api() -> anyhow::Result<ExitCode> {
+    let s = settings()?;
+    platform::telemetry::init(&s.log_filter);
+    let addr = s.addr;
+    let state = command_api::build(s).await?;
+    platform::db::migrate(state.store.pool()).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(message = "Command API listening.", addr = %addr);
+    command_api::run(listener, state, platform::shutdown::on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `30s`, `15m`, `1h`, `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and s, m, h or d"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 fn schemas(action: SchemasAction, dir: &std::path::Path) -> anyhow::Result<ExitCode> {

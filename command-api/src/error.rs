@@ -1,0 +1,113 @@
+//! The command API's one error type, with every mapping to HTTP in one `match`.
+
+use axum::{
+    http::{HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use domain::{error::ParseError, job::JobError, usage::UsageError};
+use platform::{problem::Problem, store::StoreError};
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Already a problem (auth, body parsing).
+    #[error("{0:?}")]
+    Problem(Problem),
+    /// A value that does not parse.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The Job aggregate refused.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The Usage aggregate refused.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The same Idempotency-Key with another request.
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        Self::Problem(p)
+    }
+}
+
+fn conflict(slug: &str, title: &'static str, detail: String) -> Problem {
+    Problem::new(StatusCode::CONFLICT, slug, title).detail(detail)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            Self::Problem(p) => p,
+            Self::Parse(e) => Problem::bad_request(e.to_string()),
+            Self::Job(e) => match e {
+                JobError::NotFound => Problem::not_found("job"),
+                JobError::AlreadySubmitted => {
+                    conflict("job-exists", "Job already submitted", e.to_string())
+                }
+                JobError::StaleAttempt { current, got } => {
+                    conflict("stale-attempt", "Stale attempt", e.to_string())
+                        .with("current_attempt", current)
+                        .with("reported_attempt", got)
+                }
+                JobError::StartedElsewhere { .. } => {
+                    conflict("started-elsewhere", "Attempt runs elsewhere", e.to_string())
+                }
+                JobError::NotRunning { .. } => {
+                    conflict("job-not-running", "Job not running", e.to_string())
+                }
+                JobError::Finished { status } => {
+                    conflict("job-finished", "Job already finished", e.to_string())
+                        .with("status", status.as_str())
+                }
+            },
+            Self::Usage(e) => match e {
+                UsageError::QuotaExceeded {
+                    limit,
+                    consumed,
+                    reserved,
+                } => Problem::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "quota-exceeded",
+                    "Plan limit reached",
+                )
+                .detail(e.to_string())
+                .with("limit", limit)
+                .with("consumed", consumed)
+                .with("reserved", reserved),
+                other => {
+                    tracing::error!(message = "Unexpected usage refusal.", error = %other);
+                    conflict("usage-conflict", "Usage ledger refused", other.to_string())
+                }
+            },
+            Self::KeyReused => conflict(
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was used with a different request".to_owned(),
+            ),
+            Self::Store(StoreError::Contention(what)) => {
+                tracing::warn!(message = "Command gave up under contention.", aggregate = %what);
+                let mut res = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "contention",
+                    "Too much contention",
+                )
+                .detail("retry the request")
+                .into_response();
+                res.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+                return res;
+            }
+            Self::Store(e) => {
+                tracing::error!(message = "Store failure.", error = %e);
+                Problem::internal()
+            }
+        };
+        problem.into_response()
+    }
+}

@@ -1,0 +1,196 @@
+//! `POST /v1/jobs/{id}/cancel` and the worker endpoints: commands on one Job aggregate.
+
+use axum::{
+    Json as AxumJson,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use domain::{
+    ids::{CorrelationId, JobId, WorkerId},
+    job::{
+        CancelJob, CompleteJob, ErrorText, FailJob, HeartbeatJob, Job, JobCommand, JobError,
+        StartJob,
+    },
+    retry::Attempt,
+};
+use platform::{
+    auth::{Principal, Role},
+    problem::Problem,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{body::Json, error::ApiError, metadata, state::AppState};
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    // A malformed id cannot name anyone's job: 404, like another user's job.
+    JobId::parse(raw).map_err(|_| ApiError::Job(JobError::NotFound))
+}
+
+/// Runs `command` on job `id`, after `allowed` approves the loaded job.
+async fn run(
+    state: &AppState,
+    id: JobId,
+    principal: Principal,
+    allowed: impl Fn(&Job) -> bool,
+    command: JobCommand,
+) -> Result<Response, ApiError> {
+    let id_text = id.to_string();
+    let loaded = state.store.load_fresh::<Job>(&id_text).await?;
+    let Some(job) = loaded.state.state() else {
+        return Err(JobError::NotFound.into());
+    };
+    if !allowed(&loaded.state) {
+        return Err(JobError::NotFound.into());
+    }
+    let correlation: CorrelationId = job.correlation_id.clone();
+    let executed = state
+        .store
+        .execute::<Job>(&id_text, command, &metadata(&correlation, principal))
+        .await??;
+    let s = executed.state.state().ok_or(JobError::NotFound)?;
+    let body = json!({"job_id": id, "status": s.status.as_str(), "attempt": s.attempt});
+    Ok((StatusCode::OK, AxumJson(body)).into_response())
+}
+
+/// The owner cancels a job; another user's job is a 404.
+///
+/// # Errors
+/// 404, or 409 when the job is finished.
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let owner = principal.user_id;
+    let admin = principal.role == Role::Admin;
+    let owns = move |job: &Job| admin || job.state().is_some_and(|s| s.user_id == owner);
+    run(
+        &state,
+        id,
+        principal,
+        owns,
+        JobCommand::Cancel(CancelJob { now: Utc::now() }),
+    )
+    .await
+}
+
+fn require_worker(p: Principal) -> Result<(), ApiError> {
+    match p.role {
+        Role::Worker | Role::Admin => Ok(()),
+        _ => Err(Problem::forbidden("worker endpoints need a worker token").into()),
+    }
+}
+
+/// `POST /v1/worker/jobs/{id}/start`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    attempt: u32,
+    worker_id: String,
+}
+
+/// `POST /v1/worker/jobs/{id}/heartbeat`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    attempt: u32,
+}
+
+/// `POST /v1/worker/jobs/{id}/complete`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    attempt: u32,
+    #[serde(default)]
+    result: Value,
+}
+
+/// `POST /v1/worker/jobs/{id}/fail`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailBody {
+    attempt: u32,
+    error: String,
+    retryable: bool,
+}
+
+/// A worker starts an attempt.
+///
+/// # Errors
+/// 403 without a worker token, 404, 409 on a stale attempt or a finished job.
+pub async fn start(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Json<StartBody>,
+) -> Result<Response, ApiError> {
+    require_worker(principal)?;
+    let command = JobCommand::Start(StartJob {
+        attempt: Attempt::new(body.value.attempt)?,
+        worker_id: WorkerId::parse(&body.value.worker_id)?,
+        now: Utc::now(),
+    });
+    run(&state, job_id(&id)?, principal, |_| true, command).await
+}
+
+/// A worker's attempt is still alive.
+///
+/// # Errors
+/// As [`start`].
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Json<HeartbeatBody>,
+) -> Result<Response, ApiError> {
+    require_worker(principal)?;
+    let command = JobCommand::Heartbeat(HeartbeatJob {
+        attempt: Attempt::new(body.value.attempt)?,
+        now: Utc::now(),
+    });
+    run(&state, job_id(&id)?, principal, |_| true, command).await
+}
+
+/// A worker's attempt finished with a result.
+///
+/// # Errors
+/// As [`start`].
+pub async fn complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Json<CompleteBody>,
+) -> Result<Response, ApiError> {
+    require_worker(principal)?;
+    let command = JobCommand::Complete(CompleteJob {
+        attempt: Attempt::new(body.value.attempt)?,
+        result: body.value.result,
+        now: Utc::now(),
+    });
+    run(&state, job_id(&id)?, principal, |_| true, command).await
+}
+
+/// A worker's attempt failed.
+///
+/// # Errors
+/// As [`start`].
+pub async fn fail(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Json<FailBody>,
+) -> Result<Response, ApiError> {
+    require_worker(principal)?;
+    let command = JobCommand::Fail(FailJob {
+        attempt: Attempt::new(body.value.attempt)?,
+        error: ErrorText::truncated(&body.value.error),
+        retryable: body.value.retryable,
+        now: Utc::now(),
+        jitter_seed: rand::random(),
+    });
+    run(&state, job_id(&id)?, principal, |_| true, command).await
+}

@@ -1,0 +1,261 @@
+//! The process manager: follows the ordered event reader from its checkpoint and turns job
+//! outcomes into usage commands (a completion commits the unit; a cancel or dead letter
+//! releases it). One instance is active across replicas, elected by a Postgres advisory lock.
+//! Usage commands are idempotent, so events redone after a crash count nothing twice.
+//! The sweeper releases reservations whose job never got submitted.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{
+    ids::JobId,
+    job::JobEvent,
+    process::usage_reaction,
+    usage::{ReleaseReason, ReleaseUnit, Usage, UsageCommand, UsageError, UsageEvent},
+};
+use platform::store::{
+    EventStore, Metadata, StoreError,
+    reader::{RecordedEvent, checkpoint, read_from, save_checkpoint},
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// The checkpoint's name.
+pub const CHECKPOINT: &str = "process-manager";
+/// The advisory lock key that elects the active instance.
+const LEADER_LOCK: i64 = 7_245_037_262;
+const BATCH: i64 = 500;
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Runs until `shutdown`, taking over whenever no other instance holds the lock.
+pub async fn run(store: EventStore, reservation_timeout: Duration, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match lead(&store, reservation_timeout, &shutdown).await {
+            Ok(()) => {}
+            Err(e) => tracing::error!(message = "Process manager failed; retrying.", error = %e),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn lead(
+    store: &EventStore,
+    reservation_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), StoreError> {
+    let mut leader = store.pool().acquire().await?;
+    let (won,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(LEADER_LOCK)
+        .fetch_one(&mut *leader)
+        .await?;
+    if !won {
+        return Ok(());
+    }
+    tracing::info!(message = "Process manager is active.");
+    let sweep_every =
+        (reservation_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut last_sweep = tokio::time::Instant::now();
+    let result = loop {
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+        match step(store).await {
+            Ok(0) => {
+                if last_sweep.elapsed() >= sweep_every {
+                    if let Err(e) = sweep(store, reservation_timeout).await {
+                        break Err(e);
+                    }
+                    last_sweep = tokio::time::Instant::now();
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = store.appended().notified() => {}
+                    () = tokio::time::sleep(IDLE_WAIT) => {}
+                }
+            }
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LEADER_LOCK)
+        .execute(&mut *leader)
+        .await;
+    result
+}
+
+/// Processes one batch after the checkpoint; returns how many events it read.
+///
+/// # Errors
+/// Store failures; the checkpoint then stays where it was and the batch is redone.
+pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
+    let pool = store.pool();
+    let from = checkpoint(pool, CHECKPOINT).await?;
+    let events = read_from(pool, from, BATCH).await?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(0);
+    };
+    let mut pending = PendingChanges::default();
+    for event in &events {
+        react(store, event, &mut pending).await?;
+    }
+    let mut tx = pool.begin().await?;
+    pending.apply(&mut tx).await?;
+    save_checkpoint(&mut *tx, CHECKPOINT, last).await?;
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Changes to `pending_reservations`, committed with the checkpoint.
+#[derive(Default)]
+struct PendingChanges {
+    added: Vec<(uuid::Uuid, String, chrono::DateTime<Utc>)>,
+    settled: Vec<uuid::Uuid>,
+}
+
+impl PendingChanges {
+    async fn apply(
+        self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        for (job, usage, at) in self.added {
+            sqlx::query(
+                "INSERT INTO pending_reservations (job_id, usage_id, reserved_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(job)
+            .bind(usage)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.settled.is_empty() {
+            sqlx::query("DELETE FROM pending_reservations WHERE job_id = ANY($1)")
+                .bind(&self.settled)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn react(
+    store: &EventStore,
+    event: &RecordedEvent,
+    pending: &mut PendingChanges,
+) -> Result<(), StoreError> {
+    let decode = |source| StoreError::Decode {
+        aggregate_type: "event",
+        aggregate_id: event.aggregate_id.clone(),
+        source,
+    };
+    match event.aggregate_type.as_str() {
+        "job" => {
+            let job_event: JobEvent =
+                serde_json::from_value(event.payload.clone()).map_err(decode)?;
+            let job_id = JobId::parse(&event.aggregate_id).map_err(|_| {
+                StoreError::Contention(format!("bad job id {}", event.aggregate_id))
+            })?;
+            if matches!(job_event, JobEvent::JobSubmitted(_)) {
+                pending.settled.push(job_id.as_uuid());
+            }
+            if let Some((key, command)) = usage_reaction(job_id, &job_event, Utc::now()) {
+                let meta = inherited_metadata(event);
+                match store
+                    .execute::<Usage>(&key.aggregate_id(), command, &meta)
+                    .await?
+                {
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        message = "Usage command refused.", job_id = %job_id, error = %e,
+                    ),
+                }
+            }
+        }
+        "usage" => {
+            let usage_event: UsageEvent =
+                serde_json::from_value(event.payload.clone()).map_err(decode)?;
+            match usage_event {
+                UsageEvent::UnitReserved(e) => {
+                    pending.added.push((
+                        e.job_id.as_uuid(),
+                        event.aggregate_id.clone(),
+                        e.reserved_at,
+                    ));
+                }
+                UsageEvent::UnitConsumed(e) => pending.settled.push(e.job_id.as_uuid()),
+                UsageEvent::UnitReleased(e) => pending.settled.push(e.job_id.as_uuid()),
+                UsageEvent::PeriodClosed(_) => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The correlation id of the event that caused a command goes along with it.
+fn inherited_metadata(event: &RecordedEvent) -> Metadata {
+    let mut meta = Metadata::new();
+    if let Some(c) = event
+        .metadata
+        .get("correlation_id")
+        .and_then(|v| v.as_str())
+    {
+        meta.insert("correlation_id".into(), c.to_owned());
+    }
+    meta.insert("actor".into(), "process-manager".into());
+    meta.insert("caused_by".into(), event.event_id.to_string());
+    meta
+}
+
+/// Releases reservations older than `timeout` whose job was never submitted.
+///
+/// # Errors
+/// Store failures.
+pub async fn sweep(store: &EventStore, timeout: Duration) -> Result<usize, StoreError> {
+    let pool: &PgPool = store.pool();
+    let cutoff = Utc::now() - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let candidates: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT job_id, usage_id FROM pending_reservations WHERE reserved_at < $1 ORDER BY reserved_at LIMIT 100",
+    )
+    .bind(cutoff)
+    .fetch_all(pool)
+    .await?;
+    let mut released = 0;
+    for (job, usage_id) in candidates {
+        let (submitted,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'job' AND aggregate_id = $1)",
+        )
+        .bind(job.to_string())
+        .fetch_one(pool)
+        .await?;
+        if !submitted {
+            let command = UsageCommand::Release(ReleaseUnit {
+                job_id: JobId::from_uuid(job),
+                reason: ReleaseReason::Orphaned,
+                now: Utc::now(),
+            });
+            let mut meta = Metadata::new();
+            meta.insert("actor".into(), "sweeper".into());
+            match store.execute::<Usage>(&usage_id, command, &meta).await? {
+                Ok(_) => {
+                    released += 1;
+                    tracing::warn!(message = "Released an orphaned reservation.", job_id = %job);
+                }
+                Err(UsageError::AlreadyConsumed(_) | UsageError::NotReserved(_)) => {}
+                Err(e) => {
+                    tracing::warn!(message = "Sweeper release refused.", job_id = %job, error = %e)
+                }
+            }
+        }
+        // Either way the row is settled: a submitted job's unit follows its outcome.
+        sqlx::query("DELETE FROM pending_reservations WHERE job_id = $1")
+            .bind(job)
+            .execute(pool)
+            .await?;
+    }
+    Ok(released)
+}

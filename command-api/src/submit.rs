@@ -1,0 +1,279 @@
+//! `POST /v1/jobs`: reserve a unit and submit the job in one transaction.
+
+use axum::{
+    Json as AxumJson,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Duration, Utc};
+use domain::{
+    Decider,
+    ids::{CorrelationId, JobId},
+    job::{Job, JobCommand, JobEvent, SubmitJob},
+    retry::{MaxAttempts, RetryPolicy},
+    subscription::Subscription,
+    usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
+};
+use platform::{
+    auth::{Principal, Role},
+    problem::Problem,
+    store::{
+        CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError, WriteUnit,
+        backoff,
+    },
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::{body::Json, error::ApiError, metadata, state::AppState};
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    task_type: String,
+    payload: Value,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    run_at: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+/// How far ahead `run_at` may be.
+const MAX_SCHEDULE_AHEAD_DAYS: i64 = 366;
+
+/// The longest accepted `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 255;
+
+/// Submits a job for the caller.
+///
+/// # Errors
+/// 400 on a bad body, 402 past the plan's limit, 409 on a reused idempotency key.
+pub async fn submit(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Json<SubmitRequest>,
+) -> Result<Response, ApiError> {
+    if principal.role != Role::Customer {
+        return Err(Problem::forbidden("jobs are submitted with a customer token").into());
+    }
+    let now = Utc::now();
+    let req = body.value;
+    let task_type = state.settings.task_types.parse(&req.task_type)?;
+    let correlation_id = correlation_id(req.correlation_id.as_deref(), &headers)?;
+    let run_at = match req.run_at.as_deref() {
+        None => None,
+        Some(s) => Some(parse_run_at(s, now)?),
+    };
+    let max_attempts = req
+        .max_attempts
+        .map(MaxAttempts::new)
+        .transpose()?
+        .unwrap_or_default();
+    let key = idempotency_key(&headers)?;
+    let request_hash = hex::encode(Sha256::digest(&body.raw));
+
+    let user = principal.user_id;
+    // Checked before and after taking the key's lock: the common replay costs no lock, and
+    // a concurrent duplicate in this process waits for the first and then replays it.
+    if let Some(r) = replay(&state, principal, key.as_deref(), &request_hash).await? {
+        return Ok(r);
+    }
+    let _key_guard = match &key {
+        Some(k) => Some(
+            state
+                .store
+                .lock("idempotency", &format!("{user}/{k}"))
+                .await,
+        ),
+        None => None,
+    };
+    if let Some(r) = replay(&state, principal, key.as_deref(), &request_hash).await? {
+        return Ok(r);
+    }
+
+    let subscription = state
+        .store
+        .load_fresh::<Subscription>(&user.to_string())
+        .await?
+        .state;
+    let plan = subscription.plan_at(now);
+    let period = subscription.period_at(now);
+    let usage_key = UsageKey::new(user, &period);
+    let usage_id = usage_key.aggregate_id();
+    let job_id = JobId::from_uuid(uuid::Uuid::new_v4());
+    let meta = metadata(&correlation_id, principal);
+    let reserve = ReserveUnit {
+        job_id,
+        user_id: user,
+        period,
+        plan,
+        limit: state.settings.limits.limit(plan),
+        now,
+    };
+    let job_events = Job::default().decide(JobCommand::Submit(SubmitJob {
+        job_id,
+        user_id: user,
+        task_type,
+        payload: req.payload,
+        correlation_id: correlation_id.clone(),
+        run_at,
+        max_attempts,
+        retry: RetryPolicy::default(),
+        usage: usage_key,
+        now,
+    }))?;
+    let status = match job_events.first() {
+        Some(JobEvent::JobSubmitted(e)) => e.status,
+        _ => return Err(StoreError::Contention("job submission produced no event".into()).into()),
+    };
+    let response = json!({"job_id": job_id, "status": status.as_str()});
+    let job_id_text = job_id.to_string();
+    let (job_append, _, _) = encode(EventStore::prepare(
+        &job_id_text,
+        &Loaded {
+            state: Job::default(),
+            sequence: 0,
+            snapshot_sequence: 0,
+        },
+        &job_events,
+        &meta,
+    ))?;
+
+    let _usage_guard = state.store.lock("usage", &usage_id).await;
+    for attempt in 0..MAX_ATTEMPTS {
+        let loaded = state.store.load::<Usage>(&usage_id).await?;
+        let usage_events = loaded
+            .state
+            .decide(UsageCommand::Reserve(reserve.clone()))?;
+        let (usage_append, snapshot, after) = encode(EventStore::prepare(
+            &usage_id,
+            &loaded,
+            &usage_events,
+            &meta,
+        ))?;
+        let unit = WriteUnit {
+            appends: vec![usage_append, job_append.clone()],
+            snapshots: snapshot.into_iter().collect(),
+            idempotency: key.as_ref().map(|k| IdempotencyRecord {
+                user_id: user.as_uuid(),
+                key: k.clone(),
+                request_hash: request_hash.clone(),
+                status: 202,
+                body: response.clone(),
+            }),
+        };
+        match state.store.commit(unit).await {
+            Ok(()) => {
+                state.store.remember(&usage_id, after);
+                tracing::info!(
+                    message = "Job submitted.",
+                    job_id = %job_id,
+                    user_id = %user,
+                    correlation_id = %correlation_id,
+                );
+                return Ok((StatusCode::ACCEPTED, AxumJson(response)).into_response());
+            }
+            Err(CommitError::Conflict) => {
+                state.store.forget("usage", &usage_id);
+                backoff(attempt).await;
+            }
+            Err(CommitError::DuplicateKey) => {
+                // Another process recorded this key first: answer as it did.
+                if let Some(r) = replay(&state, principal, key.as_deref(), &request_hash).await? {
+                    return Ok(r);
+                }
+                backoff(attempt).await;
+            }
+            Err(e) => return Err(StoreError::from(e).into()),
+        }
+    }
+    Err(StoreError::Contention(format!("usage/{usage_id}")).into())
+}
+
+fn encode<T>(r: Result<T, serde_json::Error>) -> Result<T, ApiError> {
+    r.map_err(|source| {
+        ApiError::Store(StoreError::Decode {
+            aggregate_type: "job",
+            aggregate_id: String::new(),
+            source,
+        })
+    })
+}
+
+fn correlation_id(body: Option<&str>, headers: &HeaderMap) -> Result<CorrelationId, ApiError> {
+    let header = match headers.get("x-correlation-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Problem::bad_request("X-Correlation-Id must be ASCII"))?,
+        ),
+        None => None,
+    };
+    match body.or(header) {
+        Some(s) => Ok(CorrelationId::parse(s)?),
+        None => Ok(CorrelationId::parse(&uuid::Uuid::new_v4().to_string())?),
+    }
+}
+
+fn parse_run_at(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    let at = DateTime::parse_from_rfc3339(s)
+        .map_err(|_| {
+            Problem::bad_request("run_at must be an RFC 3339 time, such as 2026-12-01T09:00:00Z")
+        })?
+        .with_timezone(&Utc);
+    if at > now + Duration::days(MAX_SCHEDULE_AHEAD_DAYS) {
+        return Err(Problem::bad_request("run_at may be at most 366 days ahead").into());
+    }
+    Ok(at)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| Problem::bad_request("Idempotency-Key must be printable ASCII"))?;
+    if s.is_empty() || s.len() > MAX_KEY_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Problem::bad_request(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        )
+        .into());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+/// The stored response for a key seen before, or 409 when it came with another request.
+async fn replay(
+    state: &AppState,
+    principal: Principal,
+    key: Option<&str>,
+    request_hash: &str,
+) -> Result<Option<Response>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    let row: Option<(String, i16, Value)> = sqlx::query_as(
+        "SELECT request_hash, status, body::jsonb FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(principal.user_id.as_uuid())
+    .bind(key)
+    .fetch_optional(state.store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let Some((hash, status, body)) = row else {
+        return Ok(None);
+    };
+    if hash != request_hash {
+        return Err(ApiError::KeyReused);
+    }
+    let status =
+        StatusCode::from_u16(u16::try_from(status).unwrap_or(500)).unwrap_or(StatusCode::OK);
+    let mut res = (status, AxumJson(body)).into_response();
+    res.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(Some(res))
+}

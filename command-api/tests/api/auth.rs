@@ -1,0 +1,239 @@
+//! Every bad token is a 401 (a wrong role a 403), and no token reaches a log line.
+
+use std::time::Duration;
+
+use axum_test_server::serve_jwks;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use platform::auth::Role;
+use serde_json::json;
+
+use crate::helpers::*;
+
+mod axum_test_server {
+    /// Serves `body` at `/jwks.json` on a free port; returns the URL.
+    pub async fn serve_jwks(body: &'static str) -> String {
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || async move { body }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/jwks.json")
+    }
+}
+
+const JWKS: &str = include_str!("jwks.json");
+const RSA_PRIVATE: &[u8] = include_bytes!("test-only-rsa.pem");
+
+fn claims(sub: &str, aud: &str, exp_offset: i64, nbf_offset: Option<i64>) -> serde_json::Value {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let mut c = json!({"sub": sub, "aud": aud, "exp": now + exp_offset, "iat": now});
+    if let Some(n) = nbf_offset {
+        c["nbf"] = json!(now + n);
+    }
+    c
+}
+
+fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn rs256(claims: &serde_json::Value, kid: &str) -> String {
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(kid.to_owned());
+    encode(&h, claims, &EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap()).unwrap()
+}
+
+async fn submit_with(app: &TestApp, auth: Option<&str>) -> Reply {
+    let mut req = app
+        .client
+        .post(format!("{}/v1/jobs", app.base))
+        .json(&json!({"task_type": "noop", "payload": {}}));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
+    Reply {
+        status,
+        content_type,
+        body: res.json().await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_and_never_logged() {
+    let jwks_url = serve_jwks(JWKS).await;
+    let app = spawn_app(&[("RUNLEDGER_JWKS_URL", &jwks_url)]).await;
+    let sub = new_user().to_string();
+    let good_rs = rs256(&claims(&sub, "authenticated", 300, None), "test-rsa");
+    assert_eq!(
+        submit_with(&app, Some(&format!("Bearer {good_rs}")))
+            .await
+            .status,
+        202
+    );
+
+    let public_pem = {
+        // The RSA public key as an HMAC secret: the classic algorithm-confusion forgery.
+        let jwk: serde_json::Value = serde_json::from_str(JWKS).unwrap();
+        jwk["keys"][0]["n"].as_str().unwrap().to_owned()
+    };
+    let mut confused = Header::new(Algorithm::HS256);
+    confused.kid = Some("test-rsa".into());
+    let confusion = encode(
+        &confused,
+        &claims(&sub, "authenticated", 300, None),
+        &EncodingKey::from_secret(public_pem.as_bytes()),
+    )
+    .unwrap();
+    let alg_none = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            e.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            e.encode(claims(&sub, "authenticated", 300, None).to_string())
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("malformed", "Bearer not-a-token".into()),
+        ("alg none", format!("Bearer {alg_none}")),
+        ("HS256 against the JWKS key", format!("Bearer {confusion}")),
+        (
+            "wrong audience",
+            format!(
+                "Bearer {}",
+                hs256(SECRET.as_bytes(), &claims(&sub, "other", 300, None))
+            ),
+        ),
+        (
+            "expired",
+            format!(
+                "Bearer {}",
+                hs256(
+                    SECRET.as_bytes(),
+                    &claims(&sub, "authenticated", -3_600, None)
+                )
+            ),
+        ),
+        (
+            "not yet valid",
+            format!(
+                "Bearer {}",
+                hs256(
+                    SECRET.as_bytes(),
+                    &claims(&sub, "authenticated", 7_200, Some(3_600))
+                )
+            ),
+        ),
+        (
+            "wrong signature",
+            format!(
+                "Bearer {}",
+                hs256(
+                    b"some-other-secret-some-other-secret!!",
+                    &claims(&sub, "authenticated", 300, None)
+                )
+            ),
+        ),
+        (
+            "unknown kid",
+            format!(
+                "Bearer {}",
+                rs256(&claims(&sub, "authenticated", 300, None), "nope")
+            ),
+        ),
+        (
+            "sub not a uuid",
+            format!(
+                "Bearer {}",
+                hs256(
+                    SECRET.as_bytes(),
+                    &claims("bob", "authenticated", 300, None)
+                )
+            ),
+        ),
+        ("basic auth", "Basic dXNlcjpwYXNz".into()),
+    ];
+    let missing = submit_with(&app, None).await;
+    assert_problem(&missing, 401, "unauthorized");
+    for (name, header) in &cases {
+        let r = submit_with(&app, Some(header)).await;
+        assert_eq!(r.status, 401, "{name}: {:?}", r.body);
+        assert_problem(&r, 401, "unauthorized");
+        assert!(
+            !r.body
+                .to_string()
+                .contains(header.trim_start_matches("Bearer ")),
+            "{name} echoed"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let logs = logs();
+    for (name, header) in &cases {
+        let token = header.trim_start_matches("Bearer ");
+        assert!(!logs.contains(token), "{name}: token reached the log");
+    }
+    assert!(!logs.contains(&good_rs) && !logs.contains(SECRET));
+    assert_eq!(app.count_events("JobSubmitted").await, 1);
+}
+
+#[tokio::test]
+async fn hs256_is_refused_when_only_a_jwks_is_configured() {
+    let jwks_url = serve_jwks(JWKS).await;
+    let app = spawn_app(&[
+        ("RUNLEDGER_JWKS_URL", &jwks_url),
+        ("RUNLEDGER_JWT_SECRET", ""),
+    ])
+    .await;
+    let t = token(new_user(), Role::Customer);
+    assert_problem(
+        &submit_with(&app, Some(&format!("Bearer {t}"))).await,
+        401,
+        "unauthorized",
+    );
+}
+
+#[tokio::test]
+async fn worker_endpoints_need_a_worker_and_customers_cannot_report() {
+    let app = spawn_app(&[]).await;
+    let user = new_user();
+    let customer = token(user, Role::Customer);
+    let job = app.submit(&customer).await.body["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/complete"),
+            Some(&customer),
+            &json!({"attempt": 1, "result": {}}),
+        )
+        .await;
+    assert_problem(&r, 403, "forbidden");
+    let r = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/start"),
+            None,
+            &json!({"attempt": 1, "worker_id": "w"}),
+        )
+        .await;
+    assert_problem(&r, 401, "unauthorized");
+    let worker = worker_token();
+    let r = app
+        .post(
+            "/v1/jobs",
+            Some(&worker),
+            &json!({"task_type": "noop", "payload": {}}),
+        )
+        .await;
+    assert_problem(&r, 403, "forbidden");
+}

@@ -1,0 +1,9 @@
+//! The command API over HTTP against a real Postgres: a fresh database and port per test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod bodies;
+mod helpers;
+mod jobs;
+mod quota;

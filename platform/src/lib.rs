@@ -1,0 +1,19 @@
+//! What every runledger role shares and no business rule: typed settings, telemetry, JWT
+//! auth, the Postgres pool and migrations, the event store with its global order, the
+//! problem+json error type, and graceful shutdown.
+
+pub mod auth;
+pub mod db;
+pub mod problem;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// Installs rustls's ring provider for the process; TLS clients (JWKS, Stripe) need one.
+/// A second call is a no-op.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,257 @@
+//! Typed settings from environment variables, validated before anything starts.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
+
+use domain::{plan::PlanLimits, task::TaskCatalog, task::TaskType};
+use thiserror::Error;
+
+/// A value that must never reach a log line: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A setting with a bad value: the variable and what is wrong, never the value of a secret.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{var}: {problem}")]
+pub struct SettingsError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Everything a role may need; each role checks the parts it uses with its own `require_*`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`.
+    pub database_url: Option<Secret>,
+    /// `RUNLEDGER_DB_MAX_CONNECTIONS` (default 32).
+    pub db_max_connections: u32,
+    /// `RUNLEDGER_ADDR` (default 127.0.0.1:8080).
+    pub addr: SocketAddr,
+    /// `RUNLEDGER_JWT_SECRET`: the HS256 secret.
+    pub jwt_secret: Option<Secret>,
+    /// `RUNLEDGER_JWKS_URL`: asymmetric keys.
+    pub jwks_url: Option<String>,
+    /// `RUNLEDGER_JWT_AUDIENCE` (default `authenticated`).
+    pub jwt_audience: String,
+    /// `RUNLEDGER_FREE_LIMIT`, `RUNLEDGER_PRO_LIMIT`.
+    pub limits: PlanLimits,
+    /// Built-ins plus `RUNLEDGER_TASK_TYPES` (comma-separated).
+    pub task_types: TaskCatalog,
+    /// `RUNLEDGER_BODY_LIMIT` in bytes (default 65536).
+    pub body_limit: usize,
+    /// `RUNLEDGER_RESERVATION_TIMEOUT_SECS` (default 300): the sweeper's cutoff.
+    pub reservation_timeout: Duration,
+    /// `RUNLEDGER_LOG` (default `info`): a tracing filter.
+    pub log_filter: String,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// The first variable with a bad value.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// Reads settings from a map of variables (the environment, or a test's).
+    ///
+    /// # Errors
+    /// The first variable with a bad value.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let database_url = match get("DATABASE_URL") {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(Secret::new(url))
+            }
+            Some(_) => return Err(bad("DATABASE_URL", "must start with postgres://")),
+            None => None,
+        };
+        let addr = match get("RUNLEDGER_ADDR") {
+            Some(a) => a.parse().map_err(|_| {
+                bad(
+                    "RUNLEDGER_ADDR",
+                    "must be host:port, such as 127.0.0.1:8080",
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let jwks_url = match get("RUNLEDGER_JWKS_URL") {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_owned()),
+            Some(_) => return Err(bad("RUNLEDGER_JWKS_URL", "must be an http(s) URL")),
+            None => None,
+        };
+        let jwt_secret = match get("RUNLEDGER_JWT_SECRET") {
+            Some(s) if s.len() < 32 => {
+                return Err(bad("RUNLEDGER_JWT_SECRET", "must be at least 32 bytes"));
+            }
+            s => s.map(Secret::new),
+        };
+        let defaults = PlanLimits::default();
+        let limits = PlanLimits {
+            free: number(
+                get("RUNLEDGER_FREE_LIMIT"),
+                "RUNLEDGER_FREE_LIMIT",
+                defaults.free,
+            )?,
+            pro: number(
+                get("RUNLEDGER_PRO_LIMIT"),
+                "RUNLEDGER_PRO_LIMIT",
+                defaults.pro,
+            )?,
+        };
+        let mut extra = Vec::new();
+        for t in get("RUNLEDGER_TASK_TYPES")
+            .unwrap_or("")
+            .split(',')
+            .filter(|t| !t.is_empty())
+        {
+            extra.push(
+                TaskType::parse(t.trim())
+                    .map_err(|e| bad("RUNLEDGER_TASK_TYPES", &e.to_string()))?,
+            );
+        }
+        let body_limit = number(get("RUNLEDGER_BODY_LIMIT"), "RUNLEDGER_BODY_LIMIT", 65_536)?;
+        if !(1_024..=16 * 1_024 * 1_024).contains(&body_limit) {
+            return Err(bad(
+                "RUNLEDGER_BODY_LIMIT",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        let db_max_connections = number(
+            get("RUNLEDGER_DB_MAX_CONNECTIONS"),
+            "RUNLEDGER_DB_MAX_CONNECTIONS",
+            32,
+        )?;
+        if !(2..=1_000).contains(&db_max_connections) {
+            return Err(bad(
+                "RUNLEDGER_DB_MAX_CONNECTIONS",
+                "must be between 2 and 1000",
+            ));
+        }
+        Ok(Self {
+            database_url,
+            db_max_connections: u32::try_from(db_max_connections).unwrap_or(32),
+            addr,
+            jwt_secret,
+            jwks_url,
+            jwt_audience: get("RUNLEDGER_JWT_AUDIENCE")
+                .unwrap_or("authenticated")
+                .to_owned(),
+            limits,
+            task_types: TaskCatalog::with_extra(extra),
+            body_limit: usize::try_from(body_limit).unwrap_or(65_536),
+            reservation_timeout: Duration::from_secs(number(
+                get("RUNLEDGER_RESERVATION_TIMEOUT_SECS"),
+                "RUNLEDGER_RESERVATION_TIMEOUT_SECS",
+                300,
+            )?),
+            log_filter: get("RUNLEDGER_LOG").unwrap_or("info").to_owned(),
+        })
+    }
+
+    /// The database URL, for roles that need Postgres.
+    ///
+    /// # Errors
+    /// When `DATABASE_URL` is not set.
+    pub fn require_database(&self) -> Result<&Secret, SettingsError> {
+        self.database_url
+            .as_ref()
+            .ok_or_else(|| bad("DATABASE_URL", "is required by this role"))
+    }
+
+    /// Checks that some way to validate tokens is configured.
+    ///
+    /// # Errors
+    /// When neither `RUNLEDGER_JWT_SECRET` nor `RUNLEDGER_JWKS_URL` is set.
+    pub fn require_auth(&self) -> Result<(), SettingsError> {
+        if self.jwt_secret.is_none() && self.jwks_url.is_none() {
+            return Err(bad(
+                "RUNLEDGER_JWT_SECRET",
+                "set it (or RUNLEDGER_JWKS_URL) so tokens can be validated",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn bad(var: &'static str, problem: &str) -> SettingsError {
+    SettingsError {
+        var,
+        problem: problem.to_owned(),
+    }
+}
+
+fn number(v: Option<&str>, var: &'static str, default: u64) -> Result<u64, SettingsError> {
+    v.map_or(Ok(default), |s| {
+        s.trim()
+            .parse()
+            .map_err(|_| bad(var, "must be a whole number"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_hold_without_variables() {
+        let s = Settings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(s.limits, PlanLimits::default());
+        assert_eq!(s.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.jwt_audience, "authenticated");
+        assert!(s.require_database().is_err());
+        assert!(s.require_auth().is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_never_echo_secrets() {
+        let e = Settings::from_vars(&vars(&[("RUNLEDGER_FREE_LIMIT", "ten")])).unwrap_err();
+        assert_eq!(e.var, "RUNLEDGER_FREE_LIMIT");
+        let e =
+            Settings::from_vars(&vars(&[("DATABASE_URL", "mysql://u:hunter2@x/db")])).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"));
+        let e =
+            Settings::from_vars(&vars(&[("RUNLEDGER_JWT_SECRET", "short-secret")])).unwrap_err();
+        assert!(!e.to_string().contains("short-secret"));
+        assert!(Settings::from_vars(&vars(&[("RUNLEDGER_ADDR", "nope")])).is_err());
+        assert!(Settings::from_vars(&vars(&[("RUNLEDGER_TASK_TYPES", "Bad Type")])).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Settings::from_vars(&vars(&[
+            ("RUNLEDGER_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("DATABASE_URL", "postgres://u:pw@h/db"),
+        ]))
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("0123456789abcdef") && !dbg.contains("pw@"));
+    }
+}

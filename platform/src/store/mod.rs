@@ -1,0 +1,332 @@
+//! The event store: postgres-es's tables with a gap-safe global position, loading with
+//! snapshots and a cache, and one group-committing writer that appends the events of many
+//! concurrent commands (each all-or-nothing) in one transaction.
+
+mod cache;
+mod locks;
+pub mod reader;
+mod writer;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use cqrs_es::{Aggregate, DomainEvent};
+use domain::Decider;
+use rand::Rng;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+pub use writer::{Append, CommitError, IdempotencyRecord, SnapshotWrite, WriteUnit};
+
+use self::{cache::Cache, locks::KeyedLocks, writer::Writer};
+
+/// An aggregate the store can load and append to: a cqrs-es `Aggregate` whose rules are a
+/// pure [`Decider`].
+pub trait StoredAggregate:
+    Aggregate + Decider<Event = <Self as Aggregate>::Event> + Clone + 'static
+{
+}
+
+impl<T> StoredAggregate for T where
+    T: Aggregate + Decider<Event = <T as Aggregate>::Event> + Clone + 'static
+{
+}
+
+/// Write a snapshot once this many events have piled up since the last one, so loading an
+/// aggregate never grows with its history.
+pub const SNAPSHOT_EVERY: i64 = 100;
+
+/// An aggregate's state as of its last event.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// Sequence of the last event (0: none).
+    pub sequence: i64,
+    /// Sequence covered by the stored snapshot (0: none).
+    pub snapshot_sequence: i64,
+}
+
+/// Failures of the store itself, not refusals of the domain.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored payload does not decode into the current types.
+    #[error("stored {aggregate_type} {aggregate_id} does not decode: {source}")]
+    Decode {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The aggregate id.
+        aggregate_id: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Concurrent writers kept winning; the caller may retry later.
+    #[error("too much contention on {0}")]
+    Contention(String),
+    /// The writer task is gone (shutting down).
+    #[error("the event writer has stopped")]
+    WriterStopped,
+}
+
+/// String metadata carried with every event (`correlation_id`, `actor`, ...).
+pub type Metadata = HashMap<String, String>;
+
+/// The result of executing a command against one aggregate.
+#[derive(Debug, Clone)]
+pub struct Executed<A: StoredAggregate> {
+    /// The events appended (none for an accepted no-op).
+    pub events: Vec<<A as Aggregate>::Event>,
+    /// The state after them.
+    pub state: A,
+}
+
+/// Shared handle to the event store.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    writer: Writer,
+    cache: Arc<Cache>,
+    locks: Arc<KeyedLocks>,
+    appended: Arc<Notify>,
+}
+
+impl EventStore {
+    /// Starts the writer task on `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        let appended = Arc::new(Notify::new());
+        Self {
+            writer: Writer::start(pool.clone(), appended.clone()),
+            pool,
+            cache: Arc::new(Cache::default()),
+            locks: Arc::new(KeyedLocks::default()),
+            appended,
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Woken after each commit of this process, so in-process readers need not poll hard.
+    pub fn appended(&self) -> &Arc<Notify> {
+        &self.appended
+    }
+
+    /// Serializes this process's commands on one aggregate, so they neither conflict with
+    /// each other nor load stale state. Other processes are caught by the sequence check.
+    pub async fn lock(&self, aggregate_type: &str, id: &str) -> locks::Guard {
+        self.locks.lock(format!("{aggregate_type}/{id}")).await
+    }
+
+    /// The aggregate's current state, from the cache or from its snapshot and later events.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Decode`].
+    pub async fn load<A: StoredAggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        if let Some(hit) = self.cache.get::<A>(A::TYPE, id) {
+            return Ok(hit);
+        }
+        let loaded = self.load_fresh::<A>(id).await?;
+        self.cache.put(A::TYPE, id, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Loads from the database, bypassing the cache.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Decode`].
+    pub async fn load_fresh<A: StoredAggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        let decode = |source| StoreError::Decode {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            source,
+        };
+        let snapshot: Option<(i64, String)> = sqlx::query_as(
+            "SELECT last_sequence, payload::text FROM snapshots \
+             WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(A::TYPE)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (mut state, snapshot_sequence) = match snapshot {
+            Some((seq, json)) => (serde_json::from_str::<A>(&json).map_err(decode)?, seq),
+            None => (A::default(), 0),
+        };
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT sequence, payload::text FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
+        )
+        .bind(A::TYPE)
+        .bind(id)
+        .bind(snapshot_sequence)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut sequence = snapshot_sequence;
+        for (seq, json) in rows {
+            let event: <A as Aggregate>::Event = serde_json::from_str(&json).map_err(decode)?;
+            state.evolve(&event);
+            sequence = seq;
+        }
+        Ok(Loaded {
+            state,
+            sequence,
+            snapshot_sequence,
+        })
+    }
+
+    /// Appends `events` to `loaded`'s aggregate: the append, and a snapshot when due.
+    /// Returns them with the state after the events, for [`EventStore::remember`].
+    ///
+    /// # Errors
+    /// When an event does not serialize.
+    pub fn prepare<A: StoredAggregate>(
+        id: &str,
+        loaded: &Loaded<A>,
+        events: &[<A as Aggregate>::Event],
+        metadata: &Metadata,
+    ) -> Result<(Append, Option<SnapshotWrite>, Loaded<A>), serde_json::Error> {
+        let metadata = serde_json::to_value(metadata)?;
+        let mut stored = Vec::with_capacity(events.len());
+        let mut state = loaded.state.clone();
+        for e in events {
+            stored.push(writer::NewEvent {
+                event_type: e.event_type(),
+                event_version: e.event_version(),
+                payload: serde_json::to_value(e)?,
+                metadata: metadata.clone(),
+            });
+            state.evolve(e);
+        }
+        let sequence = loaded.sequence + events.len() as i64;
+        let mut after = Loaded {
+            state,
+            sequence,
+            snapshot_sequence: loaded.snapshot_sequence,
+        };
+        let snapshot = if sequence - loaded.snapshot_sequence >= SNAPSHOT_EVERY {
+            after.snapshot_sequence = sequence;
+            Some(SnapshotWrite {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_owned(),
+                last_sequence: sequence,
+                payload: serde_json::to_value(&after.state)?,
+            })
+        } else {
+            None
+        };
+        let append = Append {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            expected_sequence: loaded.sequence,
+            events: stored,
+        };
+        Ok((append, snapshot, after))
+    }
+
+    /// Commits one unit through the group committer.
+    ///
+    /// # Errors
+    /// [`CommitError`].
+    pub async fn commit(&self, unit: WriteUnit) -> Result<(), CommitError> {
+        self.writer.commit(unit).await
+    }
+
+    /// Caches the state after a successful commit.
+    pub fn remember<A: StoredAggregate>(&self, id: &str, loaded: Loaded<A>) {
+        self.cache.put(A::TYPE, id, loaded);
+    }
+
+    /// Drops a cached state after a conflict showed it stale.
+    pub fn forget(&self, aggregate_type: &'static str, id: &str) {
+        self.cache.remove(aggregate_type, id);
+    }
+
+    /// Executes `command` on one aggregate: load, decide, append; retried with jittered
+    /// backoff when another process appended first.
+    ///
+    /// # Errors
+    /// The outer error is the store's; the inner one the domain's refusal.
+    pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: <A as Decider>::Command,
+        metadata: &Metadata,
+    ) -> Result<Result<Executed<A>, <A as Decider>::Error>, StoreError>
+    where
+        A: StoredAggregate,
+        <A as Decider>::Command: Clone,
+    {
+        let _guard = self.lock(A::TYPE, id).await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let loaded = self.load::<A>(id).await?;
+            let events = match loaded.state.decide(command.clone()) {
+                Ok(events) => events,
+                Err(e) => return Ok(Err(e)),
+            };
+            if events.is_empty() {
+                return Ok(Ok(Executed {
+                    events,
+                    state: loaded.state,
+                }));
+            }
+            let (append, snapshot, after) =
+                Self::prepare(id, &loaded, &events, metadata).map_err(|source| {
+                    StoreError::Decode {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: id.to_owned(),
+                        source,
+                    }
+                })?;
+            let unit = WriteUnit {
+                appends: vec![append],
+                snapshots: snapshot.into_iter().collect(),
+                idempotency: None,
+            };
+            match self.commit(unit).await {
+                Ok(()) => {
+                    let state = after.state.clone();
+                    self.remember(id, after);
+                    return Ok(Ok(Executed { events, state }));
+                }
+                Err(CommitError::Conflict) => {
+                    self.forget(A::TYPE, id);
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contention(format!("{}/{id}", A::TYPE)))
+    }
+}
+
+/// How often a conflicting command is tried in all.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// Sleeps before retry `attempt` (0-based): 2 ms doubling to 128 ms, each with full jitter.
+pub async fn backoff(attempt: u32) {
+    let ceiling = 2u64 << attempt.min(6);
+    let ms = rand::rng().random_range(0..=ceiling);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+impl From<CommitError> for StoreError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Database(e) => Self::Database(e),
+            CommitError::Stopped => Self::WriterStopped,
+            CommitError::Conflict | CommitError::DuplicateKey => {
+                Self::Contention("unexpected commit outcome".to_owned())
+            }
+        }
+    }
+}
+
+/// The stored JSON of a value, for metadata maps and snapshots.
+pub fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}

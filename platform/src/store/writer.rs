@@ -1,0 +1,353 @@
+//! The group committer: one task takes every unit waiting in its queue and commits them in
+//! one transaction, so N concurrent commands cost one durable commit, not N. Each unit stays
+//! all-or-nothing: a unit that conflicts is taken out and the rest committed without it.
+
+use std::{collections::HashSet, sync::Arc};
+
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+/// Units committed in one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// One event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub(super) event_type: String,
+    pub(super) event_version: String,
+    pub(super) payload: Value,
+    pub(super) metadata: Value,
+}
+
+/// Events for one aggregate, expected to follow `expected_sequence`.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The sequence of the last event the decision saw.
+    pub expected_sequence: i64,
+    pub(super) events: Vec<NewEvent>,
+}
+
+/// A snapshot to store with the events.
+#[derive(Debug, Clone)]
+pub struct SnapshotWrite {
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The last event the snapshot includes.
+    pub last_sequence: i64,
+    /// The serialized aggregate.
+    pub payload: Value,
+}
+
+/// The response to keep for an `Idempotency-Key`, committed with the events it produced.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    /// The caller.
+    pub user_id: Uuid,
+    /// The key.
+    pub key: String,
+    /// SHA-256 of the request, to tell a replay from a different request with the same key.
+    pub request_hash: String,
+    /// The HTTP status of the first response.
+    pub status: u16,
+    /// Its body.
+    pub body: Value,
+}
+
+/// What commits together or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct WriteUnit {
+    /// Appends, each to one aggregate.
+    pub appends: Vec<Append>,
+    /// Snapshots due.
+    pub snapshots: Vec<SnapshotWrite>,
+    /// The idempotency record, if the request had a key.
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// Why a unit did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another writer appended to one of the aggregates first: reload and decide again.
+    #[error("optimistic concurrency conflict")]
+    Conflict,
+    /// The idempotency key was recorded by another request first.
+    #[error("idempotency key already used")]
+    DuplicateKey,
+    /// The database failed; nothing of the unit was committed.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// The writer is shutting down.
+    #[error("writer stopped")]
+    Stopped,
+}
+
+type Reply = oneshot::Sender<Result<(), CommitError>>;
+
+#[derive(Clone)]
+pub(super) struct Writer {
+    tx: mpsc::UnboundedSender<(WriteUnit, Reply)>,
+}
+
+impl Writer {
+    pub(super) fn start(pool: PgPool, appended: Arc<Notify>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, rx, appended));
+        Self { tx }
+    }
+
+    pub(super) async fn commit(&self, unit: WriteUnit) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((unit, reply))
+            .map_err(|_| CommitError::Stopped)?;
+        answer.await.map_err(|_| CommitError::Stopped)?
+    }
+}
+
+async fn run(
+    pool: PgPool,
+    mut rx: mpsc::UnboundedReceiver<(WriteUnit, Reply)>,
+    appended: Arc<Notify>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&pool, batch).await;
+        appended.notify_waiters();
+    }
+}
+
+/// Units refused by a batch attempt, by index.
+enum Refusal {
+    Units(Vec<(usize, CommitError)>),
+    Database(sqlx::Error),
+}
+
+async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) {
+    let (mut units, mut replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
+    // Units that touch an aggregate an earlier unit of the batch touches wait for the next
+    // batch: within one, their sequences would collide.
+    let mut seen = HashSet::new();
+    let mut deferred = Vec::new();
+    let mut i = 0;
+    while i < units.len() {
+        let keys: Vec<_> = units[i]
+            .appends
+            .iter()
+            .map(|a| (a.aggregate_type, a.aggregate_id.clone()))
+            .collect();
+        if keys.iter().any(|k| seen.contains(k)) {
+            deferred.push((units.remove(i), replies.remove(i)));
+        } else {
+            seen.extend(keys);
+            i += 1;
+        }
+    }
+    loop {
+        if units.is_empty() {
+            break;
+        }
+        match try_commit(pool, &units).await {
+            Ok(()) => {
+                for r in replies.drain(..) {
+                    let _ = r.send(Ok(()));
+                }
+                break;
+            }
+            Err(Refusal::Units(refused)) => {
+                for (idx, err) in refused.into_iter().rev() {
+                    units.remove(idx);
+                    let _ = replies.remove(idx).send(Err(err));
+                }
+            }
+            Err(Refusal::Database(e)) => {
+                tracing::error!(message = "Event batch failed.", error = %e, units = units.len());
+                let text = e.to_string();
+                for r in replies.drain(..) {
+                    let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
+                        text.clone(),
+                    ))));
+                }
+                break;
+            }
+        }
+    }
+    for (unit, reply) in deferred {
+        Box::pin(commit_batch(pool, vec![(unit, reply)])).await;
+    }
+}
+
+async fn try_commit(pool: &PgPool, units: &[WriteUnit]) -> Result<(), Refusal> {
+    let mut tx = pool.begin().await.map_err(Refusal::Database)?;
+    let duplicates = insert_idempotency(&mut tx, units)
+        .await
+        .map_err(Refusal::Database)?;
+    if !duplicates.is_empty() {
+        let _ = tx.rollback().await;
+        return Err(Refusal::Units(
+            duplicates
+                .into_iter()
+                .map(|i| (i, CommitError::DuplicateKey))
+                .collect(),
+        ));
+    }
+    write_snapshots(&mut tx, units)
+        .await
+        .map_err(Refusal::Database)?;
+    // Events last: the position lock is taken at the first event row and held to commit.
+    let conflicts = insert_events(&mut tx, units)
+        .await
+        .map_err(Refusal::Database)?;
+    if !conflicts.is_empty() {
+        let _ = tx.rollback().await;
+        return Err(Refusal::Units(
+            conflicts
+                .into_iter()
+                .map(|i| (i, CommitError::Conflict))
+                .collect(),
+        ));
+    }
+    tx.commit().await.map_err(Refusal::Database)
+}
+
+/// Inserts the idempotency records; returns the indexes of units whose key already exists.
+async fn insert_idempotency(
+    tx: &mut Transaction<'_, Postgres>,
+    units: &[WriteUnit],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let records: Vec<(usize, &IdempotencyRecord)> = units
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| u.idempotency.as_ref().map(|r| (i, r)))
+        .collect();
+    if records.is_empty() {
+        return Ok(vec![]);
+    }
+    let users: Vec<Uuid> = records.iter().map(|(_, r)| r.user_id).collect();
+    let keys: Vec<&str> = records.iter().map(|(_, r)| r.key.as_str()).collect();
+    let hashes: Vec<&str> = records
+        .iter()
+        .map(|(_, r)| r.request_hash.as_str())
+        .collect();
+    let statuses: Vec<i16> = records
+        .iter()
+        .map(|(_, r)| i16::try_from(r.status).unwrap_or(500))
+        .collect();
+    let bodies: Vec<String> = records.iter().map(|(_, r)| r.body.to_string()).collect();
+    let inserted: Vec<(Uuid, String)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, status, body) \
+         SELECT u, k, h, s, b::json FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[]) \
+           AS t(u, k, h, s, b) \
+         ON CONFLICT DO NOTHING RETURNING user_id, key",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&statuses)
+    .bind(&bodies)
+    .fetch_all(&mut **tx)
+    .await?;
+    let inserted: HashSet<(Uuid, String)> = inserted.into_iter().collect();
+    Ok(records
+        .iter()
+        .filter(|(_, r)| !inserted.contains(&(r.user_id, r.key.clone())))
+        .map(|(i, _)| *i)
+        .collect())
+}
+
+async fn write_snapshots(
+    tx: &mut Transaction<'_, Postgres>,
+    units: &[WriteUnit],
+) -> Result<(), sqlx::Error> {
+    let snaps: Vec<&SnapshotWrite> = units.iter().flat_map(|u| &u.snapshots).collect();
+    if snaps.is_empty() {
+        return Ok(());
+    }
+    let types: Vec<&str> = snaps.iter().map(|s| s.aggregate_type).collect();
+    let ids: Vec<&str> = snaps.iter().map(|s| s.aggregate_id.as_str()).collect();
+    let seqs: Vec<i64> = snaps.iter().map(|s| s.last_sequence).collect();
+    let payloads: Vec<String> = snaps.iter().map(|s| s.payload.to_string()).collect();
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
+         SELECT t, i, s, s, p::json FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]) AS x(t, i, s, p) \
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+           SET last_sequence = EXCLUDED.last_sequence, current_snapshot = EXCLUDED.current_snapshot, \
+               payload = EXCLUDED.payload \
+           WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&payloads)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts every event in unit order; returns the indexes of units with a taken sequence.
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    units: &[WriteUnit],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let mut owner = Vec::new();
+    let (mut types, mut ids, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut etypes, mut versions, mut payloads, mut metas) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, unit) in units.iter().enumerate() {
+        for a in &unit.appends {
+            for (n, e) in a.events.iter().enumerate() {
+                owner.push(i);
+                types.push(a.aggregate_type);
+                ids.push(a.aggregate_id.as_str());
+                seqs.push(a.expected_sequence + 1 + n as i64);
+                etypes.push(e.event_type.as_str());
+                versions.push(e.event_version.as_str());
+                payloads.push(e.payload.to_string());
+                metas.push(e.metadata.to_string());
+            }
+        }
+    }
+    if owner.is_empty() {
+        return Ok(vec![]);
+    }
+    let inserted: Vec<(String, String, i64)> = sqlx::query_as(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT t, i, s, et, ev, p::json, m::json \
+           FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+                WITH ORDINALITY AS x(t, i, s, et, ev, p, m, ord) \
+          ORDER BY ord \
+         ON CONFLICT DO NOTHING RETURNING aggregate_type, aggregate_id, sequence",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&etypes)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metas)
+    .fetch_all(&mut **tx)
+    .await?;
+    if inserted.len() == owner.len() {
+        return Ok(vec![]);
+    }
+    let inserted: HashSet<(String, String, i64)> = inserted.into_iter().collect();
+    let mut conflicts: Vec<usize> = (0..owner.len())
+        .filter(|&row| !inserted.contains(&(types[row].to_owned(), ids[row].to_owned(), seqs[row])))
+        .map(|row| owner[row])
+        .collect();
+    conflicts.dedup();
+    Ok(conflicts)
+}

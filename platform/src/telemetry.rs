@@ -1,0 +1,18 @@
+//! JSON logs through tracing.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Installs the JSON log subscriber with `filter` (an `EnvFilter` directive such as `info`).
+/// A second call is a no-op, so tests may call it freely.
+pub fn init(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_target(true),
+        )
+        .try_init();
+}

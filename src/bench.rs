@@ -1,0 +1,208 @@
+//! `runledger bench submit`: N submissions at concurrency C against a running command API,
+//! with throughput and latency percentiles, and beside them this machine's durable-commit
+//! ceiling measured by pgbench (one single-row INSERT per transaction, same concurrency).
+
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Subcommand;
+use domain::ids::UserId;
+use platform::{auth::Role, settings::Settings};
+
+#[derive(Subcommand)]
+pub enum BenchAction {
+    /// Submit noop jobs and report accepted/s and p50/p95/p99 latency.
+    Submit {
+        /// The command API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Submissions in all.
+        #[arg(short = 'n', long, default_value_t = 20_000)]
+        requests: usize,
+        /// Submissions in flight at once.
+        #[arg(short = 'c', long, default_value_t = 64)]
+        concurrency: usize,
+        /// Distinct users the submissions are spread over.
+        #[arg(long, default_value_t = 256)]
+        users: usize,
+        /// Seconds of pgbench for the durable-commit ceiling (0 skips it; needs DATABASE_URL).
+        #[arg(long, default_value_t = 5)]
+        pgbench_seconds: u32,
+    },
+}
+
+pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
+    let BenchAction::Submit {
+        url,
+        requests,
+        concurrency,
+        users,
+        pgbench_seconds,
+    } = action;
+    let settings = Settings::from_env().context("bad configuration")?;
+    let secret = settings
+        .jwt_secret
+        .clone()
+        .context("RUNLEDGER_JWT_SECRET is required to mint tokens")?;
+    let tokens: Vec<String> = (0..users.max(1))
+        .map(|_| {
+            platform::auth::mint(
+                &secret,
+                &settings.jwt_audience,
+                UserId::from_uuid(uuid::Uuid::new_v4()),
+                Role::Customer,
+                Duration::from_secs(3_600),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let endpoint = format!("{}/v1/jobs", url.trim_end_matches('/'));
+    // Warm the connections and the server's caches.
+    for t in tokens.iter().take(concurrency) {
+        let _ = post(&client, &endpoint, t).await;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(tokens);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, endpoint, next, tokens) = (
+            client.clone(),
+            endpoint.clone(),
+            next.clone(),
+            tokens.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let t0 = Instant::now();
+                let status = post(&client, &endpoint, &tokens[i % tokens.len()]).await;
+                out.push((t0.elapsed(), status));
+            }
+            out
+        }));
+    }
+    let mut samples = Vec::with_capacity(requests);
+    for t in tasks {
+        samples.extend(t.await?);
+    }
+    let elapsed = started.elapsed();
+    let accepted = samples.iter().filter(|(_, s)| *s == 202).count();
+    let refused = samples.iter().filter(|(_, s)| *s == 402).count();
+    let failed = samples.len() - accepted - refused;
+    let mut lat: Vec<Duration> = samples.iter().map(|(d, _)| *d).collect();
+    lat.sort();
+    let pct = |p: f64| {
+        let idx = ((lat.len() as f64 * p).ceil() as usize)
+            .saturating_sub(1)
+            .min(lat.len().saturating_sub(1));
+        lat.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
+    };
+    let rate = accepted as f64 / elapsed.as_secs_f64();
+    println!("bench submit: {requests} requests, concurrency {concurrency}, {users} users, {url}");
+    println!("  accepted (202)     {accepted}");
+    println!("  refused (402)      {refused}");
+    println!("  other/errors       {failed}");
+    println!("  elapsed            {:.2} s", elapsed.as_secs_f64());
+    println!("  accepted/s         {rate:.0}");
+    println!(
+        "  latency ms         p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
+        pct(0.50),
+        pct(0.95),
+        pct(0.99),
+        pct(1.0)
+    );
+    if pgbench_seconds > 0 {
+        match ceiling(&settings, concurrency, pgbench_seconds).await {
+            Ok(tps) => {
+                println!(
+                    "  pgbench ceiling    {tps:.0} commits/s (one-row INSERT per transaction, c={concurrency})"
+                );
+                println!(
+                    "  ratio              {:.2} accepted submissions per durable commit",
+                    rate / tps
+                );
+            }
+            Err(e) => println!("  pgbench ceiling    not measured: {e:#}"),
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn post(client: &reqwest::Client, endpoint: &str, token: &str) -> u16 {
+    client
+        .post(endpoint)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"task_type": "noop", "payload": {}}))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// pgbench's tps for one single-row INSERT per transaction at `clients`.
+async fn ceiling(settings: &Settings, clients: usize, seconds: u32) -> anyhow::Result<f64> {
+    let url = settings.require_database()?.expose().to_owned();
+    let dir = std::env::temp_dir().join(format!("runledger-pgbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("insert.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO runledger_bench_ceiling (v) VALUES (1);\n",
+    )?;
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .arg(&url)
+            .arg("-qc")
+            .arg(sql)
+            .status()
+    };
+    psql("CREATE TABLE IF NOT EXISTS runledger_bench_ceiling (id bigserial PRIMARY KEY, v int)")
+        .context("psql not found")?;
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-j",
+            "2",
+            "-c",
+            &clients.to_string(),
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .context("pgbench not found (install postgresql-client)")?;
+    let _ = psql("DROP TABLE IF EXISTS runledger_bench_ceiling");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        })
+        .with_context(|| {
+            format!(
+                "pgbench printed no tps: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}

@@ -8,7 +8,7 @@ use axum::{
 };
 use chrono::Utc;
 use domain::{
-    ids::{CorrelationId, JobId, WorkerId},
+    ids::{JobId, WorkerId},
     job::{
         CancelJob, CompleteJob, ErrorText, FailJob, HeartbeatJob, Job, JobCommand, JobError,
         StartJob,
@@ -38,17 +38,18 @@ async fn run(
     command: JobCommand,
 ) -> Result<Response, ApiError> {
     let id_text = id.to_string();
-    let loaded = state.store.load_fresh::<Job>(&id_text).await?;
-    let Some(job) = loaded.state.state() else {
-        return Err(JobError::NotFound.into());
+    // Refusals come back as 404 for a job that does not exist or is not the caller's.
+    let check = |job: &Job| match job.state() {
+        Some(_) if allowed(job) => Ok(()),
+        _ => Err(JobError::NotFound),
     };
-    if !allowed(&loaded.state) {
-        return Err(JobError::NotFound.into());
-    }
-    let correlation: CorrelationId = job.correlation_id.clone();
+    let meta = |job: &Job| match job.state() {
+        Some(s) => metadata(&s.correlation_id, principal),
+        None => Default::default(),
+    };
     let executed = state
         .store
-        .execute::<Job>(&id_text, command, &metadata(&correlation, principal))
+        .execute_checked::<Job>(&id_text, command, meta, check)
         .await??;
     let s = executed.state.state().ok_or(JobError::NotFound)?;
     let body = json!({"job_id": id, "status": s.status.as_str(), "attempt": s.attempt});

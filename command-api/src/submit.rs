@@ -140,6 +140,7 @@ pub async fn submit(
             state: Job::default(),
             sequence: 0,
             snapshot_sequence: 0,
+            cached: false,
         },
         &job_events,
         &meta,
@@ -148,9 +149,15 @@ pub async fn submit(
     let _usage_guard = state.store.lock("usage", &usage_id).await;
     for attempt in 0..MAX_ATTEMPTS {
         let loaded = state.store.load::<Usage>(&usage_id).await?;
-        let usage_events = loaded
-            .state
-            .decide(UsageCommand::Reserve(reserve.clone()))?;
+        let usage_events = match loaded.state.decide(UsageCommand::Reserve(reserve.clone())) {
+            Ok(events) => events,
+            // Another process may have released units since this state was cached.
+            Err(_) if loaded.cached => {
+                state.store.forget("usage", &usage_id);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (usage_append, snapshot, after) = encode(EventStore::prepare(
             &usage_id,
             &loaded,

@@ -44,6 +44,9 @@ pub struct Loaded<A> {
     pub sequence: i64,
     /// Sequence covered by the stored snapshot (0: none).
     pub snapshot_sequence: i64,
+    /// Whether it came from this process's cache: a refusal decided on it is checked again
+    /// on fresh state, since another process may have moved the aggregate on.
+    pub cached: bool,
 }
 
 /// Failures of the store itself, not refusals of the domain.
@@ -128,7 +131,10 @@ impl EventStore {
     /// [`StoreError::Database`] or [`StoreError::Decode`].
     pub async fn load<A: StoredAggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         if let Some(hit) = self.cache.get::<A>(A::TYPE, id) {
-            return Ok(hit);
+            return Ok(Loaded {
+                cached: true,
+                ..hit
+            });
         }
         let loaded = self.load_fresh::<A>(id).await?;
         self.cache.put(A::TYPE, id, loaded.clone());
@@ -176,6 +182,7 @@ impl EventStore {
             state,
             sequence,
             snapshot_sequence,
+            cached: false,
         })
     }
 
@@ -207,6 +214,7 @@ impl EventStore {
             state,
             sequence,
             snapshot_sequence: loaded.snapshot_sequence,
+            cached: false,
         };
         let snapshot = if sequence - loaded.snapshot_sequence >= SNAPSHOT_EVERY {
             after.snapshot_sequence = sequence;
@@ -261,21 +269,48 @@ impl EventStore {
         A: StoredAggregate,
         <A as Decider>::Command: Clone,
     {
+        self.execute_checked(id, command, |_: &A| metadata.clone(), |_: &A| Ok(()))
+            .await
+    }
+
+    /// As [`EventStore::execute`], after `check` approves the loaded state (ownership, say),
+    /// with metadata made from that state (a job's correlation id, say).
+    ///
+    /// # Errors
+    /// The outer error is the store's; the inner one `check`'s or the domain's refusal.
+    pub async fn execute_checked<A>(
+        &self,
+        id: &str,
+        command: <A as Decider>::Command,
+        metadata: impl Fn(&A) -> Metadata,
+        check: impl Fn(&A) -> Result<(), <A as Decider>::Error>,
+    ) -> Result<Result<Executed<A>, <A as Decider>::Error>, StoreError>
+    where
+        A: StoredAggregate,
+        <A as Decider>::Command: Clone,
+    {
         let _guard = self.lock(A::TYPE, id).await;
         for attempt in 0..MAX_ATTEMPTS {
             let loaded = self.load::<A>(id).await?;
-            let events = match loaded.state.decide(command.clone()) {
-                Ok(events) => events,
+            let decided = check(&loaded.state).and_then(|()| loaded.state.decide(command.clone()));
+            let events = match decided {
+                Ok(events) if !events.is_empty() => events,
+                // A refusal or no-op on cached state is only believed on fresh state.
+                _ if loaded.cached => {
+                    self.forget(A::TYPE, id);
+                    continue;
+                }
+                Ok(events) => {
+                    return Ok(Ok(Executed {
+                        events,
+                        state: loaded.state,
+                    }));
+                }
                 Err(e) => return Ok(Err(e)),
             };
-            if events.is_empty() {
-                return Ok(Ok(Executed {
-                    events,
-                    state: loaded.state,
-                }));
-            }
+            let meta = metadata(&loaded.state);
             let (append, snapshot, after) =
-                Self::prepare(id, &loaded, &events, metadata).map_err(|source| {
+                Self::prepare(id, &loaded, &events, &meta).map_err(|source| {
                     StoreError::Decode {
                         aggregate_type: A::TYPE,
                         aggregate_id: id.to_owned(),

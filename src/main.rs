@@ -2,6 +2,7 @@
 //! and calls each crate's `run`.
 
 mod bench;
+mod roles;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -23,6 +24,15 @@ enum Action {
     Migrate,
     /// Serve the write side: job submission, cancel, worker reports; runs the process manager.
     CommandApi,
+    /// Serve the read side: job views, usage, subscription, the per-user SSE stream.
+    ReadApi,
+    /// Run the projections (read models), or rebuild one.
+    Projections {
+        #[command(subcommand)]
+        action: Option<ProjectionsAction>,
+    },
+    /// Publish the event log to NATS JetStream, in global order.
+    Relay,
     /// Tokens for the configured HS256 secret (RUNLEDGER_JWT_SECRET).
     Token {
         #[command(subcommand)]
@@ -40,6 +50,15 @@ enum Action {
         /// The schemas directory.
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsAction {
+    /// Replay the whole store into fresh tables and swap them in.
+    Rebuild {
+        /// jobs, usage or subscriptions.
+        name: projections::Projection,
     },
 }
 
@@ -77,6 +96,14 @@ fn main() -> ExitCode {
         } => mint(&sub, role, ttl),
         Action::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
         Action::CommandApi => runtime().and_then(|rt| rt.block_on(command_api())),
+        Action::ReadApi => runtime().and_then(|rt| rt.block_on(roles::read_api(settings()?))),
+        Action::Projections { action: None } => {
+            runtime().and_then(|rt| rt.block_on(roles::projections(settings()?)))
+        }
+        Action::Projections {
+            action: Some(ProjectionsAction::Rebuild { name }),
+        } => runtime().and_then(|rt| rt.block_on(roles::rebuild(settings()?, name))),
+        Action::Relay => runtime().and_then(|rt| rt.block_on(roles::relay(settings()?))),
         Action::Bench { action } => runtime().and_then(|rt| rt.block_on(bench::run(action))),
     };
     match result {

@@ -4,6 +4,9 @@
 
 pub mod auth;
 pub mod db;
+pub mod metrics;
+pub mod nats;
+pub mod notice;
 pub mod problem;
 pub mod settings;
 pub mod shutdown;

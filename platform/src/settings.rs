@@ -62,6 +62,11 @@ pub struct Settings {
     pub reservation_timeout: Duration,
     /// `RUNLEDGER_LOG` (default `info`): a tracing filter.
     pub log_filter: String,
+    /// `NATS_URL`: the event bus and change notices.
+    pub nats_url: Option<String>,
+    /// `RUNLEDGER_NATS_PREFIX`: prepended to subjects and stream names (empty by default),
+    /// so several deployments or tests can share one server.
+    pub nats_prefix: String,
 }
 
 impl Settings {
@@ -148,7 +153,29 @@ impl Settings {
                 "must be between 2 and 1000",
             ));
         }
+        let nats_url = match get("NATS_URL") {
+            Some(u) if u.starts_with("nats://") || u.starts_with("tls://") => Some(u.to_owned()),
+            Some(_) => return Err(bad("NATS_URL", "must start with nats:// or tls://")),
+            None => None,
+        };
+        let nats_prefix = match get("RUNLEDGER_NATS_PREFIX") {
+            None => String::new(),
+            Some(p)
+                if p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+            {
+                format!("{p}.")
+            }
+            Some(_) => {
+                return Err(bad(
+                    "RUNLEDGER_NATS_PREFIX",
+                    "may hold only letters, digits, _ and -",
+                ));
+            }
+        };
         Ok(Self {
+            nats_url,
+            nats_prefix,
             database_url,
             db_max_connections: u32::try_from(db_max_connections).unwrap_or(32),
             addr,
@@ -177,6 +204,16 @@ impl Settings {
         self.database_url
             .as_ref()
             .ok_or_else(|| bad("DATABASE_URL", "is required by this role"))
+    }
+
+    /// The NATS URL, for roles that need the bus.
+    ///
+    /// # Errors
+    /// When `NATS_URL` is not set.
+    pub fn require_nats(&self) -> Result<&str, SettingsError> {
+        self.nats_url
+            .as_deref()
+            .ok_or_else(|| bad("NATS_URL", "is required by this role"))
     }
 
     /// Checks that some way to validate tokens is configured.

@@ -1,0 +1,17 @@
+//! The NATS connection.
+
+use std::time::Duration;
+
+/// Connects to `url`, retrying in the background when the server goes away.
+///
+/// # Errors
+/// When the first connection fails.
+pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name("runledger")
+        .connection_timeout(Duration::from_secs(5))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(url)
+        .await
+}

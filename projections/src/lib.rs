@@ -1,0 +1,116 @@
+//! runledger's read models, each built from the ordered event log with its checkpoint stored
+//! in the same transaction as its rows (an event's effect lands exactly once), rebuildable
+//! from position 0 into fresh tables swapped in atomically; and the relay that publishes the
+//! log to NATS JetStream.
+//!
+//! Projections read the event store directly, not JetStream (docs/adr/0003): one hop less on
+//! the way to SSE, and a rebuild reads the store in any case.
+
+pub mod jobs;
+pub mod rebuild;
+pub mod relay;
+pub mod runner;
+pub mod subscriptions;
+pub mod usage;
+
+use std::str::FromStr;
+
+use platform::{notice::Notice, store::reader::RecordedEvent};
+use sqlx::PgConnection;
+
+/// A projection's failure; the batch is rolled back and redone.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// An event does not decode.
+    #[error("event at position {position} does not decode: {source}")]
+    Decode {
+        /// Its position.
+        position: i64,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An aggregate id of the wrong shape.
+    #[error("event at position {position} has a malformed aggregate id")]
+    BadId {
+        /// Its position.
+        position: i64,
+    },
+}
+
+/// The read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// Job views, changes and per-user stream positions.
+    Jobs,
+    /// Usage per billing period.
+    Usage,
+    /// Subscriptions.
+    Subscriptions,
+}
+
+impl Projection {
+    /// Every projection.
+    pub const ALL: [Self; 3] = [Self::Jobs, Self::Usage, Self::Subscriptions];
+
+    /// Its name: the checkpoint's, and `runledger projections rebuild NAME`'s.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Jobs => "jobs",
+            Self::Usage => "usage",
+            Self::Subscriptions => "subscriptions",
+        }
+    }
+
+    /// The tables it owns.
+    pub const fn tables(self) -> &'static [&'static str] {
+        match self {
+            Self::Jobs => jobs::TABLES,
+            Self::Usage => usage::TABLES,
+            Self::Subscriptions => subscriptions::TABLES,
+        }
+    }
+
+    /// The advisory lock that one batch of it holds (so a swap or a second runner waits).
+    pub const fn lock_key(self) -> i64 {
+        7_245_037_300
+            + match self {
+                Self::Jobs => 1,
+                Self::Usage => 2,
+                Self::Subscriptions => 3,
+            }
+    }
+
+    /// Applies a batch to its tables named with `suffix` (`""` live, `_rebuild` while
+    /// rebuilding); returns the change notices to publish after commit.
+    ///
+    /// # Errors
+    /// [`ProjectionError`].
+    pub async fn apply(
+        self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+        suffix: &str,
+    ) -> Result<Vec<Notice>, ProjectionError> {
+        match self {
+            Self::Jobs => jobs::apply(conn, events, suffix).await,
+            Self::Usage => usage::apply(conn, events, suffix).await.map(|()| vec![]),
+            Self::Subscriptions => subscriptions::apply(conn, events, suffix)
+                .await
+                .map(|()| vec![]),
+        }
+    }
+}
+
+impl FromStr for Projection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown projection `{s}` (jobs, usage, subscriptions)"))
+    }
+}

@@ -1,0 +1,161 @@
+//! `GET /v1/jobs` (cursor pagination, status filter) and `GET /v1/jobs/{id}`.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use platform::{auth::Principal, problem::Problem};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::state::{AppState, customer, internal};
+
+const STATUSES: [&str; 7] = [
+    "scheduled",
+    "queued",
+    "running",
+    "retrying",
+    "completed",
+    "failed",
+    "canceled",
+];
+
+#[derive(sqlx::FromRow)]
+struct ViewRow {
+    id: Uuid,
+    task_type: String,
+    status: String,
+    attempts: i32,
+    correlation_id: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+impl ViewRow {
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "task_type": self.task_type,
+            "status": self.status,
+            "attempts": self.attempts,
+            "correlation_id": self.correlation_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        });
+        if let Some(r) = &self.result {
+            v["result"] = r.clone();
+        }
+        if let Some(e) = &self.error {
+            v["error"] = json!(e);
+        }
+        v
+    }
+}
+
+const COLUMNS: &str =
+    "id, task_type, status, attempts, correlation_id, created_at, updated_at, result, error";
+
+/// One of the caller's jobs; another user's is a 404.
+///
+/// # Errors
+/// 404, or 500.
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let user = customer(principal)?;
+    let id = Uuid::parse_str(&id).map_err(|_| Problem::not_found("job"))?;
+    let row: Option<ViewRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM job_views WHERE id = $1 AND user_id = $2"
+    ))
+    .bind(id)
+    .bind(user)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| internal(&e))?;
+    row.map(|r| Json(r.to_json()))
+        .ok_or_else(|| Problem::not_found("job"))
+}
+
+/// The caller's jobs, newest first: `?status=&limit=&cursor=`.
+///
+/// # Errors
+/// 400 on a bad parameter, or 500.
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, Problem> {
+    let user = customer(principal)?;
+    if let Some(k) = params
+        .keys()
+        .find(|k| !["status", "limit", "cursor"].contains(&k.as_str()))
+    {
+        return Err(Problem::bad_request(format!(
+            "unknown parameter `{}`",
+            k.chars().take(64).collect::<String>()
+        )));
+    }
+    let status = match params.get("status") {
+        Some(s) if STATUSES.contains(&s.as_str()) => Some(s.clone()),
+        Some(_) => {
+            return Err(Problem::bad_request(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        None => None,
+    };
+    let limit: i64 = match params.get("limit") {
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| Problem::bad_request("limit must be 1 to 100"))?,
+        None => 20,
+    };
+    let cursor = params.get("cursor").map(|c| decode_cursor(c)).transpose()?;
+    let rows: Vec<ViewRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM job_views WHERE user_id = $1 AND ($2::text IS NULL OR status = $2) \
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(user)
+    .bind(status)
+    .bind(cursor.map(|(t, _)| t))
+    .bind(cursor.map(|(_, id)| id))
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| internal(&e))?;
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = if more {
+        page.last().map(|r| encode_cursor(r.created_at, r.id))
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({"jobs": page.iter().map(ViewRow::to_json).collect::<Vec<_>>(), "next_cursor": next}),
+    ))
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.timestamp_micros()))
+}
+
+fn decode_cursor(c: &str) -> Result<(DateTime<Utc>, Uuid), Problem> {
+    let bad = || Problem::bad_request("cursor is not one this API returned");
+    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}

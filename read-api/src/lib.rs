@@ -1,0 +1,121 @@
+//! runledger's read side: queries over the read models and the per-user SSE stream.
+
+pub mod jobs;
+pub mod state;
+pub mod stream;
+pub mod usage;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use platform::{
+    auth::Authenticator,
+    db,
+    notice::NoticeBus,
+    problem::Problem,
+    settings::{Settings, SettingsError},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use state::AppState;
+
+/// Why the read API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is missing or bad.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// Postgres could not be reached.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The notice subscription failed.
+    #[error("cannot subscribe to change notices: {0}")]
+    Bus(#[from] async_nats::SubscribeError),
+    /// The listener failed.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the state on `bus`; the hub follows notices until `shutdown`.
+///
+/// # Errors
+/// [`StartError`].
+pub async fn build(
+    settings: Settings,
+    bus: &NoticeBus,
+    shutdown: CancellationToken,
+) -> Result<AppState, StartError> {
+    settings.require_auth()?;
+    let pool = db::connect(settings.require_database()?, settings.db_max_connections).await?;
+    let auth = Authenticator::new(
+        settings.jwt_secret.as_ref(),
+        settings.jwks_url.as_deref(),
+        &settings.jwt_audience,
+    );
+    let hub = stream::Hub::start(bus, shutdown).await?;
+    Ok(AppState {
+        pool,
+        auth: Arc::new(auth),
+        settings: Arc::new(settings),
+        hub,
+    })
+}
+
+/// The routes of the read side.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/stream", get(stream::stream))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/usage", get(usage::current))
+        .route("/v1/usage/history", get(usage::history))
+        .route("/v1/subscription", get(usage::subscription))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            )
+        })
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.pool).await {
+        Ok(_) => "ready".into_response(),
+        Err(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready")
+            .detail("database unreachable")
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    ::metrics::gauge!("runledger_sse_streams").set(state.hub.streams() as f64);
+    platform::metrics::render()
+}
+
+/// Serves the read side on `listener` until `shutdown`.
+///
+/// # Errors
+/// When serving fails.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

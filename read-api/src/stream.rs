@@ -1,0 +1,243 @@
+//! `GET /v1/jobs/stream`: each change of the caller's jobs as an SSE event, live from change
+//! notices, resumed after `Last-Event-ID` from the `job_changes` read model, without gap or
+//! duplicate. A notice names the user's previous change; when that is not the last one this
+//! stream sent (a notice was lost, or this stream fell behind), the gap is read from the
+//! read model.
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    extract::State,
+    http::HeaderMap,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use platform::{
+    auth::Principal,
+    notice::{JobChange, Notice, NoticeBus},
+    problem::Problem,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::state::{AppState, customer, internal};
+
+/// How often a comment line keeps proxies from closing an idle stream.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Fans notices out to the streams of their user.
+#[derive(Default)]
+pub struct Hub {
+    users: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Arc<Notice>>>>,
+}
+
+impl Hub {
+    /// Subscribes to `bus` and starts dispatching.
+    ///
+    /// # Errors
+    /// When the subscription fails.
+    pub async fn start(
+        bus: &NoticeBus,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, async_nats::SubscribeError> {
+        let hub = Arc::new(Self::default());
+        let mut notices = bus.subscribe().await?;
+        let h = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    n = notices.next() => match n {
+                        Some(n) => h.dispatch(n),
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    fn dispatch(&self, notice: Arc<Notice>) {
+        let Ok(mut users) = self.users.lock() else {
+            return;
+        };
+        let closed = users
+            .get(&notice.user_id)
+            .is_some_and(|tx| tx.send(notice.clone()).is_err());
+        if closed {
+            users.remove(&notice.user_id);
+        }
+    }
+
+    fn subscribe(&self, user: Uuid) -> broadcast::Receiver<Arc<Notice>> {
+        let mut users = match self.users.lock() {
+            Ok(u) => u,
+            Err(p) => p.into_inner(),
+        };
+        if users.len() > 1_024 {
+            users.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        users
+            .entry(user)
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+
+    /// Open streams, for the metric.
+    pub fn streams(&self) -> usize {
+        self.users.lock().map_or(0, |u| {
+            u.values().map(broadcast::Sender::receiver_count).sum()
+        })
+    }
+}
+
+/// The SSE response.
+///
+/// # Errors
+/// 400 on a bad `Last-Event-ID`, 403 for service roles.
+pub async fn stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let user = customer(principal)?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| {
+                    Problem::bad_request("Last-Event-ID must be a position this stream sent")
+                })?,
+        ),
+        None => None,
+    };
+    // Subscribe before reading where to start, so no notice falls in between.
+    let notices = state.hub.subscribe(user);
+    let start = match resume {
+        Some(p) => p,
+        None => {
+            sqlx::query_as::<_, (i64,)>("SELECT last_position FROM job_streams WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&state.pool)
+                .await
+                .map_err(|e| internal(&e))?
+                .map_or(0, |(p,)| p)
+        }
+    };
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(follow(
+        state.pool.clone(),
+        user,
+        start,
+        resume.is_some(),
+        notices,
+        tx,
+    ));
+    Ok(Sse::new(ReceiverStream::new(rx).map(Ok))
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+fn event(c: &JobChange) -> Event {
+    Event::default()
+        .id(c.position.to_string())
+        .event("job")
+        .data(
+        json!({"id": c.id, "status": c.status, "attempts": c.attempts, "updated_at": c.updated_at})
+            .to_string(),
+    )
+}
+
+/// Feeds one connection until it closes.
+async fn follow(
+    pool: PgPool,
+    user: Uuid,
+    mut last: i64,
+    backlog: bool,
+    mut notices: broadcast::Receiver<Arc<Notice>>,
+    tx: mpsc::Sender<Event>,
+) {
+    if backlog {
+        match catch_up(&pool, user, last, &tx).await {
+            Some(p) => last = p,
+            None => return,
+        }
+    }
+    loop {
+        let received = tokio::select! {
+            () = tx.closed() => return,
+            r = notices.recv() => r,
+        };
+        let caught_up = match received {
+            Ok(n) if n.prev <= last => {
+                for c in &n.changes {
+                    if c.position <= last {
+                        continue;
+                    }
+                    if tx.send(event(c)).await.is_err() {
+                        return;
+                    }
+                    last = c.position;
+                }
+                Some(last)
+            }
+            // A notice was missed, or this stream fell behind: read the gap.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                catch_up(&pool, user, last, &tx).await
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        };
+        match caught_up {
+            Some(p) => last = p,
+            None => return,
+        }
+    }
+}
+
+/// Sends every change after `from` from the read model; returns the last position sent, or
+/// `None` when the connection is gone or the database failed.
+async fn catch_up(
+    pool: &PgPool,
+    user: Uuid,
+    mut from: i64,
+    tx: &mpsc::Sender<Event>,
+) -> Option<i64> {
+    loop {
+        let rows: Vec<(i64, Uuid, String, i32, DateTime<Utc>)> = match sqlx::query_as(
+            "SELECT position, job_id, status, attempts, updated_at FROM job_changes \
+              WHERE user_id = $1 AND position > $2 ORDER BY position LIMIT 500",
+        )
+        .bind(user)
+        .bind(from)
+        .fetch_all(pool)
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = internal(&e);
+                return None;
+            }
+        };
+        let n = rows.len();
+        for (position, id, status, attempts, updated_at) in rows {
+            let change = JobChange {
+                position,
+                id,
+                status,
+                attempts,
+                updated_at,
+            };
+            tx.send(event(&change)).await.ok()?;
+            from = position;
+        }
+        if n < 500 {
+            return Some(from);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Wiring of the roles that run on Postgres and NATS.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use platform::{notice::NoticeBus, settings::Settings};
+use projections::Projection;
+
+async fn bus(settings: &Settings) -> anyhow::Result<NoticeBus> {
+    let url = settings.require_nats()?;
+    let client = platform::nats::connect(url)
+        .await
+        .context("connecting to NATS")?;
+    Ok(NoticeBus::Nats {
+        client,
+        prefix: settings.nats_prefix.clone(),
+    })
+}
+
+async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let pool =
+        platform::db::connect(settings.require_database()?, settings.db_max_connections).await?;
+    platform::db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+pub async fn read_api(s: Settings) -> anyhow::Result<ExitCode> {
+    platform::telemetry::init(&s.log_filter);
+    let addr = s.addr;
+    let bus = bus(&s).await?;
+    let shutdown = platform::shutdown::on_signal();
+    let state = read_api::build(s, &bus, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(message = "Read API listening.", addr = %addr);
+    read_api::run(listener, state, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn projections(s: Settings) -> anyhow::Result<ExitCode> {
+    platform::telemetry::init(&s.log_filter);
+    let bus = bus(&s).await?;
+    let pool = pool(&s).await?;
+    let shutdown = platform::shutdown::on_signal();
+    let tasks: Vec<_> = Projection::ALL
+        .into_iter()
+        .map(|p| {
+            tokio::spawn(projections::runner::run(
+                pool.clone(),
+                p,
+                bus.clone(),
+                None,
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    tracing::info!(message = "Projections running.");
+    for t in tasks {
+        t.await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rebuild(s: Settings, projection: Projection) -> anyhow::Result<ExitCode> {
+    let pool = pool(&s).await?;
+    let head = platform::store::reader::head(&pool).await?;
+    let mut shown = 0;
+    let done = projections::rebuild::rebuild(&pool, projection, |p| {
+        let pct = if head > 0 { p * 100 / head } else { 100 };
+        if pct >= shown + 5 {
+            shown = pct;
+            eprint!("\rrebuilding {}: {pct}%", projection.name());
+        }
+    })
+    .await?;
+    eprintln!();
+    println!(
+        "rebuilt {}: {} events to position {} in {:.2} s ({:.0} events/s)",
+        projection.name(),
+        done.events,
+        done.position,
+        done.elapsed.as_secs_f64(),
+        done.events as f64 / done.elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn relay(s: Settings) -> anyhow::Result<ExitCode> {
+    platform::telemetry::init(&s.log_filter);
+    let url = s.require_nats()?.to_owned();
+    let pool = pool(&s).await?;
+    let client = platform::nats::connect(&url)
+        .await
+        .context("connecting to NATS")?;
+    tracing::info!(message = "Relay running.");
+    projections::relay::run(
+        pool,
+        client,
+        s.nats_prefix.clone(),
+        platform::shutdown::on_signal(),
+    )
+    .await;
+    Ok(ExitCode::SUCCESS)
+}

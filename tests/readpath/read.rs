@@ -1,0 +1,216 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_is_seen_by_its_view_its_usage_and_sse_in_order() {
+    let stack = Stack::start().await;
+    let (_, t) = new_user();
+    let mut sse = stack.sse(&t, None).await;
+    let job = stack.submit(&t).await;
+    let first = sse.take(1, WAIT).await;
+    stack.run_job(&job).await;
+    let rest = sse.take(2, WAIT).await;
+    let events: Vec<_> = first.into_iter().chain(rest).collect();
+    let seen: Vec<(&str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.data["status"].as_str().unwrap(),
+                e.data["attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("queued", 0), ("running", 1), ("completed", 1)]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event == "job" && e.data["id"] == job.as_str())
+    );
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.data["updated_at"].as_str().is_some())
+    );
+
+    stack.settle().await;
+    let (status, view) = stack.get(&format!("/v1/jobs/{job}"), &t).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (view["status"].as_str(), view["attempts"].as_i64()),
+        (Some("completed"), Some(1))
+    );
+    assert_eq!(view["result"], json!({"ok": true}));
+    let (_, usage) = stack.get("/v1/usage", &t).await;
+    assert_eq!(
+        (
+            usage["plan"].as_str(),
+            usage["consumed"].as_i64(),
+            usage["reserved"].as_i64()
+        ),
+        (Some("FREE"), Some(1), Some(0))
+    );
+    assert_eq!(
+        (usage["limit"].as_i64(), usage["remaining"].as_i64()),
+        (Some(100), Some(99))
+    );
+    let (_, history) = stack.get("/v1/usage/history", &t).await;
+    assert_eq!(history["periods"][0]["consumed"], 1);
+    let (_, sub) = stack.get("/v1/subscription", &t).await;
+    assert_eq!(sub["plan"], "FREE");
+    let (_, list) = stack.get("/v1/jobs?status=completed", &t).await;
+    assert_eq!(list["jobs"][0]["id"], job.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_users_never_see_each_others_jobs() {
+    let stack = Stack::start().await;
+    let (_, alice) = new_user();
+    let (_, bob) = new_user();
+    let mut a = stack.sse(&alice, None).await;
+    let mut b = stack.sse(&bob, None).await;
+    let mut a_jobs = Vec::new();
+    let mut b_jobs = Vec::new();
+    for _ in 0..5 {
+        a_jobs.push(stack.submit(&alice).await);
+        b_jobs.push(stack.submit(&bob).await);
+    }
+    let a_events = a.take(5, WAIT).await;
+    let b_events = b.take(5, WAIT).await;
+    assert!(
+        a_events
+            .iter()
+            .all(|e| a_jobs.contains(&e.data["id"].as_str().unwrap().to_owned()))
+    );
+    assert!(
+        b_events
+            .iter()
+            .all(|e| b_jobs.contains(&e.data["id"].as_str().unwrap().to_owned()))
+    );
+    assert!(a.next(Duration::from_millis(300)).await.is_none());
+    for j in &b_jobs {
+        assert!(
+            !a.raw.contains(j.as_str()),
+            "alice's stream carried bob's job"
+        );
+    }
+    for j in &a_jobs {
+        assert!(
+            !b.raw.contains(j.as_str()),
+            "bob's stream carried alice's job"
+        );
+    }
+    // Reading another user's job is a 404, and lists hold only one's own.
+    stack.caught_up().await;
+    assert_eq!(
+        stack
+            .get(&format!("/v1/jobs/{}", b_jobs[0]), &alice)
+            .await
+            .0,
+        404
+    );
+    let (_, list) = stack.get("/v1/jobs?limit=100", &alice).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn last_event_id_resumes_with_exactly_the_missed_events() {
+    let stack = Stack::start().await;
+    let (_, t) = new_user();
+    let mut sse = stack.sse(&t, None).await;
+    let a = stack.submit(&t).await;
+    let seen = sse.take(1, WAIT).await;
+    drop(sse);
+    stack.run_job(&a).await;
+    let b = stack.submit(&t).await;
+    stack.caught_up().await;
+    let mut resumed = stack.sse(&t, Some(seen[0].id)).await;
+    let missed = resumed.take(3, WAIT).await;
+    let got: Vec<(String, String)> = missed
+        .iter()
+        .map(|e| {
+            (
+                e.data["id"].as_str().unwrap().to_owned(),
+                e.data["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (a.clone(), "running".into()),
+            (a, "completed".into()),
+            (b.clone(), "queued".into())
+        ]
+    );
+    assert!(missed.iter().all(|e| e.id > seen[0].id));
+    // Nothing twice, and the stream goes on live.
+    assert!(resumed.next(Duration::from_millis(300)).await.is_none());
+    stack
+        .report(&b, "start", json!({"attempt": 1, "worker_id": "w"}))
+        .await;
+    let live = resumed.take(1, WAIT).await;
+    assert_eq!(live[0].data["status"], "running");
+    assert!(live[0].id > missed[2].id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_endpoints_refuse_bad_requests() {
+    let stack = Stack::start().await;
+    let (_, t) = new_user();
+    assert_eq!(stack.get("/v1/jobs?status=weird", &t).await.0, 400);
+    assert_eq!(stack.get("/v1/jobs?limit=0", &t).await.0, 400);
+    assert_eq!(stack.get("/v1/jobs?cursor=zzz", &t).await.0, 400);
+    assert_eq!(stack.get("/v1/jobs?sort=asc", &t).await.0, 400);
+    assert_eq!(stack.get("/v1/jobs/not-a-uuid", &t).await.0, 404);
+    let r = stack
+        .client
+        .get(format!("{}/v1/jobs", stack.read))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = stack
+        .client
+        .get(format!("{}/v1/jobs/stream", stack.read))
+        .bearer_auth(&t)
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Pagination walks every job once.
+    for _ in 0..5 {
+        stack.submit(&t).await;
+    }
+    stack.caught_up().await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=2&cursor={c}"),
+            None => "/v1/jobs?limit=2".to_owned(),
+        };
+        let (_, page) = stack.get(&path, &t).await;
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (5, 5));
+}

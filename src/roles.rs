@@ -38,11 +38,24 @@ pub async fn read_api(s: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `/metrics` and `/healthz` on `RUNLEDGER_ADDR`.
+async fn metrics_endpoint(
+    s: &Settings,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(s.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", s.addr))?;
+    tokio::spawn(platform::metrics::serve(listener, shutdown.clone()));
+    Ok(())
+}
+
 pub async fn projections(s: Settings) -> anyhow::Result<ExitCode> {
     platform::telemetry::init(&s.log_filter);
     let bus = bus(&s).await?;
     let pool = pool(&s).await?;
     let shutdown = platform::shutdown::on_signal();
+    metrics_endpoint(&s, &shutdown).await?;
     let tasks: Vec<_> = Projection::ALL
         .into_iter()
         .map(|p| {

@@ -50,6 +50,7 @@ pub enum StartError {
 /// [`StartError`].
 pub async fn build(settings: Settings) -> Result<AppState, StartError> {
     settings.require_auth()?;
+    platform::metrics::handle();
     let pool = db::connect(settings.require_database()?, settings.db_max_connections).await?;
     let auth = Authenticator::new(
         settings.jwt_secret.as_ref(),
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/worker/jobs/{id}/fail", post(jobs::fail))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(|| async { platform::metrics::render() }))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

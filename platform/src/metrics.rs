@@ -2,7 +2,10 @@
 
 use std::sync::OnceLock;
 
+use axum::{Router, routing::get};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -13,7 +16,32 @@ pub fn handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// The text exposition of every metric.
+/// The text exposition of every metric, with this process's resident memory.
 pub fn render() -> String {
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("runledger_process_resident_bytes").set(rss as f64);
+    }
     handle().map(|h| h.render()).unwrap_or_default()
+}
+
+/// This process's resident set size (Linux), from `/proc/self/status`.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1_024)
+}
+
+/// Serves `/metrics` and `/healthz` for roles without an API of their own, until `shutdown`.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    handle();
+    let app = Router::new()
+        .route("/metrics", get(|| async { render() }))
+        .route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

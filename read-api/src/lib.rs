@@ -53,6 +53,7 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> Result<AppState, StartError> {
     settings.require_auth()?;
+    platform::metrics::handle();
     let pool = db::connect(settings.require_database()?, settings.db_max_connections).await?;
     let auth = Authenticator::new(
         settings.jwt_secret.as_ref(),

@@ -8,60 +8,28 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context;
-use clap::Subcommand;
-use domain::ids::UserId;
-use platform::{auth::Role, settings::Settings};
+use platform::settings::Settings;
 
-#[derive(Subcommand)]
-pub enum BenchAction {
-    /// Submit noop jobs and report accepted/s and p50/p95/p99 latency.
-    Submit {
-        /// The command API's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Submissions in all.
-        #[arg(short = 'n', long, default_value_t = 20_000)]
-        requests: usize,
-        /// Submissions in flight at once.
-        #[arg(short = 'c', long, default_value_t = 64)]
-        concurrency: usize,
-        /// Distinct users the submissions are spread over.
-        #[arg(long, default_value_t = 256)]
-        users: usize,
-        /// Seconds of pgbench for the durable-commit ceiling (0 skips it; needs DATABASE_URL).
-        #[arg(long, default_value_t = 5)]
-        pgbench_seconds: u32,
-    },
-}
+use super::{Percentiles, tokens};
 
-pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
-    let BenchAction::Submit {
-        url,
-        requests,
-        concurrency,
-        users,
-        pgbench_seconds,
-    } = action;
-    let settings = Settings::from_env().context("bad configuration")?;
-    let secret = settings
-        .jwt_secret
-        .clone()
-        .context("RUNLEDGER_JWT_SECRET is required to mint tokens")?;
-    let tokens: Vec<String> = (0..users.max(1))
-        .map(|_| {
-            platform::auth::mint(
-                &secret,
-                &settings.jwt_audience,
-                UserId::from_uuid(uuid::Uuid::new_v4()),
-                Role::Customer,
-                Duration::from_secs(3_600),
-            )
-        })
-        .collect::<Result<_, _>>()?;
+pub async fn run(
+    settings: &Settings,
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+    users: usize,
+    pgbench_seconds: u32,
+) -> anyhow::Result<ExitCode> {
+    let tokens: Arc<Vec<String>> = Arc::new(
+        tokens(settings, users)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect(),
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
@@ -71,7 +39,6 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
         let _ = post(&client, &endpoint, t).await;
     }
     let next = Arc::new(AtomicUsize::new(0));
-    let tokens = Arc::new(tokens);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -103,14 +70,7 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
     let accepted = samples.iter().filter(|(_, s)| *s == 202).count();
     let refused = samples.iter().filter(|(_, s)| *s == 402).count();
     let failed = samples.len() - accepted - refused;
-    let mut lat: Vec<Duration> = samples.iter().map(|(d, _)| *d).collect();
-    lat.sort();
-    let pct = |p: f64| {
-        let idx = ((lat.len() as f64 * p).ceil() as usize)
-            .saturating_sub(1)
-            .min(lat.len().saturating_sub(1));
-        lat.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
-    };
+    let lat = Percentiles::new(samples.iter().map(|(d, _)| *d).collect());
     let rate = accepted as f64 / elapsed.as_secs_f64();
     println!("bench submit: {requests} requests, concurrency {concurrency}, {users} users, {url}");
     println!("  accepted (202)     {accepted}");
@@ -118,15 +78,9 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
     println!("  other/errors       {failed}");
     println!("  elapsed            {:.2} s", elapsed.as_secs_f64());
     println!("  accepted/s         {rate:.0}");
-    println!(
-        "  latency ms         p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
-        pct(0.50),
-        pct(0.95),
-        pct(0.99),
-        pct(1.0)
-    );
+    println!("  latency ms         {lat}");
     if pgbench_seconds > 0 {
-        match ceiling(&settings, concurrency, pgbench_seconds).await {
+        match ceiling(settings, concurrency, pgbench_seconds) {
             Ok(tps) => {
                 println!(
                     "  pgbench ceiling    {tps:.0} commits/s (one-row INSERT per transaction, c={concurrency})"
@@ -157,7 +111,7 @@ async fn post(client: &reqwest::Client, endpoint: &str, token: &str) -> u16 {
 }
 
 /// pgbench's tps for one single-row INSERT per transaction at `clients`.
-async fn ceiling(settings: &Settings, clients: usize, seconds: u32) -> anyhow::Result<f64> {
+fn ceiling(settings: &Settings, clients: usize, seconds: u32) -> anyhow::Result<f64> {
     let url = settings.require_database()?.expose().to_owned();
     let dir = std::env::temp_dir().join(format!("runledger-pgbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

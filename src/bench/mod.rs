@@ -1,0 +1,151 @@
+//! Load generators that print their figures: `runledger bench submit|sse|streams|rebuild`.
+
+mod rebuild;
+mod sse;
+mod submit;
+
+use std::{fmt, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::Subcommand;
+use domain::ids::UserId;
+use platform::{auth::Role, settings::Settings};
+
+#[derive(Subcommand)]
+pub enum BenchAction {
+    /// Submit noop jobs: accepted/s and p50/p95/p99 latency, beside pgbench's commit ceiling.
+    Submit {
+        /// The command API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Submissions in all.
+        #[arg(short = 'n', long, default_value_t = 20_000)]
+        requests: usize,
+        /// Submissions in flight at once.
+        #[arg(short = 'c', long, default_value_t = 64)]
+        concurrency: usize,
+        /// Distinct users the submissions are spread over.
+        #[arg(long, default_value_t = 256)]
+        users: usize,
+        /// Seconds of pgbench for the durable-commit ceiling (0 skips it; needs DATABASE_URL).
+        #[arg(long, default_value_t = 5)]
+        pgbench_seconds: u32,
+    },
+    /// Latency from `POST /v1/jobs` to the SSE event `queued`, at a fixed submission rate.
+    Sse {
+        /// The command API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        write: String,
+        /// The read API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        read: String,
+        /// Submissions per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        /// How long to submit.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Users, each with one open stream.
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+    },
+    /// Hold N SSE streams open and report the read API's resident memory.
+    Streams {
+        /// The read API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        read: String,
+        /// Streams to open.
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+    },
+    /// Seed a scratch database with synthetic job events, then time a rebuild of `jobs`.
+    Rebuild {
+        /// Events to seed (3 per job: submitted, started, completed).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+}
+
+pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_env().context("bad configuration")?;
+    match action {
+        BenchAction::Submit {
+            url,
+            requests,
+            concurrency,
+            users,
+            pgbench_seconds,
+        } => {
+            submit::run(
+                &settings,
+                &url,
+                requests,
+                concurrency,
+                users,
+                pgbench_seconds,
+            )
+            .await
+        }
+        BenchAction::Sse {
+            write,
+            read,
+            rate,
+            seconds,
+            users,
+        } => sse::latency(&settings, &write, &read, rate, seconds, users).await,
+        BenchAction::Streams { read, streams } => sse::hold(&settings, &read, streams).await,
+        BenchAction::Rebuild { events } => rebuild::run(&settings, events).await,
+    }
+}
+
+/// Tokens for `n` new customers.
+fn tokens(settings: &Settings, n: usize) -> anyhow::Result<Vec<(UserId, String)>> {
+    let secret = settings
+        .jwt_secret
+        .as_ref()
+        .context("RUNLEDGER_JWT_SECRET is required to mint tokens")?;
+    (0..n.max(1))
+        .map(|_| {
+            let user = UserId::from_uuid(uuid::Uuid::new_v4());
+            let t = platform::auth::mint(
+                secret,
+                &settings.jwt_audience,
+                user,
+                Role::Customer,
+                Duration::from_secs(3_600),
+            )?;
+            Ok((user, t))
+        })
+        .collect()
+}
+
+/// Latency percentiles of a sample.
+struct Percentiles(Vec<Duration>);
+
+impl Percentiles {
+    fn new(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        Self(samples)
+    }
+
+    fn ms(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        let idx = ((self.0.len() as f64 * p).ceil() as usize).clamp(1, self.0.len()) - 1;
+        self.0[idx].as_secs_f64() * 1_000.0
+    }
+}
+
+impl fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
+            self.ms(0.50),
+            self.ms(0.95),
+            self.ms(0.99),
+            self.ms(1.0)
+        )
+    }
+}

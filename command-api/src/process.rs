@@ -154,8 +154,7 @@ async fn react(
     };
     match event.aggregate_type.as_str() {
         "job" => {
-            let job_event: JobEvent =
-                serde_json::from_value(event.payload.clone()).map_err(decode)?;
+            let job_event: JobEvent = event.decode().map_err(decode)?;
             let job_id = JobId::parse(&event.aggregate_id).map_err(|_| {
                 StoreError::Contention(format!("bad job id {}", event.aggregate_id))
             })?;
@@ -176,8 +175,7 @@ async fn react(
             }
         }
         "usage" => {
-            let usage_event: UsageEvent =
-                serde_json::from_value(event.payload.clone()).map_err(decode)?;
+            let usage_event: UsageEvent = event.decode().map_err(decode)?;
             match usage_event {
                 UsageEvent::UnitReserved(e) => {
                     pending.added.push((

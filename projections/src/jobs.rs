@@ -1,7 +1,7 @@
 //! Projection `jobs`: the latest view of each job, every visible change (for SSE replay),
 //! and each user's last change position (for notices).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use domain::job::JobEvent;
@@ -33,6 +33,30 @@ struct JobRow {
     position: i64,
 }
 
+/// Job rows held in memory between batches. A live batch flushes at its end; a rebuild
+/// keeps up to [`BUFFER_MAX`] rows, so most jobs are written once, with their final state,
+/// instead of once per event.
+#[derive(Default)]
+pub struct Buffer {
+    rows: HashMap<Uuid, JobRow>,
+    stored: HashSet<Uuid>,
+}
+
+/// Rows a rebuild holds before writing them out.
+pub const BUFFER_MAX: usize = 500_000;
+
+impl Buffer {
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 /// Applies `events` to the tables named with `suffix`; returns one notice per user.
 ///
 /// # Errors
@@ -42,13 +66,27 @@ pub async fn apply(
     events: &[RecordedEvent],
     suffix: &str,
 ) -> Result<Vec<Notice>, ProjectionError> {
+    let mut buffer = Buffer::default();
+    let notices = apply_buffered(conn, events, suffix, &mut buffer).await?;
+    flush(conn, &mut buffer, suffix).await?;
+    Ok(notices)
+}
+
+/// As [`apply`], leaving the job rows in `buffer`; changes and stream positions are written.
+///
+/// # Errors
+/// Database errors, or an event that does not decode.
+pub async fn apply_buffered(
+    conn: &mut PgConnection,
+    events: &[RecordedEvent],
+    suffix: &str,
+    buffer: &mut Buffer,
+) -> Result<Vec<Notice>, ProjectionError> {
     let mut decoded = Vec::new();
     for e in events.iter().filter(|e| e.aggregate_type == "job") {
-        let event: JobEvent = serde_json::from_value(e.payload.clone()).map_err(|source| {
-            ProjectionError::Decode {
-                position: e.position,
-                source,
-            }
+        let event: JobEvent = e.decode().map_err(|source| ProjectionError::Decode {
+            position: e.position,
+            source,
         })?;
         let id = Uuid::parse_str(&e.aggregate_id).map_err(|_| ProjectionError::BadId {
             position: e.position,
@@ -58,40 +96,63 @@ pub async fn apply(
     if decoded.is_empty() {
         return Ok(vec![]);
     }
-    let mut rows = load_rows(conn, &decoded, suffix).await?;
+    let missing: Vec<Uuid> = decoded
+        .iter()
+        .filter(|(_, id, ev)| {
+            !matches!(ev, JobEvent::JobSubmitted(_)) && !buffer.rows.contains_key(id)
+        })
+        .map(|(_, id, _)| *id)
+        .collect();
+    for row in load_rows(conn, &missing, suffix).await? {
+        buffer.stored.insert(row.id);
+        buffer.rows.insert(row.id, row);
+    }
     let mut changes: Vec<(Uuid, JobChange)> = Vec::new();
     for (e, id, event) in &decoded {
-        if let Some(change) = evolve(&mut rows, e, *id, event) {
+        if let Some(change) = evolve(&mut buffer.rows, e, *id, event) {
             changes.push(change);
         }
     }
-    write_rows(conn, rows.values(), suffix).await?;
     write_changes(conn, &changes, suffix).await?;
     streams(conn, changes, suffix).await
 }
 
-/// The rows of jobs touched by the batch that already exist.
+/// Writes the held rows: inserts for new jobs, updates for stored ones.
+///
+/// # Errors
+/// Database errors.
+pub async fn flush(
+    conn: &mut PgConnection,
+    buffer: &mut Buffer,
+    suffix: &str,
+) -> Result<(), ProjectionError> {
+    let (old, new): (Vec<&JobRow>, Vec<&JobRow>) = buffer
+        .rows
+        .values()
+        .partition(|r| buffer.stored.contains(&r.id));
+    insert_rows(conn, &new, suffix).await?;
+    update_rows(conn, &old, suffix).await?;
+    buffer.rows.clear();
+    buffer.stored.clear();
+    Ok(())
+}
+
+/// The stored rows of `ids`.
 async fn load_rows(
     conn: &mut PgConnection,
-    decoded: &[(&RecordedEvent, Uuid, JobEvent)],
+    ids: &[Uuid],
     suffix: &str,
-) -> Result<HashMap<Uuid, JobRow>, sqlx::Error> {
-    let existing: Vec<Uuid> = decoded
-        .iter()
-        .filter(|(_, _, ev)| !matches!(ev, JobEvent::JobSubmitted(_)))
-        .map(|(_, id, _)| *id)
-        .collect();
-    if existing.is_empty() {
-        return Ok(HashMap::new());
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
     }
-    let rows: Vec<JobRow> = sqlx::query_as(&format!(
+    sqlx::query_as(&format!(
         "SELECT id, user_id, task_type, status, attempts, correlation_id, created_at, updated_at, \
                 result, error, position FROM job_views{suffix} WHERE id = ANY($1)"
     ))
-    .bind(&existing)
+    .bind(ids)
     .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+    .await
 }
 
 /// Applies one event to its job's row; returns the visible change, if any.
@@ -158,33 +219,27 @@ fn evolve(
     ))
 }
 
-async fn write_rows<'a>(
+/// New jobs: each is submitted once, and each batch is applied once.
+async fn insert_rows(
     conn: &mut PgConnection,
-    rows: impl Iterator<Item = &'a JobRow>,
+    rows: &[&JobRow],
     suffix: &str,
 ) -> Result<(), sqlx::Error> {
-    let rows: Vec<&JobRow> = rows.collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     let col = |f: fn(&JobRow) -> String| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
     let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
     let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
-    let updated: Vec<DateTime<Utc>> = rows.iter().map(|r| r.updated_at).collect();
-    let results: Vec<Option<String>> = rows
-        .iter()
-        .map(|r| r.result.as_ref().map(Value::to_string))
-        .collect();
-    let errors: Vec<Option<String>> = rows.iter().map(|r| r.error.clone()).collect();
-    let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+    let (updated, results, errors, positions) = mutable_columns(rows);
     sqlx::query(&format!(
         "INSERT INTO job_views{suffix} (id, user_id, task_type, status, attempts, correlation_id, \
                 created_at, updated_at, result, error, position) \
          SELECT i, u, t, s, a, c, ca, ua, r::jsonb, e, p FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], \
                 $4::text[], $5::int4[], $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], \
-                $10::text[], $11::int8[]) AS x(i, u, t, s, a, c, ca, ua, r, e, p) \
-         ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, attempts = EXCLUDED.attempts, \
-                updated_at = EXCLUDED.updated_at, result = EXCLUDED.result, error = EXCLUDED.error, \
-                position = EXCLUDED.position"
+                $10::text[], $11::int8[]) AS x(i, u, t, s, a, c, ca, ua, r, e, p)"
     ))
     .bind(&ids)
     .bind(&users)
@@ -193,6 +248,56 @@ async fn write_rows<'a>(
     .bind(&attempts)
     .bind(col(|r| r.correlation_id.clone()))
     .bind(&created)
+    .bind(&updated)
+    .bind(&results)
+    .bind(&errors)
+    .bind(&positions)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+type Mutable = (
+    Vec<DateTime<Utc>>,
+    Vec<Option<String>>,
+    Vec<Option<String>>,
+    Vec<i64>,
+);
+
+fn mutable_columns(rows: &[&JobRow]) -> Mutable {
+    (
+        rows.iter().map(|r| r.updated_at).collect(),
+        rows.iter()
+            .map(|r| r.result.as_ref().map(Value::to_string))
+            .collect(),
+        rows.iter().map(|r| r.error.clone()).collect(),
+        rows.iter().map(|r| r.position).collect(),
+    )
+}
+
+/// Jobs that existed before the batch.
+async fn update_rows(
+    conn: &mut PgConnection,
+    rows: &[&JobRow],
+    suffix: &str,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
+    let (updated, results, errors, positions) = mutable_columns(rows);
+    sqlx::query(&format!(
+        "UPDATE job_views{suffix} AS v SET status = x.s, attempts = x.a, updated_at = x.ua, \
+                result = x.r::jsonb, error = x.e, position = x.p \
+           FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[], $5::text[], $6::text[], \
+                $7::int8[]) AS x(i, s, a, ua, r, e, p) \
+          WHERE v.id = x.i"
+    ))
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&attempts)
     .bind(&updated)
     .bind(&results)
     .bind(&errors)
@@ -218,8 +323,7 @@ async fn write_changes(
     let updated: Vec<DateTime<Utc>> = changes.iter().map(|(_, c)| c.updated_at).collect();
     sqlx::query(&format!(
         "INSERT INTO job_changes{suffix} (position, user_id, job_id, status, attempts, updated_at) \
-         SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], $6::timestamptz[]) \
-         ON CONFLICT DO NOTHING"
+         SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], $6::timestamptz[])"
     ))
     .bind(&positions)
     .bind(&users)

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use platform::store::reader::{checkpoint, read_from, save_checkpoint};
+use platform::store::reader::{read_from, save_checkpoint};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{Projection, ProjectionError};
@@ -76,6 +76,15 @@ async fn indexes(
     Ok(out)
 }
 
+async fn timed_read(
+    pool: PgPool,
+    after: i64,
+) -> Result<(Vec<platform::store::reader::RecordedEvent>, Duration), sqlx::Error> {
+    let t = Instant::now();
+    let batch = read_from(&pool, after, BATCH).await?;
+    Ok((batch, t.elapsed()))
+}
+
 /// Rebuilds `projection` from position 0, calling `progress(position)` after each batch.
 ///
 /// # Errors
@@ -107,29 +116,42 @@ pub async fn rebuild(
 
     let mut events = 0u64;
     let mut reading = Duration::ZERO;
-    loop {
+    let mut position = 0;
+    // The next batch is read while this one is applied.
+    let mut buffer = crate::jobs::Buffer::default();
+    let mut next = Some(tokio::spawn(timed_read(pool.clone(), position)));
+    while let Some(reading_batch) = next.take() {
+        let (batch, took) = reading_batch.await.map_err(|_| sqlx::Error::PoolClosed)??;
+        reading += took;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            break;
+        };
+        let full = batch.len() as i64 == BATCH;
+        if full {
+            next = Some(tokio::spawn(timed_read(pool.clone(), last)));
+        }
         let mut tx = pool.begin().await?;
         // The copies are rebuilt from scratch after a crash: no need to wait for fsync.
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        let from = checkpoint(&mut *tx, &cp_name).await?;
-        let read_started = Instant::now();
-        let batch = read_from(pool, from, BATCH).await?;
-        reading += read_started.elapsed();
-        let Some(last) = batch.last().map(|e| e.position) else {
-            break;
-        };
-        projection.apply(&mut tx, &batch, SUFFIX).await?;
+        if projection == Projection::Jobs {
+            crate::jobs::apply_buffered(&mut tx, &batch, SUFFIX, &mut buffer).await?;
+            if buffer.len() >= crate::jobs::BUFFER_MAX || !full {
+                crate::jobs::flush(&mut tx, &mut buffer, SUFFIX).await?;
+            }
+        } else {
+            projection.apply(&mut tx, &batch, SUFFIX).await?;
+        }
+        // A crash loses the held rows with the checkpoint: the copies are built anew.
         save_checkpoint(&mut *tx, &cp_name, last).await?;
         tx.commit().await?;
         events += batch.len() as u64;
+        position = last;
         progress(last);
-        if (batch.len() as i64) < BATCH {
-            break;
-        }
     }
     let mut tx = pool.begin().await?;
+    crate::jobs::flush(&mut tx, &mut buffer, SUFFIX).await?;
     for i in indexes.iter().filter(|i| !i.unique) {
         sqlx::query(&i.on_copy()).execute(&mut *tx).await?;
     }
@@ -146,7 +168,6 @@ pub async fn rebuild(
         .bind(projection.lock_key())
         .execute(&mut *tx)
         .await?;
-    let mut position = checkpoint(&mut *tx, &cp_name).await?;
     loop {
         let batch = read_from(pool, position, BATCH).await?;
         let Some(last) = batch.last().map(|e| e.position) else {

@@ -35,7 +35,7 @@ pub fn message(e: &RecordedEvent) -> serde_json::Value {
         "sequence": e.sequence,
         "event_type": e.event_type,
         "event_version": e.event_version,
-        "payload": e.payload,
+        "payload": serde_json::value::RawValue::from_string(e.payload.clone()).ok(),
         "metadata": e.metadata,
     })
 }

@@ -27,13 +27,10 @@ pub async fn apply(
     suffix: &str,
 ) -> Result<(), ProjectionError> {
     for e in events.iter().filter(|e| e.aggregate_type == "subscription") {
-        let event: SubscriptionEvent =
-            serde_json::from_value(e.payload.clone()).map_err(|source| {
-                ProjectionError::Decode {
-                    position: e.position,
-                    source,
-                }
-            })?;
+        let event: SubscriptionEvent = e.decode().map_err(|source| ProjectionError::Decode {
+            position: e.position,
+            source,
+        })?;
         match event {
             SubscriptionEvent::SubscriptionChanged(c) => sqlx::query(&format!(
                 "INSERT INTO subscription_views{suffix} (user_id, plan, status, period_start, period_end, \

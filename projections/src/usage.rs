@@ -37,11 +37,9 @@ pub async fn apply(
 ) -> Result<(), ProjectionError> {
     let mut deltas: BTreeMap<(Uuid, DateTime<Utc>), Delta> = BTreeMap::new();
     for e in events.iter().filter(|e| e.aggregate_type == "usage") {
-        let event: UsageEvent = serde_json::from_value(e.payload.clone()).map_err(|source| {
-            ProjectionError::Decode {
-                position: e.position,
-                source,
-            }
+        let event: UsageEvent = e.decode().map_err(|source| ProjectionError::Decode {
+            position: e.position,
+            source,
         })?;
         let (user, start) = key_of(&e.aggregate_id).ok_or(ProjectionError::BadId {
             position: e.position,

@@ -24,10 +24,20 @@ pub struct RecordedEvent {
     pub event_type: String,
     /// The version of its shape.
     pub event_version: String,
-    /// The payload as stored.
-    pub payload: Value,
+    /// The payload as stored (JSON text), decoded by [`RecordedEvent::decode`].
+    pub payload: String,
     /// The metadata as stored.
     pub metadata: Value,
+}
+
+impl RecordedEvent {
+    /// The payload as a typed event.
+    ///
+    /// # Errors
+    /// When it does not decode into `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.payload)
+    }
 }
 
 /// Up to `limit` events after `position`, in order. Because positions are drawn under a lock
@@ -42,7 +52,7 @@ pub async fn read_from(
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     sqlx::query_as(
         "SELECT position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
-                event_type, event_version, payload::jsonb AS payload, metadata::jsonb AS metadata \
+                event_type, event_version, payload::text AS payload, metadata::jsonb AS metadata \
            FROM events WHERE position > $1 ORDER BY position LIMIT $2",
     )
     .bind(position)

@@ -60,6 +60,19 @@ pub async fn latency(
         anyhow::ensure!(res.status() == 200, "stream refused: {}", res.status());
         tokio::spawn(read_stream(res, arrivals.clone()));
     }
+    // One second at the same rate first, not counted: connections, caches and pools warm up.
+    let warmup: Vec<_> = (0..rate as usize)
+        .map(|i| {
+            let (client, token) = (client.clone(), users[i % users.len()].1.clone());
+            let url = format!("{write}/v1/jobs");
+            async move {
+                let body = serde_json::json!({"task_type": "noop", "payload": {}});
+                let _ = client.post(url).bearer_auth(token).json(&body).send().await;
+            }
+        })
+        .collect();
+    futures::future::join_all(warmup).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let total = (rate * seconds) as usize;
     let sent: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));

@@ -67,6 +67,14 @@ pub struct Settings {
     /// `RUNLEDGER_NATS_PREFIX`: prepended to subjects and stream names (empty by default),
     /// so several deployments or tests can share one server.
     pub nats_prefix: String,
+    /// `REDIS_URL`: the job queues.
+    pub redis_url: Option<String>,
+    /// `RUNLEDGER_COMMAND_URL`: where a worker reports outcomes.
+    pub command_url: Option<String>,
+    /// `RUNLEDGER_WORKER_TOKEN`: the worker's service token (else minted from the secret).
+    pub worker_token: Option<Secret>,
+    /// `RUNLEDGER_HTTP_ALLOW`: CIDRs `http.request` may reach although private or loopback.
+    pub http_allow: Vec<String>,
 }
 
 impl Settings {
@@ -173,7 +181,33 @@ impl Settings {
                 ));
             }
         };
+        let redis_url = match get("REDIS_URL") {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => Some(u.to_owned()),
+            Some(_) => return Err(bad("REDIS_URL", "must start with redis:// or rediss://")),
+            None => None,
+        };
+        let command_url = match get("RUNLEDGER_COMMAND_URL") {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            Some(_) => return Err(bad("RUNLEDGER_COMMAND_URL", "must be an http(s) URL")),
+            None => None,
+        };
+        let mut http_allow = Vec::new();
+        for cidr in get("RUNLEDGER_HTTP_ALLOW").unwrap_or("").split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            let ok = cidr.split_once('/').is_some_and(|(ip, len)| {
+                ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+            });
+            if !ok {
+                return Err(bad("RUNLEDGER_HTTP_ALLOW", "must be comma-separated CIDRs such as 127.0.0.1/32"));
+            }
+            http_allow.push(cidr.to_owned());
+        }
         Ok(Self {
+            redis_url,
+            command_url,
+            worker_token: get("RUNLEDGER_WORKER_TOKEN").map(Secret::new),
+            http_allow,
             nats_url,
             nats_prefix,
             database_url,
@@ -214,6 +248,14 @@ impl Settings {
         self.nats_url
             .as_deref()
             .ok_or_else(|| bad("NATS_URL", "is required by this role"))
+    }
+
+    /// The Redis URL, for roles that use the queues.
+    ///
+    /// # Errors
+    /// When `REDIS_URL` is not set.
+    pub fn require_redis(&self) -> Result<&str, SettingsError> {
+        self.redis_url.as_deref().ok_or_else(|| bad("REDIS_URL", "is required by this role"))
     }
 
     /// Checks that some way to validate tokens is configured.

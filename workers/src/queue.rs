@@ -1,0 +1,141 @@
+//! The Redis side of the contract: keys, and the scripts that enqueue each (job, attempt) at
+//! most once. Every script touches keys of one cluster slot only: our own keys carry the
+//! contract key as a hash tag (`{jobs:default:queue}:…` hashes like `jobs:default:queue`).
+
+use std::time::Duration;
+
+use domain::{envelope::JobEnvelope, task::Namespace};
+use redis::{AsyncConnectionConfig, Client, Script, aio::MultiplexedConnection};
+
+/// How long the "already dispatched" markers live.
+const DEDUP_TTL_SECS: u64 = 7 * 24 * 3_600;
+
+/// How a namespace hands out envelopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `jobs:<ns>:queue` LIST: LPUSH, BRPOP/BLMOVE.
+    List,
+    /// `jobs:<ns>:stream` STREAM with group `jobs:<ns>:group`.
+    Stream,
+}
+
+/// `browser` is a stream; every other namespace a list.
+pub fn transport(ns: &Namespace) -> Transport {
+    if ns.as_str() == "browser" { Transport::Stream } else { Transport::List }
+}
+
+/// The ready structure's key.
+pub fn ready_key(ns: &Namespace) -> String {
+    match transport(ns) {
+        Transport::List => ns.queue_key(),
+        Transport::Stream => ns.stream_key(),
+    }
+}
+
+/// Marks (job, attempt) as handed to `base`; in `base`'s slot.
+pub fn dedup_key(base: &str, env: &JobEnvelope) -> String {
+    format!("{{{base}}}:dispatched:{}:{}", env.job_id, env.attempt.get())
+}
+
+/// A worker's in-flight list, in the queue's slot so BLMOVE is single-slot.
+pub fn processing_key(ns: &Namespace, worker: &str) -> String {
+    format!("{{{}}}:processing:{worker}", ns.queue_key())
+}
+
+/// A worker's liveness key; its in-flight list is reaped when this expires.
+pub fn alive_key(ns: &Namespace, worker: &str) -> String {
+    format!("{{{}}}:alive:{worker}", ns.queue_key())
+}
+
+/// Connects, with a response timeout long enough for blocking reads.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub async fn connect(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(2)));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+fn push_script() -> Script {
+    Script::new(
+        r"if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+            if ARGV[3] == 'stream' then
+              redis.call('XADD', KEYS[1], '*', 'envelope', ARGV[1])
+            else
+              redis.call('LPUSH', KEYS[1], ARGV[1])
+            end
+            return 1
+          end
+          return 0",
+    )
+}
+
+fn schedule_script() -> Script {
+    Script::new(
+        r"if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+            redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+            return 1
+          end
+          return 0",
+    )
+}
+
+/// Pushes `env` to its namespace's ready structure unless this (job, attempt) was pushed
+/// before; returns whether it was pushed now.
+///
+/// # Errors
+/// Redis errors.
+pub async fn push_ready(conn: &mut MultiplexedConnection, ns: &Namespace, env: &JobEnvelope, bytes: &str) -> redis::RedisResult<bool> {
+    let key = ready_key(ns);
+    let kind = match transport(ns) {
+        Transport::List => "list",
+        Transport::Stream => "stream",
+    };
+    let pushed: i64 = push_script()
+        .key(&key)
+        .key(dedup_key(&key, env))
+        .arg(bytes)
+        .arg(DEDUP_TTL_SECS)
+        .arg(kind)
+        .invoke_async(conn)
+        .await?;
+    Ok(pushed == 1)
+}
+
+/// Adds `env` to `jobs:<ns>:scheduled`, due at `due_ms`, unless scheduled before.
+///
+/// # Errors
+/// Redis errors.
+pub async fn schedule(conn: &mut MultiplexedConnection, ns: &Namespace, env: &JobEnvelope, bytes: &str, due_ms: i64) -> redis::RedisResult<bool> {
+    let key = ns.scheduled_key();
+    let added: i64 = schedule_script()
+        .key(&key)
+        .key(dedup_key(&key, env))
+        .arg(bytes)
+        .arg(due_ms)
+        .arg(DEDUP_TTL_SECS)
+        .invoke_async(conn)
+        .await?;
+    Ok(added == 1)
+}
+
+/// Creates the stream's consumer group (from the start of the stream) if missing.
+///
+/// # Errors
+/// Redis errors other than "group exists".
+pub async fn ensure_group(conn: &mut MultiplexedConnection, ns: &Namespace) -> redis::RedisResult<()> {
+    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(ns.stream_key())
+        .arg(ns.group_name())
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,413 @@
+//! The worker runtime: pulls envelopes (list: BLMOVE into this worker's processing list;
+//! stream: XREADGROUP), reports start, heartbeats, runs the executor under a timeout, reports
+//! the outcome and acknowledges. A dead worker's jobs come back: its processing list is
+//! reaped once its liveness key expires, and stream entries idle too long are claimed with
+//! XAUTOCLAIM; a job it had started is failed as retryable (the next attempt follows), one it
+//! had not is run again. On shutdown it stops pulling, lets running jobs finish within the
+//! grace period, then fails the rest as retryable.
+
+use std::{sync::Arc, time::Duration};
+
+use domain::{envelope::JobEnvelope, task::Namespace};
+use redis::{
+    Client,
+    aio::MultiplexedConnection,
+    streams::{StreamAutoClaimReply, StreamReadReply},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    executors::Executor,
+    queue::{self, Transport},
+    report::{ReportError, Reporter},
+};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The namespace it serves.
+    pub namespace: Namespace,
+    /// Jobs at once.
+    pub concurrency: usize,
+    /// Its id (processing list, consumer name, reports).
+    pub worker_id: String,
+    /// Time running jobs get to finish after shutdown.
+    pub grace: Duration,
+    /// Heartbeat interval (and how soon a cancel reaches a running job).
+    pub heartbeat: Duration,
+    /// Liveness: a worker silent this long is presumed dead and its jobs return.
+    pub lease: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for `namespace`.
+    pub fn new(namespace: Namespace, concurrency: usize) -> Self {
+        Self {
+            namespace,
+            concurrency: concurrency.max(1),
+            worker_id: format!("w-{}", uuid::Uuid::new_v4().simple()),
+            grace: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(2),
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Where an envelope came from, to acknowledge it.
+#[derive(Debug, Clone)]
+enum Ack {
+    List { processing: String, bytes: String },
+    Stream { id: String },
+}
+
+struct Ctx<R, E> {
+    cfg: WorkerConfig,
+    reporter: Arc<R>,
+    executor: Arc<E>,
+    /// Fires `grace` after shutdown: running jobs are then stopped.
+    stop: CancellationToken,
+}
+
+/// Runs a worker until `shutdown` (and the grace period) ends.
+///
+/// # Errors
+/// When Redis cannot be reached at start.
+pub async fn run<R: Reporter, E: Executor>(
+    client: Client,
+    reporter: Arc<R>,
+    executor: Arc<E>,
+    cfg: WorkerConfig,
+    shutdown: CancellationToken,
+) -> redis::RedisResult<()> {
+    let mut conn = queue::connect(&client).await?;
+    if queue::transport(&cfg.namespace) == Transport::Stream {
+        queue::ensure_group(&mut conn, &cfg.namespace).await?;
+    }
+    let stop = CancellationToken::new();
+    let grace = cfg.grace;
+    {
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            stop.cancel();
+        });
+    }
+    let ctx = Arc::new(Ctx { cfg, reporter, executor, stop });
+    let mut slots = Vec::new();
+    for _ in 0..ctx.cfg.concurrency {
+        let conn = queue::connect(&client).await?;
+        slots.push(tokio::spawn(slot(ctx.clone(), conn, shutdown.clone())));
+    }
+    let maintenance = tokio::spawn(maintain(ctx.clone(), conn, shutdown.clone()));
+    for s in slots {
+        let _ = s.await;
+    }
+    maintenance.abort();
+    // Leave no liveness behind: our processing list is empty or will be reaped.
+    if let Ok(mut c) = queue::connect(&client).await {
+        let _: redis::RedisResult<i64> =
+            redis::cmd("DEL").arg(queue::alive_key(&ctx.cfg.namespace, &ctx.cfg.worker_id)).query_async(&mut c).await;
+    }
+    Ok(())
+}
+
+/// One concurrency slot: pull, handle, acknowledge, until shutdown.
+async fn slot<R: Reporter, E: Executor>(ctx: Arc<Ctx<R, E>>, mut conn: MultiplexedConnection, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match pull(&ctx, &mut conn).await {
+            Ok(Some((bytes, ack))) => {
+                handle(&ctx, &mut conn, &bytes, ack).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(message = "Pull failed.", error = %e);
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn pull<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis::RedisResult<Option<(String, Ack)>> {
+    let ns = &ctx.cfg.namespace;
+    match queue::transport(ns) {
+        Transport::List => {
+            let processing = queue::processing_key(ns, &ctx.cfg.worker_id);
+            let got: Option<String> = redis::cmd("BLMOVE")
+                .arg(ns.queue_key())
+                .arg(&processing)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(1)
+                .query_async(conn)
+                .await?;
+            Ok(got.map(|bytes| (bytes.clone(), Ack::List { processing, bytes })))
+        }
+        Transport::Stream => {
+            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(ns.group_name())
+                .arg(&ctx.cfg.worker_id)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(ns.stream_key())
+                .arg(">")
+                .query_async(conn)
+                .await?;
+            let entry = reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.into_iter().next());
+            Ok(entry.and_then(|e| {
+                let bytes: String = e.get("envelope")?;
+                Some((bytes, Ack::Stream { id: e.id }))
+            }))
+        }
+    }
+}
+
+async fn ack<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, ack: &Ack) {
+    let ns = &ctx.cfg.namespace;
+    let r: redis::RedisResult<()> = match ack {
+        Ack::List { processing, bytes } => redis::cmd("LREM").arg(processing).arg(1).arg(bytes).query_async(conn).await,
+        Ack::Stream { id } => {
+            let acked: redis::RedisResult<i64> =
+                redis::cmd("XACK").arg(ns.stream_key()).arg(ns.group_name()).arg(id).query_async(conn).await;
+            match acked {
+                Ok(_) => redis::cmd("XDEL").arg(ns.stream_key()).arg(id).query_async(conn).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(message = "Acknowledge failed; the entry will be recovered.", error = %e);
+    }
+}
+
+/// Hands an envelope back for another worker (the command side was unreachable at start).
+async fn give_back<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, bytes: &str, a: &Ack) {
+    if let Ack::List { .. } = a {
+        let _: redis::RedisResult<i64> = redis::cmd("RPUSH").arg(ctx.cfg.namespace.queue_key()).arg(bytes).query_async(conn).await;
+        ack(ctx, conn, a).await;
+    }
+    // A stream entry stays pending and is claimed after the lease.
+}
+
+async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, bytes: &str, a: Ack) {
+    let env: JobEnvelope = match serde_json::from_str(bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(message = "Dropped an envelope that does not parse.", error = %e);
+            ack(ctx, conn, &a).await;
+            return;
+        }
+    };
+    match ctx.reporter.start(env.job_id, env.attempt, &ctx.cfg.worker_id).await {
+        Ok(()) => {}
+        Err(ReportError::Transport(e)) => {
+            tracing::warn!(message = "Start not reported; handing the job back.", job_id = %env.job_id, error = %e);
+            give_back(ctx, conn, bytes, &a).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+        Err(e) => {
+            // Finished, canceled, stale or running elsewhere: not ours to run.
+            tracing::info!(message = "Job not started.", job_id = %env.job_id, reason = %e);
+            ack(ctx, conn, &a).await;
+            return;
+        }
+    }
+    execute(ctx, conn, &env, &a).await;
+    ack(ctx, conn, &a).await;
+}
+
+/// Runs a started attempt and reports its outcome.
+async fn execute<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &MultiplexedConnection, env: &JobEnvelope, a: &Ack) {
+    let cancel = CancellationToken::new();
+    let beating = heartbeat(ctx, conn.clone(), env, a, cancel.clone());
+    let timeout = ctx.executor.timeout(env.task_type.as_str());
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(timeout, ctx.executor.run(env, &cancel)) => Some(r),
+        () = ctx.stop.cancelled() => None,
+    };
+    cancel.cancel();
+    let _ = beating.await;
+    let (job, attempt) = (env.job_id, env.attempt);
+    let reported = match outcome {
+        Some(Ok(Ok(result))) => ctx.reporter.complete(job, attempt, result).await,
+        // Canceled by its owner: the job is over, nothing to report.
+        Some(Ok(Err(_))) if cancel_reason_is_job_over(ctx, env).await => Ok(()),
+        Some(Ok(Err(e))) => ctx.reporter.fail(job, attempt, &e.message, e.retryable).await,
+        Some(Err(_)) => ctx.reporter.fail(job, attempt, "timed out", true).await,
+        None => ctx.reporter.fail(job, attempt, "worker stopped", true).await,
+    };
+    match reported {
+        Ok(()) => metrics::counter!("runledger_job_outcomes_total", "task_type" => env.task_type.to_string()).increment(1),
+        Err(e) => tracing::warn!(message = "Outcome not taken.", job_id = %job, error = %e),
+    }
+}
+
+/// Whether the job ended elsewhere (canceled) while it ran.
+async fn cancel_reason_is_job_over<R: Reporter, E>(ctx: &Ctx<R, E>, env: &JobEnvelope) -> bool {
+    matches!(ctx.reporter.heartbeat(env.job_id, env.attempt).await, Err(e) if e.job_is_over())
+}
+
+/// Heartbeats until `cancel`; cancels the attempt when the job is over (a cancel by its
+/// owner reaches the executor this way). For a stream entry it also keeps the entry's idle
+/// time low, so no other worker claims it.
+fn heartbeat<R: Reporter, E>(
+    ctx: &Ctx<R, E>,
+    mut conn: MultiplexedConnection,
+    env: &JobEnvelope,
+    a: &Ack,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (reporter, every, ns, worker) =
+        (ctx.reporter.clone(), ctx.cfg.heartbeat, ctx.cfg.namespace.clone(), ctx.cfg.worker_id.clone());
+    let (job, attempt, a) = (env.job_id, env.attempt, a.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = reporter.heartbeat(job, attempt).await {
+                if e.job_is_over() || matches!(e, ReportError::Conflict(_)) {
+                    cancel.cancel();
+                    return;
+                }
+            }
+            if let Ack::Stream { id } = &a {
+                let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                    .arg(ns.stream_key())
+                    .arg(ns.group_name())
+                    .arg(&worker)
+                    .arg(0)
+                    .arg(id)
+                    .arg("JUSTID")
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
+    })
+}
+
+/// Liveness, and recovery of dead workers' jobs.
+async fn maintain<R: Reporter, E: Executor>(ctx: Arc<Ctx<R, E>>, mut conn: MultiplexedConnection, shutdown: CancellationToken) {
+    let every = ctx.cfg.lease / 3;
+    while !shutdown.is_cancelled() {
+        let ns = &ctx.cfg.namespace;
+        let _: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(queue::alive_key(ns, &ctx.cfg.worker_id))
+            .arg(1)
+            .arg("PX")
+            .arg(ctx.cfg.lease.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        let recovered = match queue::transport(ns) {
+            Transport::List => reap_lists(&ctx, &mut conn).await,
+            Transport::Stream => claim_idle(&ctx, &mut conn).await,
+        };
+        if let Err(e) = recovered {
+            tracing::warn!(message = "Recovery round failed.", error = %e);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// What to do with an envelope a dead worker held.
+async fn recover<R: Reporter, E>(ctx: &Ctx<R, E>, env: &JobEnvelope) -> Recovery {
+    match ctx.reporter.fail(env.job_id, env.attempt, "worker lost", true).await {
+        Ok(()) => Recovery::Settled,
+        Err(ReportError::Conflict(k)) if k == "job-not-running" => Recovery::RunAgain,
+        Err(ReportError::Transport(_)) => Recovery::Later,
+        Err(_) => Recovery::Settled,
+    }
+}
+
+enum Recovery {
+    /// Failed as retryable (its next attempt follows) or already over: drop the entry.
+    Settled,
+    /// Never started: run it again.
+    RunAgain,
+    /// The command side is unreachable: try next round.
+    Later,
+}
+
+async fn reap_lists<R: Reporter, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    let ns = &ctx.cfg.namespace;
+    let prefix = queue::processing_key(ns, "");
+    let pattern = format!("{}*", prefix.replace('[', "\\[").replace('?', "\\?").replace('*', "\\*"));
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(200).query_async(conn).await?;
+        for key in keys {
+            let worker = key.trim_start_matches(&prefix).to_owned();
+            if worker == ctx.cfg.worker_id {
+                continue;
+            }
+            let alive: bool = redis::cmd("EXISTS").arg(queue::alive_key(ns, &worker)).query_async(conn).await?;
+            if alive {
+                continue;
+            }
+            let held: Vec<String> = redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(conn).await?;
+            for bytes in held {
+                let action = match serde_json::from_str::<JobEnvelope>(&bytes) {
+                    Ok(env) => recover(ctx, &env).await,
+                    Err(_) => Recovery::Settled,
+                };
+                match action {
+                    Recovery::Settled => {}
+                    Recovery::RunAgain => {
+                        let _: i64 = redis::cmd("RPUSH").arg(ns.queue_key()).arg(&bytes).query_async(conn).await?;
+                    }
+                    Recovery::Later => continue,
+                }
+                let _: i64 = redis::cmd("LREM").arg(&key).arg(1).arg(&bytes).query_async(conn).await?;
+                tracing::warn!(message = "Recovered a job from a dead worker.", worker = %worker);
+            }
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+async fn claim_idle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    let ns = &ctx.cfg.namespace;
+    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(ns.stream_key())
+        .arg(ns.group_name())
+        .arg(&ctx.cfg.worker_id)
+        .arg(ctx.cfg.lease.as_millis() as u64)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(10)
+        .query_async(conn)
+        .await?;
+    for entry in reply.claimed {
+        let a = Ack::Stream { id: entry.id.clone() };
+        let Some(bytes) = entry.get::<String>("envelope") else {
+            ack(ctx, conn, &a).await;
+            continue;
+        };
+        let Ok(env) = serde_json::from_str::<JobEnvelope>(&bytes) else {
+            ack(ctx, conn, &a).await;
+            continue;
+        };
+        match recover(ctx, &env).await {
+            Recovery::Settled => ack(ctx, conn, &a).await,
+            Recovery::RunAgain => handle(ctx, conn, &bytes, a).await,
+            Recovery::Later => {}
+        }
+    }
+    Ok(())
+}

@@ -33,6 +33,17 @@ enum Action {
     },
     /// Publish the event log to NATS JetStream, in global order.
     Relay,
+    /// Keep the Redis queues filled from the event log; promote scheduled jobs when due.
+    Dispatcher,
+    /// Pull jobs from a namespace's queue, run them, report outcomes to RUNLEDGER_COMMAND_URL.
+    Worker {
+        /// default or browser (or a configured namespace).
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Jobs at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// Tokens for the configured HS256 secret (RUNLEDGER_JWT_SECRET).
     Token {
         #[command(subcommand)]
@@ -104,6 +115,12 @@ fn main() -> ExitCode {
             action: Some(ProjectionsAction::Rebuild { name }),
         } => runtime().and_then(|rt| rt.block_on(roles::rebuild(settings()?, name))),
         Action::Relay => runtime().and_then(|rt| rt.block_on(roles::relay(settings()?))),
+        Action::Dispatcher => runtime().and_then(|rt| rt.block_on(roles::dispatcher(settings()?))),
+        Action::Worker {
+            namespace,
+            concurrency,
+        } => runtime()
+            .and_then(|rt| rt.block_on(roles::worker(settings()?, &namespace, concurrency))),
         Action::Bench { action } => runtime().and_then(|rt| rt.block_on(bench::run(action))),
     };
     match result {

@@ -116,3 +116,64 @@ pub async fn relay(s: Settings) -> anyhow::Result<ExitCode> {
     .await;
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn dispatcher(s: Settings) -> anyhow::Result<ExitCode> {
+    platform::telemetry::init(&s.log_filter);
+    let pool = pool(&s).await?;
+    let client = redis::Client::open(s.require_redis()?).context("REDIS_URL does not parse")?;
+    let redis = workers::queue::connect(&client)
+        .await
+        .context("connecting to Redis")?;
+    let shutdown = platform::shutdown::on_signal();
+    metrics_endpoint(&s, &shutdown).await?;
+    let dispatcher = workers::dispatcher::Dispatcher {
+        store: platform::store::EventStore::new(pool),
+        redis,
+        namespaces: domain::task::NamespaceMap::default(),
+    };
+    let namespaces = vec![
+        domain::task::Namespace::default_ns(),
+        domain::task::Namespace::browser(),
+    ];
+    tracing::info!(message = "Dispatcher running.");
+    dispatcher.run(namespaces, shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow::Result<ExitCode> {
+    platform::telemetry::init(&s.log_filter);
+    let namespace = domain::task::Namespace::parse(namespace).context("--namespace")?;
+    let command_url = s
+        .command_url
+        .clone()
+        .context("RUNLEDGER_COMMAND_URL is required by the worker")?;
+    let token = match (&s.worker_token, &s.jwt_secret) {
+        (Some(t), _) => t.expose().to_owned(),
+        (None, Some(secret)) => platform::auth::mint(
+            secret,
+            &s.jwt_audience,
+            domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
+            platform::auth::Role::Worker,
+            std::time::Duration::from_secs(30 * 86_400),
+        )?,
+        (None, None) => {
+            anyhow::bail!("set RUNLEDGER_WORKER_TOKEN (or RUNLEDGER_JWT_SECRET to mint one)")
+        }
+    };
+    let client = redis::Client::open(s.require_redis()?).context("REDIS_URL does not parse")?;
+    let reporter = std::sync::Arc::new(workers::report::HttpReporter::new(&command_url, token));
+    let executor = std::sync::Arc::new(workers::executors::Generic::new(
+        workers::ssrf::Guard::new(&s.http_allow),
+    ));
+    let cfg = workers::runtime::WorkerConfig::new(namespace, concurrency);
+    tracing::info!(message = "Worker running.", worker_id = %cfg.worker_id, namespace = %cfg.namespace);
+    workers::runtime::run(
+        client,
+        reporter,
+        executor,
+        cfg,
+        platform::shutdown::on_signal(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}

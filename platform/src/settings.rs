@@ -182,7 +182,9 @@ impl Settings {
             }
         };
         let redis_url = match get("REDIS_URL") {
-            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => Some(u.to_owned()),
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+                Some(u.to_owned())
+            }
             Some(_) => return Err(bad("REDIS_URL", "must start with redis:// or rediss://")),
             None => None,
         };
@@ -194,12 +196,20 @@ impl Settings {
             None => None,
         };
         let mut http_allow = Vec::new();
-        for cidr in get("RUNLEDGER_HTTP_ALLOW").unwrap_or("").split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        for cidr in get("RUNLEDGER_HTTP_ALLOW")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
             let ok = cidr.split_once('/').is_some_and(|(ip, len)| {
                 ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
             });
             if !ok {
-                return Err(bad("RUNLEDGER_HTTP_ALLOW", "must be comma-separated CIDRs such as 127.0.0.1/32"));
+                return Err(bad(
+                    "RUNLEDGER_HTTP_ALLOW",
+                    "must be comma-separated CIDRs such as 127.0.0.1/32",
+                ));
             }
             http_allow.push(cidr.to_owned());
         }
@@ -255,7 +265,9 @@ impl Settings {
     /// # Errors
     /// When `REDIS_URL` is not set.
     pub fn require_redis(&self) -> Result<&str, SettingsError> {
-        self.redis_url.as_deref().ok_or_else(|| bad("REDIS_URL", "is required by this role"))
+        self.redis_url
+            .as_deref()
+            .ok_or_else(|| bad("REDIS_URL", "is required by this role"))
     }
 
     /// Checks that some way to validate tokens is configured.

@@ -67,7 +67,9 @@ impl Dispatcher {
         let pool = self.store.pool().clone();
         let from = checkpoint(&pool, CHECKPOINT).await?;
         let events = read_from(&pool, from, BATCH).await?;
-        let Some(last) = events.last().map(|e| e.position) else { return Ok(0) };
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(0);
+        };
         for e in events.iter().filter(|e| e.aggregate_type == "job") {
             self.handle(e).await?;
         }
@@ -84,49 +86,78 @@ impl Dispatcher {
         match &event {
             JobEvent::JobSubmitted(s) => {
                 let job = Job::replay([&event]);
-                let Some(env) = job.envelope() else { return Ok(()) };
+                let Some(env) = job.envelope() else {
+                    return Ok(());
+                };
                 let ns = self.namespaces.route(&s.task_type);
                 match s.run_at {
-                    Some(at) => self.to_scheduled(&ns, &env, at.timestamp_millis()).await?,
-                    None => self.to_ready(&ns, &env).await?,
+                    Some(at) => {
+                        self.enqueue_scheduled(&ns, &env, at.timestamp_millis())
+                            .await?
+                    }
+                    None => self.enqueue_ready(&ns, &env).await?,
                 }
             }
             JobEvent::JobRetryScheduled(r) => {
                 let job = self.store.load_fresh::<Job>(&e.aggregate_id).await?.state;
-                let (Some(mut env), Some(state)) = (job.envelope(), job.state()) else { return Ok(()) };
+                let (Some(mut env), Some(state)) = (job.envelope(), job.state()) else {
+                    return Ok(());
+                };
                 env.attempt = r.next_attempt;
                 let ns = self.namespaces.route(&state.task_type);
-                self.to_scheduled(&ns, &env, r.not_before.timestamp_millis()).await?;
+                self.enqueue_scheduled(&ns, &env, r.not_before.timestamp_millis())
+                    .await?;
             }
             JobEvent::JobCanceled(_) => {
                 // A queued or scheduled envelope is taken back; one already handed out is
                 // refused at start (job-finished) or stopped at its next heartbeat.
                 let job = self.store.load_fresh::<Job>(&e.aggregate_id).await?.state;
-                let (Some(env), Some(state)) = (job.envelope(), job.state()) else { return Ok(()) };
+                let (Some(env), Some(state)) = (job.envelope(), job.state()) else {
+                    return Ok(());
+                };
                 let ns = self.namespaces.route(&state.task_type);
                 let bytes = serde_json::to_string(&env).unwrap_or_default();
                 if queue::transport(&ns) == queue::Transport::List {
-                    let _: i64 = redis::cmd("LREM").arg(ns.queue_key()).arg(0).arg(&bytes).query_async(&mut self.redis).await?;
+                    let _: i64 = redis::cmd("LREM")
+                        .arg(ns.queue_key())
+                        .arg(0)
+                        .arg(&bytes)
+                        .query_async(&mut self.redis)
+                        .await?;
                 }
-                let _: i64 = redis::cmd("ZREM").arg(ns.scheduled_key()).arg(&bytes).query_async(&mut self.redis).await?;
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(ns.scheduled_key())
+                    .arg(&bytes)
+                    .query_async(&mut self.redis)
+                    .await?;
             }
             _ => {}
         }
         Ok(())
     }
 
-    async fn to_ready(&mut self, ns: &Namespace, env: &JobEnvelope) -> Result<(), DispatchError> {
+    async fn enqueue_ready(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+    ) -> Result<(), DispatchError> {
         let bytes = serde_json::to_string(env).unwrap_or_default();
         if queue::transport(ns) == queue::Transport::Stream {
             queue::ensure_group(&mut self.redis, ns).await?;
         }
         if queue::push_ready(&mut self.redis, ns, env, &bytes).await? {
-            metrics::counter!("runledger_dispatched_total", "namespace" => ns.as_str().to_owned()).increment(1);
+            metrics::counter!("runledger_dispatched_total", "namespace" => ns.as_str().to_owned())
+                .increment(1);
         }
         Ok(())
     }
 
-    async fn to_scheduled(&mut self, ns: &Namespace, env: &JobEnvelope, due_ms: i64) -> Result<(), DispatchError> {
+    async fn enqueue_scheduled(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        due_ms: i64,
+    ) -> Result<(), DispatchError> {
         let bytes = serde_json::to_string(env).unwrap_or_default();
         queue::schedule(&mut self.redis, ns, env, &bytes, due_ms).await?;
         Ok(())
@@ -157,7 +188,11 @@ impl Dispatcher {
                     promoted += 1;
                 }
             }
-            let _: i64 = redis::cmd("ZREM").arg(ns.scheduled_key()).arg(&bytes).query_async(&mut self.redis).await?;
+            let _: i64 = redis::cmd("ZREM")
+                .arg(ns.scheduled_key())
+                .arg(&bytes)
+                .query_async(&mut self.redis)
+                .await?;
         }
         Ok(promoted)
     }

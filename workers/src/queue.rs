@@ -21,7 +21,11 @@ pub enum Transport {
 
 /// `browser` is a stream; every other namespace a list.
 pub fn transport(ns: &Namespace) -> Transport {
-    if ns.as_str() == "browser" { Transport::Stream } else { Transport::List }
+    if ns.as_str() == "browser" {
+        Transport::Stream
+    } else {
+        Transport::List
+    }
 }
 
 /// The ready structure's key.
@@ -55,7 +59,9 @@ pub async fn connect(client: &Client) -> redis::RedisResult<MultiplexedConnectio
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_connection_timeout(Some(Duration::from_secs(2)));
-    client.get_multiplexed_async_connection_with_config(&config).await
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 fn push_script() -> Script {
@@ -87,7 +93,12 @@ fn schedule_script() -> Script {
 ///
 /// # Errors
 /// Redis errors.
-pub async fn push_ready(conn: &mut MultiplexedConnection, ns: &Namespace, env: &JobEnvelope, bytes: &str) -> redis::RedisResult<bool> {
+pub async fn push_ready(
+    conn: &mut MultiplexedConnection,
+    ns: &Namespace,
+    env: &JobEnvelope,
+    bytes: &str,
+) -> redis::RedisResult<bool> {
     let key = ready_key(ns);
     let kind = match transport(ns) {
         Transport::List => "list",
@@ -108,7 +119,13 @@ pub async fn push_ready(conn: &mut MultiplexedConnection, ns: &Namespace, env: &
 ///
 /// # Errors
 /// Redis errors.
-pub async fn schedule(conn: &mut MultiplexedConnection, ns: &Namespace, env: &JobEnvelope, bytes: &str, due_ms: i64) -> redis::RedisResult<bool> {
+pub async fn schedule(
+    conn: &mut MultiplexedConnection,
+    ns: &Namespace,
+    env: &JobEnvelope,
+    bytes: &str,
+    due_ms: i64,
+) -> redis::RedisResult<bool> {
     let key = ns.scheduled_key();
     let added: i64 = schedule_script()
         .key(&key)
@@ -125,7 +142,10 @@ pub async fn schedule(conn: &mut MultiplexedConnection, ns: &Namespace, env: &Jo
 ///
 /// # Errors
 /// Redis errors other than "group exists".
-pub async fn ensure_group(conn: &mut MultiplexedConnection, ns: &Namespace) -> redis::RedisResult<()> {
+pub async fn ensure_group(
+    conn: &mut MultiplexedConnection,
+    ns: &Namespace,
+) -> redis::RedisResult<()> {
     let r: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(ns.stream_key())

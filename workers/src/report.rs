@@ -31,13 +31,33 @@ impl ReportError {
 /// Reports outcomes to the command side.
 pub trait Reporter: Send + Sync + 'static {
     /// An attempt starts.
-    fn start(&self, job: JobId, attempt: Attempt, worker: &str) -> impl Future<Output = Result<(), ReportError>> + Send;
+    fn start(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        worker: &str,
+    ) -> impl Future<Output = Result<(), ReportError>> + Send;
     /// An attempt is alive.
-    fn heartbeat(&self, job: JobId, attempt: Attempt) -> impl Future<Output = Result<(), ReportError>> + Send;
+    fn heartbeat(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<(), ReportError>> + Send;
     /// An attempt finished.
-    fn complete(&self, job: JobId, attempt: Attempt, result: Value) -> impl Future<Output = Result<(), ReportError>> + Send;
+    fn complete(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        result: Value,
+    ) -> impl Future<Output = Result<(), ReportError>> + Send;
     /// An attempt failed.
-    fn fail(&self, job: JobId, attempt: Attempt, error: &str, retryable: bool) -> impl Future<Output = Result<(), ReportError>> + Send;
+    fn fail(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        error: &str,
+        retryable: bool,
+    ) -> impl Future<Output = Result<(), ReportError>> + Send;
 }
 
 /// Reports over HTTP with a worker token, retrying transport failures a few times.
@@ -54,7 +74,10 @@ impl HttpReporter {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -65,7 +88,14 @@ impl HttpReporter {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
-            let res = match self.client.post(&url).bearer_auth(&self.token).json(&body).send().await {
+            let res = match self
+                .client
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(&body)
+                .send()
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     last = e.to_string();
@@ -78,7 +108,13 @@ impl HttpReporter {
                 404 => return Err(ReportError::NotFound),
                 409 => {
                     let body: Value = res.json().await.unwrap_or(Value::Null);
-                    let kind = body["type"].as_str().unwrap_or("").rsplit(':').next().unwrap_or("").to_owned();
+                    let kind = body["type"]
+                        .as_str()
+                        .unwrap_or("")
+                        .rsplit(':')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
                     return Err(ReportError::Conflict(kind));
                 }
                 500..=599 => last = format!("status {status}"),
@@ -91,18 +127,45 @@ impl HttpReporter {
 
 impl Reporter for HttpReporter {
     async fn start(&self, job: JobId, attempt: Attempt, worker: &str) -> Result<(), ReportError> {
-        self.post(job, "start", json!({"attempt": attempt, "worker_id": worker})).await
+        self.post(
+            job,
+            "start",
+            json!({"attempt": attempt, "worker_id": worker}),
+        )
+        .await
     }
 
     async fn heartbeat(&self, job: JobId, attempt: Attempt) -> Result<(), ReportError> {
-        self.post(job, "heartbeat", json!({"attempt": attempt})).await
+        self.post(job, "heartbeat", json!({"attempt": attempt}))
+            .await
     }
 
-    async fn complete(&self, job: JobId, attempt: Attempt, result: Value) -> Result<(), ReportError> {
-        self.post(job, "complete", json!({"attempt": attempt, "result": result})).await
+    async fn complete(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        result: Value,
+    ) -> Result<(), ReportError> {
+        self.post(
+            job,
+            "complete",
+            json!({"attempt": attempt, "result": result}),
+        )
+        .await
     }
 
-    async fn fail(&self, job: JobId, attempt: Attempt, error: &str, retryable: bool) -> Result<(), ReportError> {
-        self.post(job, "fail", json!({"attempt": attempt, "error": error, "retryable": retryable})).await
+    async fn fail(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        error: &str,
+        retryable: bool,
+    ) -> Result<(), ReportError> {
+        self.post(
+            job,
+            "fail",
+            json!({"attempt": attempt, "error": error, "retryable": retryable}),
+        )
+        .await
     }
 }

@@ -93,7 +93,12 @@ pub async fn run<R: Reporter, E: Executor>(
             stop.cancel();
         });
     }
-    let ctx = Arc::new(Ctx { cfg, reporter, executor, stop });
+    let ctx = Arc::new(Ctx {
+        cfg,
+        reporter,
+        executor,
+        stop,
+    });
     let mut slots = Vec::new();
     for _ in 0..ctx.cfg.concurrency {
         let conn = queue::connect(&client).await?;
@@ -106,14 +111,20 @@ pub async fn run<R: Reporter, E: Executor>(
     maintenance.abort();
     // Leave no liveness behind: our processing list is empty or will be reaped.
     if let Ok(mut c) = queue::connect(&client).await {
-        let _: redis::RedisResult<i64> =
-            redis::cmd("DEL").arg(queue::alive_key(&ctx.cfg.namespace, &ctx.cfg.worker_id)).query_async(&mut c).await;
+        let _: redis::RedisResult<i64> = redis::cmd("DEL")
+            .arg(queue::alive_key(&ctx.cfg.namespace, &ctx.cfg.worker_id))
+            .query_async(&mut c)
+            .await;
     }
     Ok(())
 }
 
 /// One concurrency slot: pull, handle, acknowledge, until shutdown.
-async fn slot<R: Reporter, E: Executor>(ctx: Arc<Ctx<R, E>>, mut conn: MultiplexedConnection, shutdown: CancellationToken) {
+async fn slot<R: Reporter, E: Executor>(
+    ctx: Arc<Ctx<R, E>>,
+    mut conn: MultiplexedConnection,
+    shutdown: CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         match pull(&ctx, &mut conn).await {
             Ok(Some((bytes, ack))) => {
@@ -131,7 +142,10 @@ async fn slot<R: Reporter, E: Executor>(ctx: Arc<Ctx<R, E>>, mut conn: Multiplex
     }
 }
 
-async fn pull<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis::RedisResult<Option<(String, Ack)>> {
+async fn pull<R, E>(
+    ctx: &Ctx<R, E>,
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<Option<(String, Ack)>> {
     let ns = &ctx.cfg.namespace;
     match queue::transport(ns) {
         Transport::List => {
@@ -160,7 +174,9 @@ async fn pull<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis:
                 .arg(">")
                 .query_async(conn)
                 .await?;
-            let entry = reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.into_iter().next());
+            let entry = reply
+                .and_then(|r| r.keys.into_iter().next())
+                .and_then(|k| k.ids.into_iter().next());
             Ok(entry.and_then(|e| {
                 let bytes: String = e.get("envelope")?;
                 Some((bytes, Ack::Stream { id: e.id }))
@@ -172,12 +188,29 @@ async fn pull<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis:
 async fn ack<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, ack: &Ack) {
     let ns = &ctx.cfg.namespace;
     let r: redis::RedisResult<()> = match ack {
-        Ack::List { processing, bytes } => redis::cmd("LREM").arg(processing).arg(1).arg(bytes).query_async(conn).await,
+        Ack::List { processing, bytes } => {
+            redis::cmd("LREM")
+                .arg(processing)
+                .arg(1)
+                .arg(bytes)
+                .query_async(conn)
+                .await
+        }
         Ack::Stream { id } => {
-            let acked: redis::RedisResult<i64> =
-                redis::cmd("XACK").arg(ns.stream_key()).arg(ns.group_name()).arg(id).query_async(conn).await;
+            let acked: redis::RedisResult<i64> = redis::cmd("XACK")
+                .arg(ns.stream_key())
+                .arg(ns.group_name())
+                .arg(id)
+                .query_async(conn)
+                .await;
             match acked {
-                Ok(_) => redis::cmd("XDEL").arg(ns.stream_key()).arg(id).query_async(conn).await,
+                Ok(_) => {
+                    redis::cmd("XDEL")
+                        .arg(ns.stream_key())
+                        .arg(id)
+                        .query_async(conn)
+                        .await
+                }
                 Err(e) => Err(e),
             }
         }
@@ -190,13 +223,22 @@ async fn ack<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, ack: &Ack)
 /// Hands an envelope back for another worker (the command side was unreachable at start).
 async fn give_back<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, bytes: &str, a: &Ack) {
     if let Ack::List { .. } = a {
-        let _: redis::RedisResult<i64> = redis::cmd("RPUSH").arg(ctx.cfg.namespace.queue_key()).arg(bytes).query_async(conn).await;
+        let _: redis::RedisResult<i64> = redis::cmd("RPUSH")
+            .arg(ctx.cfg.namespace.queue_key())
+            .arg(bytes)
+            .query_async(conn)
+            .await;
         ack(ctx, conn, a).await;
     }
     // A stream entry stays pending and is claimed after the lease.
 }
 
-async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, bytes: &str, a: Ack) {
+async fn handle<R: Reporter, E: Executor>(
+    ctx: &Ctx<R, E>,
+    conn: &mut MultiplexedConnection,
+    bytes: &str,
+    a: Ack,
+) {
     let env: JobEnvelope = match serde_json::from_str(bytes) {
         Ok(e) => e,
         Err(e) => {
@@ -205,7 +247,11 @@ async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut Multiplexe
             return;
         }
     };
-    match ctx.reporter.start(env.job_id, env.attempt, &ctx.cfg.worker_id).await {
+    match ctx
+        .reporter
+        .start(env.job_id, env.attempt, &ctx.cfg.worker_id)
+        .await
+    {
         Ok(()) => {}
         Err(ReportError::Transport(e)) => {
             tracing::warn!(message = "Start not reported; handing the job back.", job_id = %env.job_id, error = %e);
@@ -225,7 +271,12 @@ async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut Multiplexe
 }
 
 /// Runs a started attempt and reports its outcome.
-async fn execute<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &MultiplexedConnection, env: &JobEnvelope, a: &Ack) {
+async fn execute<R: Reporter, E: Executor>(
+    ctx: &Ctx<R, E>,
+    conn: &MultiplexedConnection,
+    env: &JobEnvelope,
+    a: &Ack,
+) {
     let cancel = CancellationToken::new();
     let beating = heartbeat(ctx, conn.clone(), env, a, cancel.clone());
     let timeout = ctx.executor.timeout(env.task_type.as_str());
@@ -240,9 +291,17 @@ async fn execute<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &MultiplexedCo
         Some(Ok(Ok(result))) => ctx.reporter.complete(job, attempt, result).await,
         // Canceled by its owner: the job is over, nothing to report.
         Some(Ok(Err(_))) if cancel_reason_is_job_over(ctx, env).await => Ok(()),
-        Some(Ok(Err(e))) => ctx.reporter.fail(job, attempt, &e.message, e.retryable).await,
+        Some(Ok(Err(e))) => {
+            ctx.reporter
+                .fail(job, attempt, &e.message, e.retryable)
+                .await
+        }
         Some(Err(_)) => ctx.reporter.fail(job, attempt, "timed out", true).await,
-        None => ctx.reporter.fail(job, attempt, "worker stopped", true).await,
+        None => {
+            ctx.reporter
+                .fail(job, attempt, "worker stopped", true)
+                .await
+        }
     };
     match reported {
         Ok(()) => metrics::counter!("runledger_job_outcomes_total", "task_type" => env.task_type.to_string()).increment(1),
@@ -265,8 +324,12 @@ fn heartbeat<R: Reporter, E>(
     a: &Ack,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let (reporter, every, ns, worker) =
-        (ctx.reporter.clone(), ctx.cfg.heartbeat, ctx.cfg.namespace.clone(), ctx.cfg.worker_id.clone());
+    let (reporter, every, ns, worker) = (
+        ctx.reporter.clone(),
+        ctx.cfg.heartbeat,
+        ctx.cfg.namespace.clone(),
+        ctx.cfg.worker_id.clone(),
+    );
     let (job, attempt, a) = (env.job_id, env.attempt, a.clone());
     tokio::spawn(async move {
         loop {
@@ -274,11 +337,11 @@ fn heartbeat<R: Reporter, E>(
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
-            if let Err(e) = reporter.heartbeat(job, attempt).await {
-                if e.job_is_over() || matches!(e, ReportError::Conflict(_)) {
-                    cancel.cancel();
-                    return;
-                }
+            if let Err(e) = reporter.heartbeat(job, attempt).await
+                && (e.job_is_over() || matches!(e, ReportError::Conflict(_)))
+            {
+                cancel.cancel();
+                return;
             }
             if let Ack::Stream { id } = &a {
                 let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
@@ -296,7 +359,11 @@ fn heartbeat<R: Reporter, E>(
 }
 
 /// Liveness, and recovery of dead workers' jobs.
-async fn maintain<R: Reporter, E: Executor>(ctx: Arc<Ctx<R, E>>, mut conn: MultiplexedConnection, shutdown: CancellationToken) {
+async fn maintain<R: Reporter, E: Executor>(
+    ctx: Arc<Ctx<R, E>>,
+    mut conn: MultiplexedConnection,
+    shutdown: CancellationToken,
+) {
     let every = ctx.cfg.lease / 3;
     while !shutdown.is_cancelled() {
         let ns = &ctx.cfg.namespace;
@@ -323,7 +390,11 @@ async fn maintain<R: Reporter, E: Executor>(ctx: Arc<Ctx<R, E>>, mut conn: Multi
 
 /// What to do with an envelope a dead worker held.
 async fn recover<R: Reporter, E>(ctx: &Ctx<R, E>, env: &JobEnvelope) -> Recovery {
-    match ctx.reporter.fail(env.job_id, env.attempt, "worker lost", true).await {
+    match ctx
+        .reporter
+        .fail(env.job_id, env.attempt, "worker lost", true)
+        .await
+    {
         Ok(()) => Recovery::Settled,
         Err(ReportError::Conflict(k)) if k == "job-not-running" => Recovery::RunAgain,
         Err(ReportError::Transport(_)) => Recovery::Later,
@@ -340,24 +411,47 @@ enum Recovery {
     Later,
 }
 
-async fn reap_lists<R: Reporter, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+async fn reap_lists<R: Reporter, E>(
+    ctx: &Ctx<R, E>,
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<()> {
     let ns = &ctx.cfg.namespace;
     let prefix = queue::processing_key(ns, "");
-    let pattern = format!("{}*", prefix.replace('[', "\\[").replace('?', "\\?").replace('*', "\\*"));
+    let pattern = format!(
+        "{}*",
+        prefix
+            .replace('[', "\\[")
+            .replace('?', "\\?")
+            .replace('*', "\\*")
+    );
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(200).query_async(conn).await?;
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(200)
+            .query_async(conn)
+            .await?;
         for key in keys {
             let worker = key.trim_start_matches(&prefix).to_owned();
             if worker == ctx.cfg.worker_id {
                 continue;
             }
-            let alive: bool = redis::cmd("EXISTS").arg(queue::alive_key(ns, &worker)).query_async(conn).await?;
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(queue::alive_key(ns, &worker))
+                .query_async(conn)
+                .await?;
             if alive {
                 continue;
             }
-            let held: Vec<String> = redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(conn).await?;
+            let held: Vec<String> = redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await?;
             for bytes in held {
                 let action = match serde_json::from_str::<JobEnvelope>(&bytes) {
                     Ok(env) => recover(ctx, &env).await,
@@ -366,11 +460,20 @@ async fn reap_lists<R: Reporter, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConne
                 match action {
                     Recovery::Settled => {}
                     Recovery::RunAgain => {
-                        let _: i64 = redis::cmd("RPUSH").arg(ns.queue_key()).arg(&bytes).query_async(conn).await?;
+                        let _: i64 = redis::cmd("RPUSH")
+                            .arg(ns.queue_key())
+                            .arg(&bytes)
+                            .query_async(conn)
+                            .await?;
                     }
                     Recovery::Later => continue,
                 }
-                let _: i64 = redis::cmd("LREM").arg(&key).arg(1).arg(&bytes).query_async(conn).await?;
+                let _: i64 = redis::cmd("LREM")
+                    .arg(&key)
+                    .arg(1)
+                    .arg(&bytes)
+                    .query_async(conn)
+                    .await?;
                 tracing::warn!(message = "Recovered a job from a dead worker.", worker = %worker);
             }
         }
@@ -381,7 +484,10 @@ async fn reap_lists<R: Reporter, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConne
     }
 }
 
-async fn claim_idle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+async fn claim_idle<R: Reporter, E: Executor>(
+    ctx: &Ctx<R, E>,
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<()> {
     let ns = &ctx.cfg.namespace;
     let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
         .arg(ns.stream_key())
@@ -394,7 +500,9 @@ async fn claim_idle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut Multip
         .query_async(conn)
         .await?;
     for entry in reply.claimed {
-        let a = Ack::Stream { id: entry.id.clone() };
+        let a = Ack::Stream {
+            id: entry.id.clone(),
+        };
         let Some(bytes) = entry.get::<String>("envelope") else {
             ack(ctx, conn, &a).await;
             continue;

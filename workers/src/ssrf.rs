@@ -30,7 +30,9 @@ pub struct Guard {
 impl Guard {
     /// A guard that also allows `allow` (CIDRs from `RUNLEDGER_HTTP_ALLOW`).
     pub fn new(allow: &[String]) -> Self {
-        Self { allow: allow.iter().filter_map(|c| c.parse().ok()).collect() }
+        Self {
+            allow: allow.iter().filter_map(|c| c.parse().ok()).collect(),
+        }
     }
 
     /// Whether `ip` may be reached.
@@ -46,7 +48,10 @@ impl Guard {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port)).await.map_err(|_| SsrfError::Unresolved)?.collect(),
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|_| SsrfError::Unresolved)?
+                .collect(),
         };
         // Every answer must pass: a name that resolves to one public and one private address
         // is refused rather than raced.
@@ -110,14 +115,35 @@ mod tests {
     #[test]
     fn every_forbidden_class_is_refused() {
         for s in [
-            "127.0.0.1", "127.1.2.3", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254",
-            "0.0.0.0", "100.64.0.1", "255.255.255.255", "224.0.0.1", "::1", "::", "fc00::1",
-            "fd12::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
-            "64:ff9b::a9fe:a9fe", "ff02::1",
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "ff02::1",
         ] {
             assert!(forbidden(ip(s)), "{s} should be refused");
         }
-        for s in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for s in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!forbidden(ip(s)), "{s} should be allowed");
         }
     }
@@ -133,8 +159,16 @@ mod tests {
     #[tokio::test]
     async fn names_are_resolved_before_they_are_judged() {
         let g = Guard::default();
-        assert!(matches!(g.resolve("localhost", 80).await, Err(SsrfError::Forbidden(a)) if a.is_loopback()));
-        assert!(matches!(g.resolve("[::1]", 80).await, Err(SsrfError::Forbidden(_))));
-        assert!(matches!(g.resolve("169.254.169.254", 80).await, Err(SsrfError::Forbidden(_))));
+        assert!(
+            matches!(g.resolve("localhost", 80).await, Err(SsrfError::Forbidden(a)) if a.is_loopback())
+        );
+        assert!(matches!(
+            g.resolve("[::1]", 80).await,
+            Err(SsrfError::Forbidden(_))
+        ));
+        assert!(matches!(
+            g.resolve("169.254.169.254", 80).await,
+            Err(SsrfError::Forbidden(_))
+        ));
     }
 }

@@ -53,7 +53,8 @@ fn get() -> String {
 }
 
 fn payload<T: serde::de::DeserializeOwned>(env: &JobEnvelope) -> Result<T, ExecError> {
-    serde_json::from_value(env.payload.clone()).map_err(|e| ExecError::fatal(format!("bad payload: {e}")))
+    serde_json::from_value(env.payload.clone())
+        .map_err(|e| ExecError::fatal(format!("bad payload: {e}")))
 }
 
 impl Executor for Generic {
@@ -74,7 +75,9 @@ impl Executor for Generic {
             "sleep" => {
                 let p: SleepPayload = payload(env)?;
                 if p.ms > MAX_SLEEP_MS {
-                    return Err(ExecError::fatal(format!("ms must be at most {MAX_SLEEP_MS}")));
+                    return Err(ExecError::fatal(format!(
+                        "ms must be at most {MAX_SLEEP_MS}"
+                    )));
                 }
                 tokio::select! {
                     () = cancel.cancelled() => Err(ExecError::fatal("canceled")),
@@ -105,9 +108,16 @@ impl Generic {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(ExecError::fatal("only http and https URLs are allowed"));
             }
-            let host = url.host_str().ok_or_else(|| ExecError::fatal("url has no host"))?.to_owned();
+            let host = url
+                .host_str()
+                .ok_or_else(|| ExecError::fatal("url has no host"))?
+                .to_owned();
             let port = url.port_or_known_default().unwrap_or(80);
-            let addr = self.guard.resolve(&host, port).await.map_err(|e| ExecError::fatal(e.to_string()))?;
+            let addr = self
+                .guard
+                .resolve(&host, port)
+                .await
+                .map_err(|e| ExecError::fatal(e.to_string()))?;
             // Pinned to the address just checked; no automatic redirects.
             let client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -123,7 +133,11 @@ impl Generic {
                 req = req.body(b.clone());
             }
             let res = req.send().await.map_err(|e| {
-                if e.is_timeout() { ExecError::retryable("request timed out") } else { ExecError::retryable(format!("request failed: {e}")) }
+                if e.is_timeout() {
+                    ExecError::retryable("request timed out")
+                } else {
+                    ExecError::retryable(format!("request failed: {e}"))
+                }
             })?;
             let status = res.status();
             if status.is_redirection() {
@@ -132,14 +146,20 @@ impl Generic {
                     .get(reqwest::header::LOCATION)
                     .and_then(|l| l.to_str().ok())
                     .ok_or_else(|| ExecError::fatal("redirect without Location"))?;
-                url = url.join(location).map_err(|_| ExecError::fatal("bad redirect"))?;
+                url = url
+                    .join(location)
+                    .map_err(|_| ExecError::fatal("bad redirect"))?;
                 if status == reqwest::StatusCode::SEE_OTHER {
                     method = reqwest::Method::GET;
                     body = None;
                 }
                 continue;
             }
-            let mut bytes = res.bytes().await.map_err(|e| ExecError::retryable(e.to_string()))?.to_vec();
+            let mut bytes = res
+                .bytes()
+                .await
+                .map_err(|e| ExecError::retryable(e.to_string()))?
+                .to_vec();
             bytes.truncate(MAX_BODY);
             let out = json!({"status": status.as_u16(), "body": String::from_utf8_lossy(&bytes)});
             return if status.is_server_error() {

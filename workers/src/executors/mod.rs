@@ -23,12 +23,18 @@ pub struct ExecError {
 impl ExecError {
     /// A failure a retry may fix (a timeout, a 503).
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: true }
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     /// A failure no retry fixes (a bad payload, a forbidden destination).
     pub fn fatal(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: false }
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
     }
 }
 
@@ -43,5 +49,9 @@ pub trait Executor: Send + Sync + 'static {
     }
 
     /// Runs one attempt; stops early when `cancel` fires.
-    fn run(&self, env: &JobEnvelope, cancel: &CancellationToken) -> impl Future<Output = Result<Value, ExecError>> + Send;
+    fn run(
+        &self,
+        env: &JobEnvelope,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Value, ExecError>> + Send;
 }

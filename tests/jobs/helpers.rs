@@ -1,0 +1,280 @@
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use domain::{
+    ids::UserId,
+    task::{Namespace, NamespaceMap},
+};
+use platform::{
+    auth::{Role, mint},
+    settings::{Secret, Settings},
+    testing::{RedisServer, TestDb},
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use workers::{
+    dispatcher::Dispatcher,
+    executors::Generic,
+    report::HttpReporter,
+    runtime::{self, WorkerConfig},
+    ssrf::Guard,
+};
+
+pub const SECRET: &str = "jobs-test-secret-0123456789abcdef0123";
+
+pub struct Stack {
+    pub db: TestDb,
+    pub redis: RedisServer,
+    pub write: String,
+    pub client: reqwest::Client,
+    pub command: command_api::AppState,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Stack {
+    pub async fn start(free_limit: &str) -> Self {
+        platform::install_crypto();
+        let db = TestDb::create().await;
+        let redis = RedisServer::start().await;
+        let vars: HashMap<String, String> = [
+            ("DATABASE_URL", db.url.as_str()),
+            ("RUNLEDGER_JWT_SECRET", SECRET),
+            ("RUNLEDGER_FREE_LIMIT", free_limit),
+            ("RUNLEDGER_DB_MAX_CONNECTIONS", "16"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let command = command_api::build(Settings::from_vars(&vars).unwrap())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let write = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(command_api::run(
+            listener,
+            command.clone(),
+            shutdown.clone(),
+        ));
+        Self {
+            db,
+            redis,
+            write,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            command,
+            shutdown,
+        }
+    }
+
+    pub fn redis_client(&self) -> redis::Client {
+        redis::Client::open(self.redis.url.as_str()).unwrap()
+    }
+
+    pub async fn dispatcher(&self) -> Dispatcher {
+        let conn = workers::queue::connect(&self.redis_client()).await.unwrap();
+        Dispatcher {
+            store: self.command.store.clone(),
+            redis: conn,
+            namespaces: NamespaceMap::default(),
+        }
+    }
+
+    pub async fn start_dispatcher(&self) {
+        let d = self.dispatcher().await;
+        tokio::spawn(d.run(
+            vec![Namespace::default_ns(), Namespace::browser()],
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// An in-process worker with its own shutdown; `allow` opens ranges to `http.request`.
+    pub fn start_worker(&self, concurrency: usize, allow: &[String]) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let reporter = Arc::new(HttpReporter::new(&self.write, worker_token()));
+        let executor = Arc::new(Generic::new(Guard::new(allow)));
+        let mut cfg = WorkerConfig::new(Namespace::default_ns(), concurrency);
+        cfg.heartbeat = Duration::from_millis(300);
+        cfg.lease = Duration::from_secs(2);
+        cfg.grace = Duration::from_secs(2);
+        let (client, s) = (self.redis_client(), stop.clone());
+        let all = self.shutdown.clone();
+        tokio::spawn(async move {
+            let both = CancellationToken::new();
+            let b = both.clone();
+            tokio::spawn(async move {
+                tokio::select! { () = s.cancelled() => {}, () = all.cancelled() => {} }
+                b.cancel();
+            });
+            runtime::run(client, reporter, executor, cfg, both)
+                .await
+                .unwrap();
+        });
+        stop
+    }
+
+    pub async fn submit(&self, token: &str, body: Value) -> String {
+        let r = self
+            .client
+            .post(format!("{}/v1/jobs", self.write))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        r.json::<Value>().await.unwrap()["job_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn noop(&self, token: &str) -> String {
+        self.submit(token, json!({"task_type": "noop", "payload": {}}))
+            .await
+    }
+
+    /// The job's status, straight from its events.
+    pub async fn status(&self, job: &str) -> String {
+        let loaded = self
+            .command
+            .store
+            .load_fresh::<domain::job::Job>(job)
+            .await
+            .unwrap();
+        loaded
+            .state
+            .state()
+            .map(|s| s.status.as_str().to_owned())
+            .unwrap_or_default()
+    }
+
+    pub async fn attempt(&self, job: &str) -> u32 {
+        let loaded = self
+            .command
+            .store
+            .load_fresh::<domain::job::Job>(job)
+            .await
+            .unwrap();
+        loaded.state.state().map(|s| s.attempt.get()).unwrap_or(0)
+    }
+
+    pub async fn wait_final(&self, jobs: &[String], within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'job' \
+                   AND event_type IN ('JobCompleted', 'JobDeadLettered', 'JobCanceled') AND aggregate_id = ANY($1)",
+            )
+            .bind(jobs)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap();
+            if n as usize == jobs.len() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} of {} jobs final",
+                jobs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs the process manager to the head of the log.
+    pub async fn settle(&self) {
+        while command_api::process::step(&self.command.store)
+            .await
+            .unwrap()
+            > 0
+        {}
+    }
+
+    /// Units consumed per user, from the usage events.
+    pub async fn consumed(&self) -> HashMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT split_part(aggregate_id, ':', 1), count(*) FROM events \
+              WHERE aggregate_type = 'usage' AND event_type = 'UnitConsumed' GROUP BY 1",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+    }
+}
+
+pub fn worker_token() -> String {
+    mint(
+        &Secret::new(SECRET),
+        "authenticated",
+        UserId::from_uuid(uuid::Uuid::new_v4()),
+        Role::Worker,
+        Duration::from_secs(3_600),
+    )
+    .unwrap()
+}
+
+pub fn new_user() -> (UserId, String) {
+    let u = UserId::from_uuid(uuid::Uuid::new_v4());
+    (
+        u,
+        mint(
+            &Secret::new(SECRET),
+            "authenticated",
+            u,
+            Role::Customer,
+            Duration::from_secs(3_600),
+        )
+        .unwrap(),
+    )
+}
+
+/// A local HTTP server answering `GET /flaky` with 503 `fails` times then 200, `GET /fail`
+/// always 500, and `GET /redirect?to=URL` with a 302.
+pub async fn target(fails: usize) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::{extract::Query, http::StatusCode, response::IntoResponse, routing::get};
+    let count = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/flaky",
+            get(move || {
+                let count = count.clone();
+                async move {
+                    if count.fetch_add(1, Ordering::SeqCst) < fails {
+                        (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response()
+                    } else {
+                        (StatusCode::OK, "fine").into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "broken") }),
+        )
+        .route(
+            "/redirect",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                (
+                    StatusCode::FOUND,
+                    [("location", q.get("to").cloned().unwrap_or_default())],
+                )
+                    .into_response()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}

@@ -40,8 +40,8 @@ enum Action {
         /// default or browser (or a configured namespace).
         #[arg(long, default_value = "default")]
         namespace: String,
-        /// Jobs at once.
-        #[arg(long, default_value_t = 8)]
+        /// Jobs at once (reports wait on commits, so more slots than cores pay off).
+        #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
     /// Tokens for the configured HS256 secret (RUNLEDGER_JWT_SECRET).

@@ -56,22 +56,8 @@ pub async fn projections(s: Settings) -> anyhow::Result<ExitCode> {
     let pool = pool(&s).await?;
     let shutdown = platform::shutdown::on_signal();
     metrics_endpoint(&s, &shutdown).await?;
-    let tasks: Vec<_> = Projection::ALL
-        .into_iter()
-        .map(|p| {
-            tokio::spawn(projections::runner::run(
-                pool.clone(),
-                p,
-                bus.clone(),
-                None,
-                shutdown.clone(),
-            ))
-        })
-        .collect();
     tracing::info!(message = "Projections running.");
-    for t in tasks {
-        t.await?;
-    }
+    projections::runner::run(pool, Projection::ALL.to_vec(), bus, None, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 

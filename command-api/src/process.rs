@@ -99,10 +99,32 @@ pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
         return Ok(0);
     };
     let mut pending = PendingChanges::default();
+    let mut by_ledger: std::collections::HashMap<String, Vec<Reaction>> =
+        std::collections::HashMap::new();
     for event in &events {
-        react(store, event, &mut pending).await?;
+        if let Some(r) = react(event, &mut pending)? {
+            by_ledger.entry(r.usage_id.clone()).or_default().push(r);
+        }
     }
+    // Ledgers are independent: their commands run concurrently (and commit in one group),
+    // each ledger's in log order.
+    futures::future::try_join_all(by_ledger.into_values().map(|reactions| async move {
+        for r in reactions {
+            if let Err(e) = store
+                .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
+                .await?
+            {
+                tracing::warn!(message = "Usage command refused.", job_id = %r.job_id, error = %e);
+            }
+        }
+        Ok::<_, StoreError>(())
+    }))
+    .await?;
     let mut tx = pool.begin().await?;
+    // Redone after a lost commit, the usage commands are no-ops: no need to wait for fsync.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     pending.apply(&mut tx).await?;
     save_checkpoint(&mut *tx, CHECKPOINT, last).await?;
     tx.commit().await?;
@@ -142,11 +164,18 @@ impl PendingChanges {
     }
 }
 
-async fn react(
-    store: &EventStore,
+/// A usage command the log calls for.
+struct Reaction {
+    usage_id: String,
+    command: UsageCommand,
+    metadata: Metadata,
+    job_id: JobId,
+}
+
+fn react(
     event: &RecordedEvent,
     pending: &mut PendingChanges,
-) -> Result<(), StoreError> {
+) -> Result<Option<Reaction>, StoreError> {
     let decode = |source| StoreError::Decode {
         aggregate_type: "event",
         aggregate_id: event.aggregate_id.clone(),
@@ -161,18 +190,14 @@ async fn react(
             if matches!(job_event, JobEvent::JobSubmitted(_)) {
                 pending.settled.push(job_id.as_uuid());
             }
-            if let Some((key, command)) = usage_reaction(job_id, &job_event, Utc::now()) {
-                let meta = inherited_metadata(event);
-                match store
-                    .execute::<Usage>(&key.aggregate_id(), command, &meta)
-                    .await?
-                {
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(
-                        message = "Usage command refused.", job_id = %job_id, error = %e,
-                    ),
-                }
-            }
+            return Ok(
+                usage_reaction(job_id, &job_event, Utc::now()).map(|(key, command)| Reaction {
+                    usage_id: key.aggregate_id(),
+                    command,
+                    metadata: inherited_metadata(event),
+                    job_id,
+                }),
+            );
         }
         "usage" => {
             let usage_event: UsageEvent = event.decode().map_err(decode)?;
@@ -191,7 +216,7 @@ async fn react(
         }
         _ => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The correlation id of the event that caused a command goes along with it.

@@ -178,6 +178,16 @@ pub async fn submit(
         match state.store.commit(unit).await {
             Ok(()) => {
                 state.store.remember(&usage_id, after);
+                // The worker's start comes next: spare it a load.
+                state.store.remember(
+                    &job_id_text,
+                    Loaded {
+                        state: Job::replay(job_events.iter()),
+                        sequence: 1,
+                        snapshot_sequence: 0,
+                        cached: false,
+                    },
+                );
                 tracing::info!(
                     message = "Job submitted.",
                     job_id = %job_id,

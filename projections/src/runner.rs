@@ -1,5 +1,5 @@
-//! Runs one projection: batches from its checkpoint, applied and checkpointed in one
-//! transaction, then its notices published.
+//! Runs projections: one read of the log feeds them all; each projection's rows and its
+//! checkpoint are written in the same transaction; then the notices are published.
 
 use std::time::Duration;
 
@@ -17,52 +17,75 @@ const BATCH: i64 = 1_000;
 const IDLE_MIN: Duration = Duration::from_millis(5);
 const IDLE_MAX: Duration = Duration::from_millis(100);
 
-/// Applies one batch; returns how many events it read (0: caught up).
+/// Applies one batch to `projections` (each from its own checkpoint); returns how many
+/// events it read (0: all caught up).
 ///
 /// # Errors
 /// [`ProjectionError`]; nothing of the batch is kept.
 pub async fn step(
     pool: &PgPool,
-    projection: Projection,
+    projections: &[Projection],
     bus: &NoticeBus,
 ) -> Result<usize, ProjectionError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(projection.lock_key())
+    // Rows and checkpoints commit together: a crash that loses this commit loses both, and
+    // the batch is applied again. So no need to wait for the WAL flush.
+    sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    let from = checkpoint(&mut *tx, projection.name()).await?;
-    let events = read_from(pool, from, BATCH).await?;
+    let mut from = Vec::with_capacity(projections.len());
+    for p in projections {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(p.lock_key())
+            .execute(&mut *tx)
+            .await?;
+        from.push(checkpoint(&mut *tx, p.name()).await?);
+    }
+    let start = from.iter().copied().min().unwrap_or(0);
+    let events = read_from(pool, start, BATCH).await?;
     let Some(last) = events.last().map(|e| e.position) else {
         tx.rollback().await?;
         return Ok(0);
     };
-    let notices = projection.apply(&mut tx, &events, "").await?;
-    save_checkpoint(&mut *tx, projection.name(), last).await?;
+    let mut notices = Vec::new();
+    for (p, cp) in projections.iter().zip(&from) {
+        let newer = &events[events.partition_point(|e| e.position <= *cp)..];
+        if newer.is_empty() {
+            continue;
+        }
+        notices.extend(p.apply(&mut tx, newer, "").await?);
+        save_checkpoint(&mut *tx, p.name(), last).await?;
+        metrics::counter!("runledger_projection_events_total", "projection" => p.name())
+            .increment(newer.len() as u64);
+    }
     tx.commit().await?;
     for n in notices {
         bus.publish(n).await;
     }
-    if let Ok(h) = head(pool).await {
-        metrics::gauge!("runledger_projection_lag_events", "projection" => projection.name())
-            .set((h - last) as f64);
+    // The lag is measured when a batch came back full, i.e. when there may be one.
+    let lag = if events.len() as i64 == BATCH {
+        head(pool).await.map_or(0, |h| h - last)
+    } else {
+        0
+    };
+    for p in projections {
+        metrics::gauge!("runledger_projection_lag_events", "projection" => p.name())
+            .set(lag as f64);
     }
-    metrics::counter!("runledger_projection_events_total", "projection" => projection.name())
-        .increment(events.len() as u64);
     Ok(events.len())
 }
 
-/// Runs `projection` until `shutdown`, waking early on `appended` (commits in this process).
+/// Runs `projections` until `shutdown`, waking early on `appended` (commits in this process).
 pub async fn run(
     pool: PgPool,
-    projection: Projection,
+    projections: Vec<Projection>,
     bus: NoticeBus,
     appended: Option<std::sync::Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
     let mut idle = IDLE_MIN;
     while !shutdown.is_cancelled() {
-        match step(&pool, projection, &bus).await {
+        match step(&pool, &projections, &bus).await {
             Ok(0) => {
                 let woken = async {
                     match &appended {
@@ -78,7 +101,7 @@ pub async fn run(
             }
             Ok(_) => idle = IDLE_MIN,
             Err(e) => {
-                tracing::error!(message = "Projection batch failed; retrying.", projection = projection.name(), error = %e);
+                tracing::error!(message = "Projection batch failed; retrying.", error = %e);
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}

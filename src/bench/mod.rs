@@ -48,6 +48,9 @@ pub enum BenchAction {
         /// Users, each with one open stream.
         #[arg(long, default_value_t = 50)]
         users: usize,
+        /// The status to wait for: `queued` (read path), `completed` (workers too).
+        #[arg(long, default_value = "queued")]
+        until: String,
     },
     /// Hold N SSE streams open and report the read API's resident memory.
     Streams {
@@ -92,7 +95,8 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
             rate,
             seconds,
             users,
-        } => sse::latency(&settings, &write, &read, rate, seconds, users).await,
+            until,
+        } => sse::latency(&settings, &write, &read, rate, seconds, users, &until).await,
         BenchAction::Streams { read, streams } => sse::hold(&settings, &read, streams).await,
         BenchAction::Rebuild { events } => rebuild::run(&settings, events).await,
     }

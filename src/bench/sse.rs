@@ -17,7 +17,7 @@ use super::{Percentiles, tokens};
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// Reads one SSE response, recording when each job's `queued` event arrived.
-async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals) {
+async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals, until: String) {
     let mut buf = String::new();
     while let Ok(Some(chunk)) = res.chunk().await {
         let now = Instant::now();
@@ -30,7 +30,7 @@ async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals) {
             let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
                 continue;
             };
-            if v["status"] == "queued"
+            if v["status"] == until.as_str()
                 && let (Some(id), Ok(mut a)) = (v["id"].as_str(), arrivals.lock())
             {
                 a.entry(id.to_owned()).or_insert(now);
@@ -46,6 +46,7 @@ pub async fn latency(
     rate: u32,
     seconds: u32,
     users: usize,
+    until: &str,
 ) -> anyhow::Result<ExitCode> {
     let users = tokens(settings, users)?;
     let client = reqwest::Client::new();
@@ -58,7 +59,7 @@ pub async fn latency(
             .await
             .context("opening a stream")?;
         anyhow::ensure!(res.status() == 200, "stream refused: {}", res.status());
-        tokio::spawn(read_stream(res, arrivals.clone()));
+        tokio::spawn(read_stream(res, arrivals.clone(), until.to_owned()));
     }
     // One second at the same rate first, not counted: connections, caches and pools warm up.
     let warmup: Vec<_> = (0..rate as usize)
@@ -124,8 +125,18 @@ pub async fn latency(
         "  achieved rate      {:.0}/s",
         sent.len() as f64 / submit_secs
     );
-    println!("  queued events      {} (missing {missing})", lat.len());
-    println!("  POST → SSE ms      {}", Percentiles::new(lat));
+    println!(
+        "  `{until}` events{:>pad$}{} (missing {missing})",
+        "",
+        lat.len(),
+        pad = 12usize.saturating_sub(until.len())
+    );
+    println!(
+        "  POST → `{until}` ms{:>pad$}{}",
+        "",
+        Percentiles::new(lat),
+        pad = 10usize.saturating_sub(until.len())
+    );
     Ok(if missing == 0 && sent.len() == total {
         ExitCode::SUCCESS
     } else {

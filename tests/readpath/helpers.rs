@@ -96,10 +96,14 @@ impl Stack {
     }
 
     pub fn start_projections(&mut self) {
-        for p in Projection::ALL {
+        // The jobs projection alone, and the other two together: both ways of running.
+        for set in [
+            vec![Projection::Jobs],
+            vec![Projection::Usage, Projection::Subscriptions],
+        ] {
             self.projections.push(tokio::spawn(projections::runner::run(
                 self.db.pool.clone(),
-                p,
+                set,
                 self.bus.clone(),
                 None,
                 self.shutdown.clone(),

@@ -161,6 +161,8 @@ impl Drop for NatsServer {
 }
 
 /// A `redis-server` child process on a free port that keeps nothing on disk, for one test.
+/// `stop` and `resume` inject real outages (the restarted server is empty, as one without
+/// persistence is).
 pub struct RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub url: String,
@@ -173,16 +175,32 @@ impl RedisServer {
     ///
     /// # Panics
     /// When `redis-server` is not installed or does not come up.
-    #[allow(clippy::expect_used, clippy::panic)]
+    #[allow(clippy::expect_used)]
     pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
+        let mut s = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            child: None,
+        };
+        s.resume().await;
+        s
+    }
+
+    /// Starts the server again on the same port.
+    ///
+    /// # Panics
+    /// When it does not come up.
+    #[allow(clippy::expect_used, clippy::panic)]
+    pub async fn resume(&mut self) {
+        let port = self.port.to_string();
         let mut child = std::process::Command::new("redis-server")
             .args([
                 "--port",
-                &port.to_string(),
+                &port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -195,15 +213,12 @@ impl RedisServer {
             .spawn()
             .expect("redis-server (scripts/services installs it)");
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
             {
-                return Self {
-                    url: format!("redis://127.0.0.1:{port}"),
-                    port,
-                    child: Some(child),
-                };
+                self.child = Some(child);
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -212,17 +227,17 @@ impl RedisServer {
         panic!("redis-server did not start on port {port}");
     }
 
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
+    /// Kills the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }

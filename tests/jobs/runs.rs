@@ -270,3 +270,88 @@ async fn cancel_removes_a_queued_job_and_stops_a_running_one() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(stack.status(&long).await, "canceled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_redis_outage_the_dispatcher_catches_up() {
+    let mut stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let _w = stack.start_worker(4, &[]);
+    let (user, t) = new_user();
+    let before = join_all((0..5).map(|_| stack.noop(&t))).await;
+    stack.wait_final(&before, Duration::from_secs(30)).await;
+    stack.redis.stop();
+    // Commands go on without Redis.
+    let during = join_all((0..10).map(|_| stack.noop(&t))).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stack.redis.resume().await;
+    stack.wait_final(&during, Duration::from_secs(60)).await;
+    for j in &during {
+        assert_eq!(stack.status(j).await, "completed");
+    }
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued() {
+    let stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let (user, t) = new_user();
+    let jobs = join_all(
+        (0..6).map(|_| stack.submit(&t, json!({"task_type": "sleep", "payload": {"ms": 1500}}))),
+    )
+    .await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["worker", "--namespace", "default", "--concurrency", "2"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", &stack.redis.url)
+        .env("RUNLEDGER_COMMAND_URL", &stack.write)
+        .env("RUNLEDGER_JWT_SECRET", SECRET)
+        .env("RUNLEDGER_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (started,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'JobStarted'")
+                .fetch_one(&stack.db.pool)
+                .await
+                .unwrap();
+        if started >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stopped.success(), "the worker exits cleanly on SIGTERM");
+    // The two running jobs finished in their first attempt; nothing else was taken.
+    let (completed, started): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE event_type = 'JobCompleted'), count(*) FILTER (WHERE event_type = 'JobStarted') FROM events",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((completed, started), (2, 2));
+    let _w = stack.start_worker(4, &[]);
+    stack.wait_final(&jobs, Duration::from_secs(30)).await;
+    for j in &jobs {
+        assert_eq!(
+            (stack.status(j).await.as_str(), stack.attempt(j).await),
+            ("completed", 1)
+        );
+    }
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&6));
+}

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::queue::Conn;
 use chrono::Utc;
 use domain::{
     Decider,
@@ -20,7 +21,6 @@ use platform::store::{
     EventStore, StoreError,
     reader::{RecordedEvent, checkpoint, read_from, save_checkpoint},
 };
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue;
@@ -52,7 +52,7 @@ pub struct Dispatcher {
     /// The event store (to read the log and load jobs).
     pub store: EventStore,
     /// A Redis connection.
-    pub redis: MultiplexedConnection,
+    pub redis: Conn,
     /// Task type → namespace.
     pub namespaces: NamespaceMap,
 }

@@ -5,7 +5,13 @@
 use std::time::Duration;
 
 use domain::{envelope::JobEnvelope, task::Namespace};
-use redis::{AsyncConnectionConfig, Client, Script, aio::MultiplexedConnection};
+use redis::{
+    Client, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+/// A Redis connection that reconnects by itself after the server went away.
+pub type Conn = ConnectionManager;
 
 /// How long the "already dispatched" markers live.
 const DEDUP_TTL_SECS: u64 = 7 * 24 * 3_600;
@@ -51,17 +57,17 @@ pub fn alive_key(ns: &Namespace, worker: &str) -> String {
     format!("{{{}}}:alive:{worker}", ns.queue_key())
 }
 
-/// Connects, with a response timeout long enough for blocking reads.
+/// Connects, with a response timeout long enough for blocking reads; the connection comes
+/// back by itself after an outage.
 ///
 /// # Errors
-/// When the server cannot be reached.
-pub async fn connect(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
+/// When the server cannot be reached now.
+pub async fn connect(client: &Client) -> redis::RedisResult<Conn> {
+    let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(2)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(3);
+    client.get_connection_manager_with_config(config).await
 }
 
 fn push_script() -> Script {
@@ -94,7 +100,7 @@ fn schedule_script() -> Script {
 /// # Errors
 /// Redis errors.
 pub async fn push_ready(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     ns: &Namespace,
     env: &JobEnvelope,
     bytes: &str,
@@ -120,7 +126,7 @@ pub async fn push_ready(
 /// # Errors
 /// Redis errors.
 pub async fn schedule(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     ns: &Namespace,
     env: &JobEnvelope,
     bytes: &str,
@@ -142,10 +148,7 @@ pub async fn schedule(
 ///
 /// # Errors
 /// Redis errors other than "group exists".
-pub async fn ensure_group(
-    conn: &mut MultiplexedConnection,
-    ns: &Namespace,
-) -> redis::RedisResult<()> {
+pub async fn ensure_group(conn: &mut Conn, ns: &Namespace) -> redis::RedisResult<()> {
     let r: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(ns.stream_key())

@@ -11,14 +11,13 @@ use std::{sync::Arc, time::Duration};
 use domain::{envelope::JobEnvelope, task::Namespace};
 use redis::{
     Client,
-    aio::MultiplexedConnection,
     streams::{StreamAutoClaimReply, StreamReadReply},
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     executors::Executor,
-    queue::{self, Transport},
+    queue::{self, Conn, Transport},
     report::{ReportError, Reporter},
 };
 
@@ -122,7 +121,7 @@ pub async fn run<R: Reporter, E: Executor>(
 /// One concurrency slot: pull, handle, acknowledge, until shutdown.
 async fn slot<R: Reporter, E: Executor>(
     ctx: Arc<Ctx<R, E>>,
-    mut conn: MultiplexedConnection,
+    mut conn: Conn,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
@@ -142,10 +141,7 @@ async fn slot<R: Reporter, E: Executor>(
     }
 }
 
-async fn pull<R, E>(
-    ctx: &Ctx<R, E>,
-    conn: &mut MultiplexedConnection,
-) -> redis::RedisResult<Option<(String, Ack)>> {
+async fn pull<R, E>(ctx: &Ctx<R, E>, conn: &mut Conn) -> redis::RedisResult<Option<(String, Ack)>> {
     let ns = &ctx.cfg.namespace;
     match queue::transport(ns) {
         Transport::List => {
@@ -185,7 +181,7 @@ async fn pull<R, E>(
     }
 }
 
-async fn ack<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, ack: &Ack) {
+async fn ack<R, E>(ctx: &Ctx<R, E>, conn: &mut Conn, ack: &Ack) {
     let ns = &ctx.cfg.namespace;
     let r: redis::RedisResult<()> = match ack {
         Ack::List { processing, bytes } => {
@@ -221,7 +217,7 @@ async fn ack<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, ack: &Ack)
 }
 
 /// Hands an envelope back for another worker (the command side was unreachable at start).
-async fn give_back<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, bytes: &str, a: &Ack) {
+async fn give_back<R, E>(ctx: &Ctx<R, E>, conn: &mut Conn, bytes: &str, a: &Ack) {
     if let Ack::List { .. } = a {
         let _: redis::RedisResult<i64> = redis::cmd("RPUSH")
             .arg(ctx.cfg.namespace.queue_key())
@@ -233,12 +229,7 @@ async fn give_back<R, E>(ctx: &Ctx<R, E>, conn: &mut MultiplexedConnection, byte
     // A stream entry stays pending and is claimed after the lease.
 }
 
-async fn handle<R: Reporter, E: Executor>(
-    ctx: &Ctx<R, E>,
-    conn: &mut MultiplexedConnection,
-    bytes: &str,
-    a: Ack,
-) {
+async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut Conn, bytes: &str, a: Ack) {
     let env: JobEnvelope = match serde_json::from_str(bytes) {
         Ok(e) => e,
         Err(e) => {
@@ -273,7 +264,7 @@ async fn handle<R: Reporter, E: Executor>(
 /// Runs a started attempt and reports its outcome.
 async fn execute<R: Reporter, E: Executor>(
     ctx: &Ctx<R, E>,
-    conn: &MultiplexedConnection,
+    conn: &Conn,
     env: &JobEnvelope,
     a: &Ack,
 ) {
@@ -319,7 +310,7 @@ async fn cancel_reason_is_job_over<R: Reporter, E>(ctx: &Ctx<R, E>, env: &JobEnv
 /// time low, so no other worker claims it.
 fn heartbeat<R: Reporter, E>(
     ctx: &Ctx<R, E>,
-    mut conn: MultiplexedConnection,
+    mut conn: Conn,
     env: &JobEnvelope,
     a: &Ack,
     cancel: CancellationToken,
@@ -361,7 +352,7 @@ fn heartbeat<R: Reporter, E>(
 /// Liveness, and recovery of dead workers' jobs.
 async fn maintain<R: Reporter, E: Executor>(
     ctx: Arc<Ctx<R, E>>,
-    mut conn: MultiplexedConnection,
+    mut conn: Conn,
     shutdown: CancellationToken,
 ) {
     let every = ctx.cfg.lease / 3;
@@ -411,10 +402,7 @@ enum Recovery {
     Later,
 }
 
-async fn reap_lists<R: Reporter, E>(
-    ctx: &Ctx<R, E>,
-    conn: &mut MultiplexedConnection,
-) -> redis::RedisResult<()> {
+async fn reap_lists<R: Reporter, E>(ctx: &Ctx<R, E>, conn: &mut Conn) -> redis::RedisResult<()> {
     let ns = &ctx.cfg.namespace;
     let prefix = queue::processing_key(ns, "");
     let pattern = format!(
@@ -486,7 +474,7 @@ async fn reap_lists<R: Reporter, E>(
 
 async fn claim_idle<R: Reporter, E: Executor>(
     ctx: &Ctx<R, E>,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
 ) -> redis::RedisResult<()> {
     let ns = &ctx.cfg.namespace;
     let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")

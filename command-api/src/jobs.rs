@@ -49,10 +49,12 @@ async fn run(
     };
     let executed = state
         .store
-        .execute_checked::<Job>(&id_text, command, meta, check)
+        .execute_checked::<Job, _>(&id_text, command, meta, check, |job: &Job| {
+            job.state().map(|s| (s.status, s.attempt))
+        })
         .await??;
-    let s = executed.state.state().ok_or(JobError::NotFound)?;
-    let body = json!({"job_id": id, "status": s.status.as_str(), "attempt": s.attempt});
+    let (status, attempt) = executed.view.ok_or(JobError::NotFound)?;
+    let body = json!({"job_id": id, "status": status.as_str(), "attempt": attempt});
     Ok((StatusCode::OK, AxumJson(body)).into_response())
 }
 

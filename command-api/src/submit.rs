@@ -134,9 +134,9 @@ pub async fn submit(
     };
     let response = json!({"job_id": job_id, "status": status.as_str()});
     let job_id_text = job_id.to_string();
-    let (job_append, _, _) = encode(EventStore::prepare(
+    let (job_append, _, job_after) = encode(EventStore::prepare(
         &job_id_text,
-        &Loaded {
+        Loaded {
             state: Job::default(),
             sequence: 0,
             snapshot_sequence: 0,
@@ -152,18 +152,14 @@ pub async fn submit(
         let usage_events = match loaded.state.decide(UsageCommand::Reserve(reserve.clone())) {
             Ok(events) => events,
             // Another process may have released units since this state was cached.
-            Err(_) if loaded.cached => {
-                state.store.forget("usage", &usage_id);
-                continue;
+            Err(_) if loaded.cached => continue,
+            Err(e) => {
+                state.store.remember(&usage_id, loaded);
+                return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
         };
-        let (usage_append, snapshot, after) = encode(EventStore::prepare(
-            &usage_id,
-            &loaded,
-            &usage_events,
-            &meta,
-        ))?;
+        let (usage_append, snapshot, after) =
+            encode(EventStore::prepare(&usage_id, loaded, &usage_events, &meta))?;
         let unit = WriteUnit {
             appends: vec![usage_append, job_append.clone()],
             snapshots: snapshot.into_iter().collect(),
@@ -179,15 +175,7 @@ pub async fn submit(
             Ok(()) => {
                 state.store.remember(&usage_id, after);
                 // The worker's start comes next: spare it a load.
-                state.store.remember(
-                    &job_id_text,
-                    Loaded {
-                        state: Job::replay(job_events.iter()),
-                        sequence: 1,
-                        snapshot_sequence: 0,
-                        cached: false,
-                    },
-                );
+                state.store.remember(&job_id_text, job_after);
                 tracing::info!(
                     message = "Job submitted.",
                     job_id = %job_id,
@@ -196,10 +184,7 @@ pub async fn submit(
                 );
                 return Ok((StatusCode::ACCEPTED, AxumJson(response)).into_response());
             }
-            Err(CommitError::Conflict) => {
-                state.store.forget("usage", &usage_id);
-                backoff(attempt).await;
-            }
+            Err(CommitError::Conflict) => backoff(attempt).await,
             Err(CommitError::DuplicateKey) => {
                 // Another process recorded this key first: answer as it did.
                 if let Some(r) = replay(&state, principal, key.as_deref(), &request_hash).await? {

@@ -1,14 +1,16 @@
-//! Loaded aggregates kept between commands. Coherent within a process because every command
-//! holds the aggregate's lock; a conflict with another process evicts the entry.
+//! Loaded aggregates kept between commands. A command takes its aggregate out (no copy of a
+//! ledger that may hold thousands of jobs), evolves it in place and puts it back after the
+//! commit. Coherent within a process because every command holds the aggregate's lock; a
+//! conflict with another process leaves the entry out, so the next command reloads.
 
-use std::{any::Any, collections::HashMap, sync::Arc};
+use std::{any::Any, collections::HashMap};
 
 use super::{Loaded, StoredAggregate};
 
 /// At this many entries the cache starts over; a reload costs one snapshot read.
 const MAX_ENTRIES: usize = 100_000;
 
-type Entries = HashMap<(&'static str, String), Arc<dyn Any + Send + Sync>>;
+type Entries = HashMap<(&'static str, String), Box<dyn Any + Send + Sync>>;
 
 #[derive(Default)]
 pub(super) struct Cache {
@@ -16,10 +18,9 @@ pub(super) struct Cache {
 }
 
 impl Cache {
-    pub(super) fn get<A: StoredAggregate>(&self, t: &'static str, id: &str) -> Option<Loaded<A>> {
-        let map = self.map.lock().ok()?;
-        let entry = map.get(&(t, id.to_owned()))?;
-        entry.downcast_ref::<Loaded<A>>().cloned()
+    pub(super) fn take<A: StoredAggregate>(&self, t: &'static str, id: &str) -> Option<Loaded<A>> {
+        let entry = self.map.lock().ok()?.remove(&(t, id.to_owned()))?;
+        entry.downcast::<Loaded<A>>().ok().map(|b| *b)
     }
 
     pub(super) fn put<A: StoredAggregate>(&self, t: &'static str, id: &str, loaded: Loaded<A>) {
@@ -27,7 +28,7 @@ impl Cache {
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
-            map.insert((t, id.to_owned()), Arc::new(loaded));
+            map.insert((t, id.to_owned()), Box::new(loaded));
         }
     }
 

@@ -79,11 +79,11 @@ pub type Metadata = HashMap<String, String>;
 
 /// The result of executing a command against one aggregate.
 #[derive(Debug, Clone)]
-pub struct Executed<A: StoredAggregate> {
+pub struct Executed<A: StoredAggregate, V = ()> {
     /// The events appended (none for an accepted no-op).
     pub events: Vec<<A as Aggregate>::Event>,
-    /// The state after them.
-    pub state: A,
+    /// What the caller asked to see of the state after them.
+    pub view: V,
 }
 
 /// Shared handle to the event store.
@@ -125,20 +125,20 @@ impl EventStore {
         self.locks.lock(format!("{aggregate_type}/{id}")).await
     }
 
-    /// The aggregate's current state, from the cache or from its snapshot and later events.
+    /// The aggregate's current state, taken out of the cache or loaded from its snapshot and
+    /// later events. Call it holding the aggregate's [`EventStore::lock`], and give the state
+    /// back with [`EventStore::remember`] when it is still current.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::Decode`].
     pub async fn load<A: StoredAggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
-        if let Some(hit) = self.cache.get::<A>(A::TYPE, id) {
+        if let Some(hit) = self.cache.take::<A>(A::TYPE, id) {
             return Ok(Loaded {
                 cached: true,
                 ..hit
             });
         }
-        let loaded = self.load_fresh::<A>(id).await?;
-        self.cache.put(A::TYPE, id, loaded.clone());
-        Ok(loaded)
+        self.load_fresh::<A>(id).await
     }
 
     /// Loads from the database, bypassing the cache.
@@ -193,13 +193,13 @@ impl EventStore {
     /// When an event does not serialize.
     pub fn prepare<A: StoredAggregate>(
         id: &str,
-        loaded: &Loaded<A>,
+        loaded: Loaded<A>,
         events: &[<A as Aggregate>::Event],
         metadata: &Metadata,
     ) -> Result<(Append, Option<SnapshotWrite>, Loaded<A>), serde_json::Error> {
         let metadata = serde_json::to_value(metadata)?;
         let mut stored = Vec::with_capacity(events.len());
-        let mut state = loaded.state.clone();
+        let mut state = loaded.state;
         for e in events {
             stored.push(writer::NewEvent {
                 event_type: e.event_type(),
@@ -269,22 +269,30 @@ impl EventStore {
         A: StoredAggregate,
         <A as Decider>::Command: Clone,
     {
-        self.execute_checked(id, command, |_: &A| metadata.clone(), |_: &A| Ok(()))
-            .await
+        self.execute_checked(
+            id,
+            command,
+            |_: &A| metadata.clone(),
+            |_: &A| Ok(()),
+            |_: &A| (),
+        )
+        .await
     }
 
     /// As [`EventStore::execute`], after `check` approves the loaded state (ownership, say),
-    /// with metadata made from that state (a job's correlation id, say).
+    /// with metadata made from that state (a job's correlation id, say), returning `view` of
+    /// the state after the command.
     ///
     /// # Errors
     /// The outer error is the store's; the inner one `check`'s or the domain's refusal.
-    pub async fn execute_checked<A>(
+    pub async fn execute_checked<A, V>(
         &self,
         id: &str,
         command: <A as Decider>::Command,
         metadata: impl Fn(&A) -> Metadata,
         check: impl Fn(&A) -> Result<(), <A as Decider>::Error>,
-    ) -> Result<Result<Executed<A>, <A as Decider>::Error>, StoreError>
+        view: impl Fn(&A) -> V,
+    ) -> Result<Result<Executed<A, V>, <A as Decider>::Error>, StoreError>
     where
         A: StoredAggregate,
         <A as Decider>::Command: Clone,
@@ -296,26 +304,23 @@ impl EventStore {
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
                 // A refusal or no-op on cached state is only believed on fresh state.
-                _ if loaded.cached => {
-                    self.forget(A::TYPE, id);
-                    continue;
-                }
+                _ if loaded.cached => continue,
                 Ok(events) => {
-                    return Ok(Ok(Executed {
-                        events,
-                        state: loaded.state,
-                    }));
+                    let v = view(&loaded.state);
+                    self.remember(id, loaded);
+                    return Ok(Ok(Executed { events, view: v }));
                 }
-                Err(e) => return Ok(Err(e)),
+                Err(e) => {
+                    self.remember(id, loaded);
+                    return Ok(Err(e));
+                }
             };
             let meta = metadata(&loaded.state);
             let (append, snapshot, after) =
-                Self::prepare(id, &loaded, &events, &meta).map_err(|source| {
-                    StoreError::Decode {
-                        aggregate_type: A::TYPE,
-                        aggregate_id: id.to_owned(),
-                        source,
-                    }
+                Self::prepare(id, loaded, &events, &meta).map_err(|source| StoreError::Decode {
+                    aggregate_type: A::TYPE,
+                    aggregate_id: id.to_owned(),
+                    source,
                 })?;
             let unit = WriteUnit {
                 appends: vec![append],
@@ -324,14 +329,12 @@ impl EventStore {
             };
             match self.commit(unit).await {
                 Ok(()) => {
-                    let state = after.state.clone();
+                    let v = view(&after.state);
                     self.remember(id, after);
-                    return Ok(Ok(Executed { events, state }));
+                    return Ok(Ok(Executed { events, view: v }));
                 }
-                Err(CommitError::Conflict) => {
-                    self.forget(A::TYPE, id);
-                    backoff(attempt).await;
-                }
+                // The evolved state is dropped: the next load reads the store.
+                Err(CommitError::Conflict) => backoff(attempt).await,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -143,20 +143,37 @@ impl PendingChanges {
         self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     ) -> Result<(), sqlx::Error> {
-        for (job, usage, at) in self.added {
+        // A reservation and its job are committed together, so most rows added in a batch
+        // are settled in the same batch: only the rest reach the table.
+        let settled: std::collections::HashSet<uuid::Uuid> = self.settled.iter().copied().collect();
+        let added: Vec<_> = self
+            .added
+            .into_iter()
+            .filter(|(job, _, _)| !settled.contains(job))
+            .collect();
+        let added_ids: std::collections::HashSet<uuid::Uuid> =
+            added.iter().map(|(j, _, _)| *j).collect();
+        if !added.is_empty() {
+            let jobs: Vec<uuid::Uuid> = added.iter().map(|(j, _, _)| *j).collect();
+            let usages: Vec<&str> = added.iter().map(|(_, u, _)| u.as_str()).collect();
+            let ats: Vec<chrono::DateTime<Utc>> = added.iter().map(|(_, _, a)| *a).collect();
             sqlx::query(
-                "INSERT INTO pending_reservations (job_id, usage_id, reserved_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO pending_reservations (job_id, usage_id, reserved_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) ON CONFLICT DO NOTHING",
             )
-            .bind(job)
-            .bind(usage)
-            .bind(at)
+            .bind(&jobs)
+            .bind(&usages)
+            .bind(&ats)
             .execute(&mut **tx)
             .await?;
         }
-        if !self.settled.is_empty() {
-            sqlx::query("DELETE FROM pending_reservations WHERE job_id = ANY($1)")
-                .bind(&self.settled)
+        let gone: Vec<uuid::Uuid> = settled
+            .into_iter()
+            .filter(|j| !added_ids.contains(j))
+            .collect();
+        if !gone.is_empty() {
+            sqlx::query("DELETE FROM pending_reservations p USING UNNEST($1::uuid[]) AS g(id) WHERE p.job_id = g.id")
+                .bind(&gone)
                 .execute(&mut **tx)
                 .await?;
         }

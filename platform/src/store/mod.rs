@@ -197,14 +197,15 @@ impl EventStore {
         events: &[<A as Aggregate>::Event],
         metadata: &Metadata,
     ) -> Result<(Append, Option<SnapshotWrite>, Loaded<A>), serde_json::Error> {
-        let metadata = serde_json::to_value(metadata)?;
+        // Straight to JSON text: no value trees built and dropped on the hot path.
+        let metadata = serde_json::to_string(metadata)?;
         let mut stored = Vec::with_capacity(events.len());
         let mut state = loaded.state;
         for e in events {
             stored.push(writer::NewEvent {
                 event_type: e.event_type(),
                 event_version: e.event_version(),
-                payload: serde_json::to_value(e)?,
+                payload: serde_json::to_string(e)?,
                 metadata: metadata.clone(),
             });
             state.evolve(e);
@@ -222,7 +223,7 @@ impl EventStore {
                 aggregate_type: A::TYPE,
                 aggregate_id: id.to_owned(),
                 last_sequence: sequence,
-                payload: serde_json::to_value(&after.state)?,
+                payload: serde_json::to_string(&after.state)?,
             })
         } else {
             None

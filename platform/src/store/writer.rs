@@ -17,8 +17,8 @@ const MAX_BATCH: usize = 512;
 pub struct NewEvent {
     pub(super) event_type: String,
     pub(super) event_version: String,
-    pub(super) payload: Value,
-    pub(super) metadata: Value,
+    pub(super) payload: String,
+    pub(super) metadata: String,
 }
 
 /// Events for one aggregate, expected to follow `expected_sequence`.
@@ -42,8 +42,8 @@ pub struct SnapshotWrite {
     pub aggregate_id: String,
     /// The last event the snapshot includes.
     pub last_sequence: i64,
-    /// The serialized aggregate.
-    pub payload: Value,
+    /// The serialized aggregate (JSON text).
+    pub payload: String,
 }
 
 /// The response to keep for an `Idempotency-Key`, committed with the events it produced.
@@ -279,7 +279,7 @@ async fn write_snapshots(
     let types: Vec<&str> = snaps.iter().map(|s| s.aggregate_type).collect();
     let ids: Vec<&str> = snaps.iter().map(|s| s.aggregate_id.as_str()).collect();
     let seqs: Vec<i64> = snaps.iter().map(|s| s.last_sequence).collect();
-    let payloads: Vec<String> = snaps.iter().map(|s| s.payload.to_string()).collect();
+    let payloads: Vec<&str> = snaps.iter().map(|s| s.payload.as_str()).collect();
     sqlx::query(
         "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
          SELECT t, i, s, s, p::json FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]) AS x(t, i, s, p) \
@@ -315,8 +315,8 @@ async fn insert_events(
                 seqs.push(a.expected_sequence + 1 + n as i64);
                 etypes.push(e.event_type.as_str());
                 versions.push(e.event_version.as_str());
-                payloads.push(e.payload.to_string());
-                metas.push(e.metadata.to_string());
+                payloads.push(e.payload.as_str());
+                metas.push(e.metadata.as_str());
             }
         }
     }

@@ -97,10 +97,19 @@ impl Stack {
 
     /// An in-process worker with its own shutdown; `allow` opens ranges to `http.request`.
     pub fn start_worker(&self, concurrency: usize, allow: &[String]) -> CancellationToken {
+        self.start_worker_on(Namespace::default_ns(), concurrency, allow)
+    }
+
+    pub fn start_worker_on(
+        &self,
+        ns: Namespace,
+        concurrency: usize,
+        allow: &[String],
+    ) -> CancellationToken {
         let stop = CancellationToken::new();
         let reporter = Arc::new(HttpReporter::new(&self.write, worker_token()));
         let executor = Arc::new(Generic::new(Guard::new(allow)));
-        let mut cfg = WorkerConfig::new(Namespace::default_ns(), concurrency);
+        let mut cfg = WorkerConfig::new(ns, concurrency);
         cfg.heartbeat = Duration::from_millis(300);
         cfg.lease = Duration::from_secs(2);
         cfg.grace = Duration::from_secs(2);

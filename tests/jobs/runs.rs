@@ -355,3 +355,72 @@ async fn sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued() {
     stack.settle().await;
     assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&6));
 }
+
+/// The stream transport (`jobs:browser:stream`, group `jobs:browser:group`): a worker
+/// process killed mid-job leaves pending entries; a survivor claims them after the lease
+/// (XAUTOCLAIM), fails the lost attempt as retryable, and the next attempt runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_entries_of_a_killed_worker_are_claimed_and_retried() {
+    use domain::task::{Namespace, NamespaceMap};
+    let stack = Stack::start("1000").await;
+    // Route `sleep` to the browser namespace so the generic executor runs on the stream.
+    let mut dispatcher = stack.dispatcher().await;
+    dispatcher.namespaces = NamespaceMap::with_rules([("sleep".to_owned(), Namespace::browser())]);
+    tokio::spawn(dispatcher.run(vec![Namespace::browser()], stack.shutdown.clone()));
+    let (user, t) = new_user();
+    let jobs = join_all(
+        (0..4).map(|_| stack.submit(&t, json!({"task_type": "sleep", "payload": {"ms": 3000}}))),
+    )
+    .await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["worker", "--namespace", "browser", "--concurrency", "4"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", &stack.redis.url)
+        .env("RUNLEDGER_COMMAND_URL", &stack.write)
+        .env("RUNLEDGER_JWT_SECRET", SECRET)
+        .env("RUNLEDGER_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (started,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'JobStarted'")
+                .fetch_one(&stack.db.pool)
+                .await
+                .unwrap();
+        if started >= 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream worker started nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _w = stack.start_worker_on(Namespace::browser(), 4, &[]);
+    stack.wait_final(&jobs, Duration::from_secs(60)).await;
+    for j in &jobs {
+        assert_eq!(stack.status(j).await, "completed");
+        assert_eq!(stack.attempt(j).await, 2, "the lost attempt was retried");
+    }
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&4));
+    let mut conn = workers::queue::connect(&stack.redis_client())
+        .await
+        .unwrap();
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg("jobs:browser:stream")
+        .arg("jobs:browser:group")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&pending, redis::Value::Array(v) if matches!(v.first(), Some(redis::Value::Int(0)))),
+        "{pending:?}"
+    );
+}

@@ -86,6 +86,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .route_layer(axum::middleware::from_fn(platform::metrics::track))
         .with_state(state)
 }
 

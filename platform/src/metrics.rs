@@ -45,3 +45,26 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
+
+/// Middleware recording `runledger_http_request_duration_seconds{method, route, status}`,
+/// with the matched route pattern (not the raw path, so ids do not explode the labels).
+pub async fn track(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    metrics::histogram!(
+        "runledger_http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => res.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    res
+}

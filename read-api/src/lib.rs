@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
                 "Method not allowed",
             )
         })
+        .route_layer(axum::middleware::from_fn(platform::metrics::track))
         .with_state(state)
 }
 

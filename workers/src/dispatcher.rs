@@ -197,6 +197,28 @@ impl Dispatcher {
         Ok(promoted)
     }
 
+    /// `runledger_queue_depth{namespace, state}`: ready and scheduled envelopes.
+    async fn gauge_depth(&mut self, ns: &Namespace) {
+        let ready_cmd = match queue::transport(ns) {
+            queue::Transport::List => "LLEN",
+            queue::Transport::Stream => "XLEN",
+        };
+        let ready: redis::RedisResult<i64> = redis::cmd(ready_cmd)
+            .arg(queue::ready_key(ns))
+            .query_async(&mut self.redis)
+            .await;
+        let scheduled: redis::RedisResult<i64> = redis::cmd("ZCARD")
+            .arg(ns.scheduled_key())
+            .query_async(&mut self.redis)
+            .await;
+        if let (Ok(r), Ok(s)) = (ready, scheduled) {
+            let name = ns.as_str().to_owned();
+            metrics::gauge!("runledger_queue_depth", "namespace" => name.clone(), "state" => "ready").set(r as f64);
+            metrics::gauge!("runledger_queue_depth", "namespace" => name, "state" => "scheduled")
+                .set(s as f64);
+        }
+    }
+
     /// Runs until `shutdown`: the log, and promotion of `namespaces` every 100 ms.
     pub async fn run(mut self, promote: Vec<Namespace>, shutdown: CancellationToken) {
         let mut last_promotion = tokio::time::Instant::now();
@@ -214,6 +236,7 @@ impl Dispatcher {
                     if let Err(e) = self.promote(ns).await {
                         tracing::warn!(message = "Promotion failed.", namespace = %ns, error = %e);
                     }
+                    self.gauge_depth(ns).await;
                 }
                 last_promotion = tokio::time::Instant::now();
             }

@@ -165,3 +165,28 @@ async fn the_same_idempotency_key_replays_and_a_different_body_conflicts() {
     );
     assert_eq!(app.count_events("JobSubmitted").await, 3);
 }
+
+#[tokio::test]
+async fn metrics_show_route_latency_and_commits() {
+    let app = spawn_app(&[]).await;
+    let t = token(new_user(), Role::Customer);
+    assert_eq!(app.submit(&t).await.status, 202);
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("runledger_http_request_duration_seconds"),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/v1/jobs\""), "{text}");
+    assert!(
+        text.contains("runledger_commands_committed_total"),
+        "{text}"
+    );
+}

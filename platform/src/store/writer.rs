@@ -162,12 +162,17 @@ async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) {
         }
         match try_commit(pool, &units).await {
             Ok(()) => {
+                metrics::counter!("runledger_commands_committed_total")
+                    .increment(units.len() as u64);
+                metrics::histogram!("runledger_commit_batch_units").record(units.len() as f64);
                 for r in replies.drain(..) {
                     let _ = r.send(Ok(()));
                 }
                 break;
             }
             Err(Refusal::Units(refused)) => {
+                metrics::counter!("runledger_command_conflicts_total")
+                    .increment(refused.len() as u64);
                 for (idx, err) in refused.into_iter().rev() {
                     units.remove(idx);
                     let _ = replies.remove(idx).send(Err(err));

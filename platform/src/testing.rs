@@ -71,6 +71,29 @@ impl Drop for TestDb {
     }
 }
 
+/// A free TCP port on loopback.
+#[allow(clippy::expect_used)]
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Whether something listens on `port` within five seconds.
+async fn listening(port: u16) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// A `nats-server -js` child process on a free port with its own store, for one test.
 /// `stop` and `start` inject real outages.
 pub struct NatsServer {
@@ -88,10 +111,7 @@ impl NatsServer {
     /// When `nats-server` is not installed (scripts/services installs it).
     #[allow(clippy::expect_used)]
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("rl-nats-{}", uuid::Uuid::new_v4().simple()));
         let mut s = Self {
             url: format!("nats://127.0.0.1:{port}"),
@@ -132,14 +152,8 @@ impl NatsServer {
             .spawn()
             .expect("nats-server (scripts/services installs it)");
         self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if listening(self.port).await {
+            return;
         }
         panic!("nats-server did not start on port {}", self.port);
     }
@@ -177,10 +191,7 @@ impl RedisServer {
     /// When `redis-server` is not installed or does not come up.
     #[allow(clippy::expect_used)]
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let mut s = Self {
             url: format!("redis://127.0.0.1:{port}"),
             port,
@@ -212,15 +223,9 @@ impl RedisServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/services installs it)");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                self.child = Some(child);
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if listening(self.port).await {
+            self.child = Some(child);
+            return;
         }
         let _ = child.kill();
         let _ = child.wait();

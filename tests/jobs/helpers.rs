@@ -221,6 +221,50 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// `runledger worker` as a child process on `namespace`.
+    pub fn spawn_worker_process(&self, namespace: &str, concurrency: usize) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+            .args([
+                "worker",
+                "--namespace",
+                namespace,
+                "--concurrency",
+                &concurrency.to_string(),
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("REDIS_URL", &self.redis.url)
+            .env("RUNLEDGER_COMMAND_URL", &self.write)
+            .env("RUNLEDGER_JWT_SECRET", SECRET)
+            .env("RUNLEDGER_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until at least `n` attempts have started.
+    pub async fn wait_started(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (started,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'JobStarted'")
+                    .fetch_one(&self.db.pool)
+                    .await
+                    .unwrap();
+            if started >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {started} of {n} attempts started"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 pub fn worker_token() -> String {
     mint(
         &Secret::new(SECRET),

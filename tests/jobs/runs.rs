@@ -175,35 +175,9 @@ async fn a_killed_worker_process_loses_no_job_and_counts_none_twice() {
         (0..12).map(|_| stack.submit(&t, json!({"task_type": "sleep", "payload": {"ms": 1500}}))),
     )
     .await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["worker", "--namespace", "default", "--concurrency", "6"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", &stack.redis.url)
-        .env("RUNLEDGER_COMMAND_URL", &stack.write)
-        .env("RUNLEDGER_JWT_SECRET", SECRET)
-        .env("RUNLEDGER_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = stack.spawn_worker_process("default", 6);
     // Wait until it runs some jobs, then kill it outright.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (running,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'JobStarted'")
-                .fetch_one(&stack.db.pool)
-                .await
-                .unwrap();
-        if running >= 3 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker process started nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.wait_started(3).await;
     child.kill().unwrap();
     child.wait().unwrap();
     // A survivor takes over: the dead worker's jobs come back after its lease.
@@ -301,31 +275,8 @@ async fn sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued() {
         (0..6).map(|_| stack.submit(&t, json!({"task_type": "sleep", "payload": {"ms": 1500}}))),
     )
     .await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["worker", "--namespace", "default", "--concurrency", "2"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", &stack.redis.url)
-        .env("RUNLEDGER_COMMAND_URL", &stack.write)
-        .env("RUNLEDGER_JWT_SECRET", SECRET)
-        .env("RUNLEDGER_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (started,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'JobStarted'")
-                .fetch_one(&stack.db.pool)
-                .await
-                .unwrap();
-        if started >= 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "nothing started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut child = stack.spawn_worker_process("default", 2);
+    stack.wait_started(2).await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -372,34 +323,8 @@ async fn stream_entries_of_a_killed_worker_are_claimed_and_retried() {
         (0..4).map(|_| stack.submit(&t, json!({"task_type": "sleep", "payload": {"ms": 3000}}))),
     )
     .await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["worker", "--namespace", "browser", "--concurrency", "4"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", &stack.redis.url)
-        .env("RUNLEDGER_COMMAND_URL", &stack.write)
-        .env("RUNLEDGER_JWT_SECRET", SECRET)
-        .env("RUNLEDGER_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (started,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'JobStarted'")
-                .fetch_one(&stack.db.pool)
-                .await
-                .unwrap();
-        if started >= 4 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stream worker started nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut child = stack.spawn_worker_process("browser", 4);
+    stack.wait_started(4).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let _w = stack.start_worker_on(Namespace::browser(), 4, &[]);

@@ -92,6 +92,14 @@ pub async fn run<R: Reporter, E: Executor>(
             stop.cancel();
         });
     }
+    // Alive before the first pull: a reaper must never see our processing list without it.
+    let _: () = redis::cmd("SET")
+        .arg(queue::alive_key(&cfg.namespace, &cfg.worker_id))
+        .arg(1)
+        .arg("PX")
+        .arg(cfg.lease.as_millis() as u64)
+        .query_async(&mut conn)
+        .await?;
     let ctx = Arc::new(Ctx {
         cfg,
         reporter,

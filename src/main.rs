@@ -59,7 +59,7 @@ enum Action {
         #[command(subcommand)]
         action: SchemasAction,
         /// The schemas directory.
-        #[arg(long, default_value = "schemas")]
+        #[arg(long, default_value = "schemas", global = true)]
         dir: PathBuf,
     },
 }

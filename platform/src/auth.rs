@@ -134,6 +134,16 @@ impl Authenticator {
         }
     }
 
+    /// Refetches the JWKS for an unknown `kid` at most once per `interval`
+    /// (default [`JWKS_REFRESH_MIN`]).
+    #[must_use]
+    pub fn with_jwks_refresh_interval(mut self, interval: Duration) -> Self {
+        if let Some(j) = self.jwks.as_mut() {
+            j.refresh_min = interval;
+        }
+        self
+    }
+
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.set_audience(&[&self.audience]);
@@ -204,11 +214,12 @@ struct Jwks {
     client: reqwest::Client,
     keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
     last_fetch: Mutex<Option<Instant>>,
+    refresh_min: Duration,
 }
 
 /// A refetch for an unknown `kid` happens at most this often, so forged kids cannot flood
 /// the key server.
-const JWKS_REFRESH_MIN: Duration = Duration::from_secs(10);
+pub const JWKS_REFRESH_MIN: Duration = Duration::from_secs(10);
 
 impl Jwks {
     fn new(url: &str) -> Self {
@@ -220,6 +231,7 @@ impl Jwks {
                 .unwrap_or_default(),
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
+            refresh_min: JWKS_REFRESH_MIN,
         }
     }
 
@@ -238,7 +250,7 @@ impl Jwks {
 
     async fn refresh(&self) {
         let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < JWKS_REFRESH_MIN) {
+        if last.is_some_and(|t| t.elapsed() < self.refresh_min) {
             return;
         }
         *last = Some(Instant::now());

@@ -237,3 +237,47 @@ async fn worker_endpoints_need_a_worker_and_customers_cannot_report() {
         .await;
     assert_problem(&r, 403, "forbidden");
 }
+
+/// Keys rotate: a token signed by a key the cached JWKS does not hold triggers a refetch
+/// (at most once per interval), after which it validates; a forged kid stays refused.
+#[tokio::test]
+async fn an_unknown_kid_refetches_the_jwks() {
+    use std::sync::{Arc, Mutex};
+    let served = Arc::new(Mutex::new(JWKS.to_owned()));
+    let s = served.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let s = s.clone();
+            async move { s.lock().unwrap().clone() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let auth = platform::auth::Authenticator::new(None, Some(&url), "authenticated")
+        .with_jwks_refresh_interval(Duration::from_millis(200));
+    let sub = new_user().to_string();
+    let old = rs256(&claims(&sub, "authenticated", 300, None), "test-rsa");
+    assert!(auth.validate(&old).await.is_ok());
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("test-rsa-2".into());
+    let rotated_key = EncodingKey::from_rsa_pem(include_bytes!("test-only-rsa-2.pem")).unwrap();
+    let new = encode(&h, &claims(&sub, "authenticated", 300, None), &rotated_key).unwrap();
+    assert_eq!(
+        auth.validate(&new).await,
+        Err(platform::auth::AuthError::UnknownKey)
+    );
+    *served.lock().unwrap() = include_str!("jwks-rotated.json").to_owned();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        auth.validate(&new).await.is_ok(),
+        "the rotated key is fetched"
+    );
+    assert!(auth.validate(&old).await.is_ok());
+    let forged = rs256(&claims(&sub, "authenticated", 300, None), "test-rsa-2");
+    assert_eq!(
+        auth.validate(&forged).await,
+        Err(platform::auth::AuthError::Invalid)
+    );
+}

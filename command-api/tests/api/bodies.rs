@@ -190,3 +190,36 @@ async fn metrics_show_route_latency_and_commits() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn readyz_fails_while_the_database_is_unreachable() {
+    let app = spawn_app(&[]).await;
+    let ready = |app: &TestApp| {
+        let url = format!("{}/readyz", app.base);
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    assert_eq!(ready(&app).await.status(), 200);
+    // The database goes away under the running service.
+    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&platform::testing::admin_url())
+            .await
+            .unwrap();
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let r = ready(&app).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        app.client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -62,6 +62,8 @@ pub struct Settings {
     pub reservation_timeout: Duration,
     /// `RUNLEDGER_LOG` (default `info`): a tracing filter.
     pub log_filter: String,
+    /// `RUNLEDGER_SSE_HEARTBEAT_SECS` (default 15): comment lines that keep idle streams open.
+    pub sse_heartbeat: Duration,
     /// `NATS_URL`: the event bus and change notices.
     pub nats_url: Option<String>,
     /// `RUNLEDGER_NATS_PREFIX`: prepended to subjects and stream names (empty by default),
@@ -237,6 +239,14 @@ impl Settings {
                 300,
             )?),
             log_filter: get("RUNLEDGER_LOG").unwrap_or("info").to_owned(),
+            sse_heartbeat: Duration::from_secs(
+                number(
+                    get("RUNLEDGER_SSE_HEARTBEAT_SECS"),
+                    "RUNLEDGER_SSE_HEARTBEAT_SECS",
+                    15,
+                )?
+                .clamp(1, 300),
+            ),
         })
     }
 

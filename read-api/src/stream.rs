@@ -4,7 +4,7 @@
 //! stream sent (a notice was lost, or this stream fell behind), the gap is read from the
 //! read model.
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
 use axum::{
     extract::State,
@@ -26,9 +26,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::state::{AppState, customer, internal};
-
-/// How often a comment line keeps proxies from closing an idle stream.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Fans notices out to the streams of their user.
 #[derive(Default)]
@@ -140,8 +137,11 @@ pub async fn stream(
         notices,
         tx,
     ));
-    Ok(Sse::new(ReceiverStream::new(rx).map(Ok))
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+    Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(
+        KeepAlive::new()
+            .interval(state.settings.sse_heartbeat)
+            .text("heartbeat"),
+    ))
 }
 
 fn event(c: &JobChange) -> Event {

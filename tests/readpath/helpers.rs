@@ -42,6 +42,7 @@ fn settings(db: &TestDb, nats: &NatsServer) -> Settings {
         ("NATS_URL", nats.url.as_str()),
         ("RUNLEDGER_JWT_SECRET", SECRET),
         ("RUNLEDGER_DB_MAX_CONNECTIONS", "10"),
+        ("RUNLEDGER_SSE_HEARTBEAT_SECS", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -300,6 +301,16 @@ impl Sse {
                 .await
                 .ok()?
                 .ok()??;
+            let text = String::from_utf8_lossy(&chunk).into_owned();
+            self.raw.push_str(&text);
+            self.buf.push_str(&text);
+        }
+    }
+
+    /// Reads whatever arrives within `wait` (comments included) into `raw`.
+    pub async fn drain(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, self.res.chunk()).await {
             let text = String::from_utf8_lossy(&chunk).into_owned();
             self.raw.push_str(&text);
             self.buf.push_str(&text);

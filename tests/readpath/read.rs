@@ -214,3 +214,17 @@ async fn read_endpoints_refuse_bad_requests() {
     unique.dedup();
     assert_eq!((seen.len(), unique.len()), (5, 5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_stream_gets_heartbeat_comments() {
+    let stack = Stack::start().await;
+    let (_, t) = new_user();
+    let mut sse = stack.sse(&t, None).await;
+    sse.drain(Duration::from_millis(2_500)).await;
+    let beats = sse.raw.lines().filter(|l| l.starts_with(':')).count();
+    assert!(beats >= 2, "{:?}", sse.raw);
+    assert!(
+        !sse.raw.contains("event:"),
+        "an idle stream carries no events"
+    );
+}

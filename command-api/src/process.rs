@@ -46,10 +46,12 @@ async fn lead(
     reservation_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut leader = store.pool().acquire().await?;
+    // Detached from the pool: if this task dies, the connection closes and the lock goes
+    // with it, instead of riding a pooled connection forever.
+    let mut leader = store.pool().acquire().await?.detach();
     let (won,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
         .bind(LEADER_LOCK)
-        .fetch_one(&mut *leader)
+        .fetch_one(&mut leader)
         .await?;
     if !won {
         return Ok(());
@@ -82,7 +84,7 @@ async fn lead(
     };
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LEADER_LOCK)
-        .execute(&mut *leader)
+        .execute(&mut leader)
         .await;
     result
 }

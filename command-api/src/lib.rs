@@ -22,7 +22,7 @@ use platform::{
     auth::{Authenticator, Principal},
     db,
     problem::Problem,
-    settings::{Settings, SettingsError},
+    settings::Settings,
     store::{EventStore, Metadata},
 };
 use tokio::net::TcpListener;
@@ -30,19 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use state::AppState;
 
-/// Why the command API could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A setting is missing or bad.
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    /// Postgres could not be reached or migrated.
-    #[error(transparent)]
-    Db(#[from] db::DbError),
-    /// The listener failed.
-    #[error("cannot listen: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub use platform::StartError;
 
 /// Connects to Postgres and builds the shared state.
 ///

@@ -15,6 +15,23 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// Why a role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is missing or bad.
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    /// Postgres could not be reached or migrated.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The change-notice subscription failed.
+    #[error("cannot subscribe to change notices: {0}")]
+    Bus(#[from] async_nats::SubscribeError),
+    /// The listener failed.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Installs rustls's ring provider for the process; TLS clients (JWKS, Stripe) need one.
 /// A second call is a no-op.
 pub fn install_crypto() {

@@ -14,34 +14,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use platform::{
-    auth::Authenticator,
-    db,
-    notice::NoticeBus,
-    problem::Problem,
-    settings::{Settings, SettingsError},
-};
+use platform::{auth::Authenticator, db, notice::NoticeBus, problem::Problem, settings::Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use state::AppState;
 
-/// Why the read API could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A setting is missing or bad.
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    /// Postgres could not be reached.
-    #[error(transparent)]
-    Db(#[from] db::DbError),
-    /// The notice subscription failed.
-    #[error("cannot subscribe to change notices: {0}")]
-    Bus(#[from] async_nats::SubscribeError),
-    /// The listener failed.
-    #[error("cannot listen: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub use platform::StartError;
 
 /// Builds the state on `bus`; the hub follows notices until `shutdown`.
 ///

@@ -12,16 +12,13 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, State},
-    http::StatusCode,
-    response::{IntoResponse, Response},
+    extract::DefaultBodyLimit,
     routing::{get, post},
 };
 use domain::ids::CorrelationId;
 use platform::{
     auth::{Authenticator, Principal},
     db,
-    problem::Problem,
     settings::Settings,
     store::{EventStore, Metadata},
 };
@@ -55,39 +52,17 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
 /// The routes of the write side.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.body_limit;
-    Router::new()
+    let routes = Router::new()
         .route("/v1/jobs", post(submit::submit))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/worker/jobs/{id}/start", post(jobs::start))
         .route("/v1/worker/jobs/{id}/heartbeat", post(jobs::heartbeat))
         .route("/v1/worker/jobs/{id}/complete", post(jobs::complete))
         .route("/v1/worker/jobs/{id}/fail", post(jobs::fail))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(|| async { platform::metrics::render() }))
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found") })
-        .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            )
-        })
+        .route("/metrics", get(|| async { platform::metrics::render() }));
+    platform::http::finish(routes, state.store.pool().clone())
         .layer(DefaultBodyLimit::max(limit))
-        .route_layer(axum::middleware::from_fn(platform::metrics::track))
         .with_state(state)
-}
-
-async fn ready(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(state.store.pool()).await {
-        Ok(_) => "ready".into_response(),
-        Err(e) => {
-            tracing::warn!(message = "Not ready: database unreachable.", error = %e);
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready")
-                .detail("database unreachable")
-                .into_response()
-        }
-    }
 }
 
 /// Serves the write side on `listener` and runs the process manager, until `shutdown`.

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod db;
+pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod notice;

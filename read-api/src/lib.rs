@@ -7,14 +7,8 @@ pub mod usage;
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-};
-use platform::{auth::Authenticator, db, notice::NoticeBus, problem::Problem, settings::Settings};
+use axum::{Router, extract::State, routing::get};
+use platform::{auth::Authenticator, db, notice::NoticeBus, settings::Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -50,35 +44,15 @@ pub async fn build(
 
 /// The routes of the read side.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/stream", get(stream::stream))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/usage", get(usage::current))
         .route("/v1/usage/history", get(usage::history))
         .route("/v1/subscription", get(usage::subscription))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found") })
-        .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            )
-        })
-        .route_layer(axum::middleware::from_fn(platform::metrics::track))
-        .with_state(state)
-}
-
-async fn ready(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => "ready".into_response(),
-        Err(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready")
-            .detail("database unreachable")
-            .into_response(),
-    }
+        .route("/metrics", get(metrics));
+    platform::http::finish(routes, state.pool.clone()).with_state(state)
 }
 
 async fn metrics(State(state): State<AppState>) -> String {

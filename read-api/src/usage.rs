@@ -17,6 +17,9 @@ struct SubRow {
     period_end: DateTime<Utc>,
 }
 
+const USAGE_COLUMNS: &str =
+    "period_start, period_end, plan, unit_limit, reserved, consumed, released, chain_head, closed";
+
 #[derive(sqlx::FromRow)]
 struct UsageRow {
     period_start: DateTime<Utc>,
@@ -67,10 +70,9 @@ pub async fn current(
     let now = Utc::now();
     let sub = subscription_row(&state, user).await?;
     let (plan, period) = plan_and_period(sub.as_ref(), now);
-    let row: Option<UsageRow> = sqlx::query_as(
-        "SELECT period_start, period_end, plan, unit_limit, reserved, consumed, released, chain_head, closed \
-           FROM usage_periods WHERE user_id = $1 AND period_start = $2",
-    )
+    let row: Option<UsageRow> = sqlx::query_as(&format!(
+        "SELECT {USAGE_COLUMNS} FROM usage_periods WHERE user_id = $1 AND period_start = $2"
+    ))
     .bind(user)
     .bind(period.start)
     .fetch_optional(&state.pool)
@@ -103,8 +105,7 @@ pub async fn history(
 ) -> Result<Json<Value>, Problem> {
     let user = customer(principal)?;
     let rows: Vec<UsageRow> = sqlx::query_as(
-        "SELECT period_start, period_end, plan, unit_limit, reserved, consumed, released, chain_head, closed \
-           FROM usage_periods WHERE user_id = $1 ORDER BY period_start DESC LIMIT 120",
+        &format!("SELECT {USAGE_COLUMNS} FROM usage_periods WHERE user_id = $1 ORDER BY period_start DESC LIMIT 120"),
     )
     .bind(user)
     .fetch_all(&state.pool)

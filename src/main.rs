@@ -2,6 +2,7 @@
 //! and calls each crate's `run`.
 
 mod bench;
+mod dev;
 mod roles;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -20,6 +21,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Action {
+    /// Run the whole platform in this process on one port, with no server to install:
+    /// events in SQLite under the data directory, read models, bus and queue in process.
+    /// DATABASE_URL, NATS_URL and REDIS_URL switch each part to the real service.
+    Dev {
+        /// Where the events are kept (default: RUNLEDGER_DATA_DIR, else ./.runledger).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep nothing: a throw-away run.
+        #[arg(long, conflicts_with = "data_dir")]
+        in_memory: bool,
+        /// Listen address (default: RUNLEDGER_ADDR, else 127.0.0.1:8080).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
     /// Apply the database migrations (DATABASE_URL).
     Migrate,
     /// Serve the write side: job submission, cancel, worker reports; runs the process manager.
@@ -105,6 +120,26 @@ fn main() -> ExitCode {
         Action::Token {
             action: TokenAction::Mint { sub, role, ttl },
         } => mint(&sub, role, ttl),
+        Action::Dev {
+            data_dir,
+            in_memory,
+            addr,
+        } => runtime().and_then(|rt| {
+            let mut s = settings()?;
+            if let Some(a) = addr {
+                s.addr = a;
+            }
+            let data = if in_memory {
+                dev::Data::InMemory
+            } else {
+                dev::Data::Dir(
+                    data_dir
+                        .or_else(|| std::env::var_os("RUNLEDGER_DATA_DIR").map(PathBuf::from))
+                        .unwrap_or_else(|| PathBuf::from(".runledger")),
+                )
+            };
+            rt.block_on(dev::run(s, data))
+        }),
         Action::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
         Action::CommandApi => runtime().and_then(|rt| rt.block_on(command_api())),
         Action::ReadApi => runtime().and_then(|rt| rt.block_on(roles::read_api(settings()?))),
@@ -168,7 +203,9 @@ async fn command_api() -> anyhow::Result<ExitCode> {
     platform::telemetry::init(&s.log_filter);
     let addr = s.addr;
     let state = command_api::build(s).await?;
-    platform::db::migrate(state.store.pool()).await?;
+    if let Some(pool) = state.store.postgres() {
+        platform::db::migrate(pool).await?;
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -94,7 +94,7 @@ pub async fn relay(s: Settings) -> anyhow::Result<ExitCode> {
         .context("connecting to NATS")?;
     tracing::info!(message = "Relay running.");
     projections::relay::run(
-        pool,
+        platform::store::EventStore::new(pool),
         client,
         s.nats_prefix.clone(),
         platform::shutdown::on_signal(),
@@ -112,11 +112,11 @@ pub async fn dispatcher(s: Settings) -> anyhow::Result<ExitCode> {
         .context("connecting to Redis")?;
     let shutdown = platform::shutdown::on_signal();
     metrics_endpoint(&s, &shutdown).await?;
-    let dispatcher = workers::dispatcher::Dispatcher {
-        store: platform::store::EventStore::new(pool),
-        redis,
-        namespaces: domain::task::NamespaceMap::default(),
-    };
+    let dispatcher = workers::dispatcher::Dispatcher::new(
+        platform::store::EventStore::new(pool),
+        workers::queue::RedisQueue { conn: redis },
+        domain::task::NamespaceMap::default(),
+    );
     let namespaces = vec![
         domain::task::Namespace::default_ns(),
         domain::task::Namespace::browser(),

@@ -37,6 +37,34 @@ async fn run(
     allowed: impl Fn(&Job) -> bool,
     command: JobCommand,
 ) -> Result<Response, ApiError> {
+    let (status, attempt) = execute(state, id, principal, allowed, command).await?;
+    let body = json!({"job_id": id, "status": status.as_str(), "attempt": attempt});
+    Ok((StatusCode::OK, AxumJson(body)).into_response())
+}
+
+/// A worker's report in process (the embedded default), as the worker endpoints take it.
+///
+/// # Errors
+/// As the endpoints: [`JobError`]s, or the store's.
+pub async fn report(
+    state: &AppState,
+    id: JobId,
+    worker: Principal,
+    command: JobCommand,
+) -> Result<(), ApiError> {
+    require_worker(worker)?;
+    execute(state, id, worker, |_| true, command)
+        .await
+        .map(drop)
+}
+
+async fn execute(
+    state: &AppState,
+    id: JobId,
+    principal: Principal,
+    allowed: impl Fn(&Job) -> bool,
+    command: JobCommand,
+) -> Result<(domain::job::JobStatus, Attempt), ApiError> {
     let id_text = id.to_string();
     // Refusals come back as 404 for a job that does not exist or is not the caller's.
     let check = |job: &Job| match job.state() {
@@ -53,9 +81,7 @@ async fn run(
             job.state().map(|s| (s.status, s.attempt))
         })
         .await??;
-    let (status, attempt) = executed.view.ok_or(JobError::NotFound)?;
-    let body = json!({"job_id": id, "status": status.as_str(), "attempt": attempt});
-    Ok((StatusCode::OK, AxumJson(body)).into_response())
+    Ok(executed.view.ok_or(JobError::NotFound)?)
 }
 
 /// The owner cancels a job; another user's job is a 404.

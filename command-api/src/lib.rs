@@ -37,30 +37,42 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
     settings.require_auth()?;
     platform::metrics::handle();
     let pool = db::connect(settings.require_database()?, settings.db_max_connections).await?;
+    Ok(build_on(EventStore::new(pool), settings))
+}
+
+/// The shared state on `store`.
+pub fn build_on(store: EventStore, settings: Settings) -> AppState {
     let auth = Authenticator::new(
         settings.jwt_secret.as_ref(),
         settings.jwks_url.as_deref(),
         &settings.jwt_audience,
     );
-    Ok(AppState {
-        store: EventStore::new(pool),
+    AppState {
+        store,
         auth: Arc::new(auth),
         settings: Arc::new(settings),
-    })
+    }
 }
 
-/// The routes of the write side.
+/// The routes of the write side, with the operational ones.
 pub fn router(state: AppState) -> Router {
+    let store = state.store.clone();
+    platform::http::finish(
+        routes(state).route("/metrics", get(|| async { platform::metrics::render() })),
+        store,
+    )
+}
+
+/// The write side's own routes (`runledger dev` merges them with the read side's).
+pub fn routes(state: AppState) -> Router {
     let limit = state.settings.body_limit;
-    let routes = Router::new()
+    Router::new()
         .route("/v1/jobs", post(submit::submit))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/worker/jobs/{id}/start", post(jobs::start))
         .route("/v1/worker/jobs/{id}/heartbeat", post(jobs::heartbeat))
         .route("/v1/worker/jobs/{id}/complete", post(jobs::complete))
         .route("/v1/worker/jobs/{id}/fail", post(jobs::fail))
-        .route("/metrics", get(|| async { platform::metrics::render() }));
-    platform::http::finish(routes, state.store.pool().clone())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -13,11 +13,7 @@ use domain::{
     process::usage_reaction,
     usage::{ReleaseReason, ReleaseUnit, Usage, UsageCommand, UsageError, UsageEvent},
 };
-use platform::store::{
-    EventStore, Metadata, StoreError,
-    reader::{RecordedEvent, checkpoint, read_from, save_checkpoint},
-};
-use sqlx::PgPool;
+use platform::store::{EventStore, Metadata, StoreError, reader::RecordedEvent};
 use tokio_util::sync::CancellationToken;
 
 /// The checkpoint's name.
@@ -47,15 +43,22 @@ async fn lead(
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
     // Detached from the pool: if this task dies, the connection closes and the lock goes
-    // with it, instead of riding a pooled connection forever.
-    let mut leader = store.pool().acquire().await?.detach();
-    let (won,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK)
-        .fetch_one(&mut leader)
-        .await?;
-    if !won {
-        return Ok(());
-    }
+    // with it, instead of riding a pooled connection forever. The embedded store has one
+    // process (its data directory is locked), so it needs no election.
+    let mut leader = match store.postgres() {
+        Some(pool) => {
+            let mut conn = pool.acquire().await?.detach();
+            let (won,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut conn)
+                .await?;
+            if !won {
+                return Ok(());
+            }
+            Some(conn)
+        }
+        None => None,
+    };
     tracing::info!(message = "Process manager is active.");
     let sweep_every =
         (reservation_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -82,10 +85,12 @@ async fn lead(
             Err(e) => break Err(e),
         }
     };
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LEADER_LOCK)
-        .execute(&mut leader)
-        .await;
+    if let Some(conn) = leader.as_mut() {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LEADER_LOCK)
+            .execute(conn)
+            .await;
+    }
     result
 }
 
@@ -94,9 +99,8 @@ async fn lead(
 /// # Errors
 /// Store failures; the checkpoint then stays where it was and the batch is redone.
 pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
-    let pool = store.pool();
-    let from = checkpoint(pool, CHECKPOINT).await?;
-    let events = read_from(pool, from, BATCH).await?;
+    let from = store.checkpoint(CHECKPOINT).await?;
+    let events = store.read_from(from, BATCH).await?;
     let Some(last) = events.last().map(|e| e.position) else {
         return Ok(0);
     };
@@ -122,14 +126,10 @@ pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
         Ok::<_, StoreError>(())
     }))
     .await?;
-    let mut tx = pool.begin().await?;
-    // Redone after a lost commit, the usage commands are no-ops: no need to wait for fsync.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
+    let (added, settled) = pending.net();
+    store
+        .save_progress(CHECKPOINT, last, added, settled)
         .await?;
-    pending.apply(&mut tx).await?;
-    save_checkpoint(&mut *tx, CHECKPOINT, last).await?;
-    tx.commit().await?;
     Ok(events.len())
 }
 
@@ -141,12 +141,9 @@ struct PendingChanges {
 }
 
 impl PendingChanges {
-    async fn apply(
-        self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ) -> Result<(), sqlx::Error> {
-        // A reservation and its job are committed together, so most rows added in a batch
-        // are settled in the same batch: only the rest reach the table.
+    /// A reservation and its job are committed together, so most rows added in a batch are
+    /// settled in the same batch: only the rest reach the table.
+    fn net(self) -> (Vec<platform::store::Pending>, Vec<uuid::Uuid>) {
         let settled: std::collections::HashSet<uuid::Uuid> = self.settled.iter().copied().collect();
         let added: Vec<_> = self
             .added
@@ -155,31 +152,11 @@ impl PendingChanges {
             .collect();
         let added_ids: std::collections::HashSet<uuid::Uuid> =
             added.iter().map(|(j, _, _)| *j).collect();
-        if !added.is_empty() {
-            let jobs: Vec<uuid::Uuid> = added.iter().map(|(j, _, _)| *j).collect();
-            let usages: Vec<&str> = added.iter().map(|(_, u, _)| u.as_str()).collect();
-            let ats: Vec<chrono::DateTime<Utc>> = added.iter().map(|(_, _, a)| *a).collect();
-            sqlx::query(
-                "INSERT INTO pending_reservations (job_id, usage_id, reserved_at) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(&jobs)
-            .bind(&usages)
-            .bind(&ats)
-            .execute(&mut **tx)
-            .await?;
-        }
-        let gone: Vec<uuid::Uuid> = settled
+        let gone = settled
             .into_iter()
             .filter(|j| !added_ids.contains(j))
             .collect();
-        if !gone.is_empty() {
-            sqlx::query("DELETE FROM pending_reservations p USING UNNEST($1::uuid[]) AS g(id) WHERE p.job_id = g.id")
-                .bind(&gone)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+        (added, gone)
     }
 }
 
@@ -258,23 +235,11 @@ fn inherited_metadata(event: &RecordedEvent) -> Metadata {
 /// # Errors
 /// Store failures.
 pub async fn sweep(store: &EventStore, timeout: Duration) -> Result<usize, StoreError> {
-    let pool: &PgPool = store.pool();
     let cutoff = Utc::now() - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-    let candidates: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-        "SELECT job_id, usage_id FROM pending_reservations WHERE reserved_at < $1 ORDER BY reserved_at LIMIT 100",
-    )
-    .bind(cutoff)
-    .fetch_all(pool)
-    .await?;
+    let candidates = store.pending_before(cutoff, 100).await?;
     let mut released = 0;
     for (job, usage_id) in candidates {
-        let (submitted,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'job' AND aggregate_id = $1)",
-        )
-        .bind(job.to_string())
-        .fetch_one(pool)
-        .await?;
-        if !submitted {
+        if !store.exists("job", &job.to_string()).await? {
             let command = UsageCommand::Release(ReleaseUnit {
                 job_id: JobId::from_uuid(job),
                 reason: ReleaseReason::Orphaned,
@@ -294,10 +259,7 @@ pub async fn sweep(store: &EventStore, timeout: Duration) -> Result<usize, Store
             }
         }
         // Either way the row is settled: a submitted job's unit follows its outcome.
-        sqlx::query("DELETE FROM pending_reservations WHERE job_id = $1")
-            .bind(job)
-            .execute(pool)
-            .await?;
+        store.drop_pending(job).await?;
     }
     Ok(released)
 }

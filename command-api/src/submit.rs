@@ -258,14 +258,11 @@ async fn replay(
     request_hash: &str,
 ) -> Result<Option<Response>, ApiError> {
     let Some(key) = key else { return Ok(None) };
-    let row: Option<(String, i16, Value)> = sqlx::query_as(
-        "SELECT request_hash, status, body::jsonb FROM idempotency_keys WHERE user_id = $1 AND key = $2",
-    )
-    .bind(principal.user_id.as_uuid())
-    .bind(key)
-    .fetch_optional(state.store.pool())
-    .await
-    .map_err(StoreError::from)?;
+    let row = state
+        .store
+        .stored_response(principal.user_id.as_uuid(), key)
+        .await
+        .map_err(StoreError::from)?;
     let Some((hash, status, body)) = row else {
         return Ok(None);
     };

@@ -4,14 +4,18 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool,
+    PgPool, SqlitePool,
     postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use crate::settings::Secret;
 
 /// The migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schemas/migrations");
+
+/// The embedded default's migrations (SQLite).
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schemas/sqlite");
 
 /// Errors of connecting or migrating; the URL is never part of the message.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +26,15 @@ pub enum DbError {
     /// The server could not be reached or refused us.
     #[error("cannot connect to Postgres: {0}")]
     Connect(#[source] sqlx::Error),
+    /// The embedded database could not be opened.
+    #[error("cannot open the embedded database {path}: {source}")]
+    Embedded {
+        /// Its file.
+        path: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -49,4 +62,47 @@ pub async fn connect(url: &Secret, max: u32) -> Result<PgPool, DbError> {
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// Opens (creating it when missing) and migrates the embedded database: the file
+/// `events.db` in `dir`, or a private in-memory database when `dir` is `None`.
+///
+/// # Errors
+/// [`DbError::Embedded`] or [`DbError::Migrate`].
+pub async fn open_embedded(dir: Option<&std::path::Path>) -> Result<SqlitePool, DbError> {
+    let (options, max, path) = match dir {
+        Some(dir) => {
+            let path = dir.join("events.db");
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // With WAL, NORMAL survives a crash of the process; only power loss can
+                // take the last commits.
+                .synchronous(SqliteSynchronous::Normal);
+            (options, 4, path.display().to_string())
+        }
+        // One connection: every connection to `:memory:` would be a database of its own.
+        None => (
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(|source| {
+                DbError::Embedded {
+                    path: ":memory:".into(),
+                    source,
+                }
+            })?,
+            1,
+            ":memory:".to_owned(),
+        ),
+    };
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.busy_timeout(Duration::from_secs(10)))
+        .await
+        .map_err(|source| DbError::Embedded { path, source })?;
+    SQLITE_MIGRATOR.run(&pool).await?;
+    Ok(pool)
 }

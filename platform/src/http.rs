@@ -7,15 +7,14 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use sqlx::PgPool;
 
-use crate::problem::Problem;
+use crate::{problem::Problem, store::EventStore};
 
 /// Adds the operational routes, the fallbacks and the metrics layer to `router`.
-pub fn finish<S: Clone + Send + Sync + 'static>(router: Router<S>, pool: PgPool) -> Router<S> {
+pub fn finish<S: Clone + Send + Sync + 'static>(router: Router<S>, store: EventStore) -> Router<S> {
     router
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(move || ready(pool.clone())))
+        .route("/readyz", get(move || ready(store.clone())))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -27,8 +26,8 @@ pub fn finish<S: Clone + Send + Sync + 'static>(router: Router<S>, pool: PgPool)
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
 }
 
-async fn ready(pool: PgPool) -> Response {
-    match sqlx::query("SELECT 1").execute(&pool).await {
+async fn ready(store: EventStore) -> Response {
+    match store.ping().await {
         Ok(_) => "ready".into_response(),
         Err(e) => {
             tracing::warn!(message = "Not ready: database unreachable.", error = %e);

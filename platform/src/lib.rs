@@ -15,6 +15,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod views;
 
 /// Why a role could not start.
 #[derive(Debug, thiserror::Error)]

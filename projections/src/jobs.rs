@@ -8,6 +8,7 @@ use domain::job::JobEvent;
 use platform::{
     notice::{JobChange, Notice},
     store::reader::RecordedEvent,
+    views::JobView as JobRow,
 };
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -17,21 +18,6 @@ use crate::ProjectionError;
 
 /// The tables this projection owns.
 pub const TABLES: &[&str] = &["job_views", "job_changes", "job_streams"];
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct JobRow {
-    id: Uuid,
-    user_id: Uuid,
-    task_type: String,
-    status: String,
-    attempts: i32,
-    correlation_id: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    result: Option<Value>,
-    error: Option<String>,
-    position: i64,
-}
 
 /// Job rows held in memory between batches. A live batch flushes at its end; a rebuild
 /// keeps up to [`BUFFER_MAX`] rows, so most jobs are written once, with their final state,
@@ -156,7 +142,7 @@ async fn load_rows(
 }
 
 /// Applies one event to its job's row; returns the visible change, if any.
-fn evolve(
+pub(crate) fn evolve(
     rows: &mut HashMap<Uuid, JobRow>,
     e: &RecordedEvent,
     id: Uuid,

@@ -7,6 +7,7 @@
 //! the way to SSE, and a rebuild reads the store in any case.
 
 pub mod jobs;
+pub mod memory;
 pub mod rebuild;
 pub mod relay;
 pub mod runner;

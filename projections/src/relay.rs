@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
-use platform::store::reader::{RecordedEvent, checkpoint, head, read_from, save_checkpoint};
+use platform::store::{EventStore, reader::RecordedEvent};
 use serde_json::json;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// The checkpoint's name.
@@ -49,9 +48,13 @@ enum RelayError {
 }
 
 /// Publishes one batch after the checkpoint; returns how many events (0: caught up).
-async fn step(pool: &PgPool, js: &jetstream::Context, prefix: &str) -> Result<usize, RelayError> {
-    let from = checkpoint(pool, CHECKPOINT).await?;
-    let events = read_from(pool, from, BATCH).await?;
+async fn step(
+    store: &EventStore,
+    js: &jetstream::Context,
+    prefix: &str,
+) -> Result<usize, RelayError> {
+    let from = store.checkpoint(CHECKPOINT).await?;
+    let events = store.read_from(from, BATCH).await?;
     let Some(last) = events.last().map(|e| e.position) else {
         return Ok(0);
     };
@@ -69,8 +72,8 @@ async fn step(pool: &PgPool, js: &jetstream::Context, prefix: &str) -> Result<us
     for ack in acks {
         ack.await.map_err(|e| RelayError::Nats(e.to_string()))?;
     }
-    save_checkpoint(pool, CHECKPOINT, last).await?;
-    if let Ok(h) = head(pool).await {
+    store.save_checkpoint(CHECKPOINT, last).await?;
+    if let Ok(h) = store.head().await {
         metrics::gauge!("runledger_relay_lag_events").set((h - last) as f64);
     }
     metrics::counter!("runledger_relay_events_total").increment(events.len() as u64);
@@ -79,7 +82,7 @@ async fn step(pool: &PgPool, js: &jetstream::Context, prefix: &str) -> Result<us
 
 /// Creates the stream if needed; runs until `shutdown`.
 pub async fn run(
-    pool: PgPool,
+    store: EventStore,
     client: async_nats::Client,
     prefix: String,
     shutdown: CancellationToken,
@@ -105,7 +108,7 @@ pub async fn run(
                 }
             }
         }
-        match step(&pool, &js, &prefix).await {
+        match step(&store, &js, &prefix).await {
             Ok(0) => wait(&shutdown, Duration::from_millis(10)).await,
             Ok(_) => backoff = Duration::from_millis(100),
             Err(e) => {

@@ -9,7 +9,7 @@ use crate::ProjectionError;
 /// The tables this projection owns.
 pub const TABLES: &[&str] = &["subscription_views"];
 
-fn status(s: SubscriptionStatus) -> &'static str {
+pub(crate) fn status(s: SubscriptionStatus) -> &'static str {
     match s {
         SubscriptionStatus::Active => "active",
         SubscriptionStatus::PastDue => "past_due",

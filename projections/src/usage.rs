@@ -13,28 +13,27 @@ use crate::ProjectionError;
 /// The tables this projection owns.
 pub const TABLES: &[&str] = &["usage_periods"];
 
+/// What a batch changes in one period.
 #[derive(Debug, Default)]
-struct Delta {
-    period_end: Option<DateTime<Utc>>,
-    plan: Option<String>,
-    limit: Option<Option<i64>>,
-    reserved: i64,
-    consumed: i64,
-    released: i64,
-    chain_head: Option<String>,
-    closed: bool,
-    position: i64,
+pub(crate) struct Delta {
+    pub(crate) period_end: Option<DateTime<Utc>>,
+    pub(crate) plan: Option<String>,
+    pub(crate) limit: Option<Option<i64>>,
+    pub(crate) reserved: i64,
+    pub(crate) consumed: i64,
+    pub(crate) released: i64,
+    pub(crate) chain_head: Option<String>,
+    pub(crate) closed: bool,
+    pub(crate) position: i64,
 }
 
-/// Applies `events` to `usage_periods{suffix}`.
+/// The deltas of `events` per (user, period start).
 ///
 /// # Errors
-/// Database errors, or an event that does not decode.
-pub async fn apply(
-    conn: &mut PgConnection,
+/// An event that does not decode.
+pub(crate) fn deltas(
     events: &[RecordedEvent],
-    suffix: &str,
-) -> Result<(), ProjectionError> {
+) -> Result<BTreeMap<(Uuid, DateTime<Utc>), Delta>, ProjectionError> {
     let mut deltas: BTreeMap<(Uuid, DateTime<Utc>), Delta> = BTreeMap::new();
     for e in events.iter().filter(|e| e.aggregate_type == "usage") {
         let event: UsageEvent = e.decode().map_err(|source| ProjectionError::Decode {
@@ -65,7 +64,19 @@ pub async fn apply(
             UsageEvent::PeriodClosed(_) => d.closed = true,
         }
     }
-    for ((user, start), d) in deltas {
+    Ok(deltas)
+}
+
+/// Applies `events` to `usage_periods{suffix}`.
+///
+/// # Errors
+/// Database errors, or an event that does not decode.
+pub async fn apply(
+    conn: &mut PgConnection,
+    events: &[RecordedEvent],
+    suffix: &str,
+) -> Result<(), ProjectionError> {
+    for ((user, start), d) in deltas(events)? {
         sqlx::query(&format!(
             "INSERT INTO usage_periods{suffix} AS u (user_id, period_start, period_end, plan, unit_limit, \
                     reserved, consumed, released, chain_head, closed, position) \

@@ -8,7 +8,7 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use platform::{auth::Principal, problem::Problem};
+use platform::{auth::Principal, problem::Problem, views::JobView};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -24,42 +24,24 @@ const STATUSES: [&str; 7] = [
     "canceled",
 ];
 
-#[derive(sqlx::FromRow)]
-struct ViewRow {
-    id: Uuid,
-    task_type: String,
-    status: String,
-    attempts: i32,
-    correlation_id: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    result: Option<Value>,
-    error: Option<String>,
-}
-
-impl ViewRow {
-    fn to_json(&self) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "task_type": self.task_type,
-            "status": self.status,
-            "attempts": self.attempts,
-            "correlation_id": self.correlation_id,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        });
-        if let Some(r) = &self.result {
-            v["result"] = r.clone();
-        }
-        if let Some(e) = &self.error {
-            v["error"] = json!(e);
-        }
-        v
+fn to_json(v: &JobView) -> Value {
+    let mut j = json!({
+        "id": v.id,
+        "task_type": v.task_type,
+        "status": v.status,
+        "attempts": v.attempts,
+        "correlation_id": v.correlation_id,
+        "created_at": v.created_at,
+        "updated_at": v.updated_at,
+    });
+    if let Some(r) = &v.result {
+        j["result"] = r.clone();
     }
+    if let Some(e) = &v.error {
+        j["error"] = json!(e);
+    }
+    j
 }
-
-const COLUMNS: &str =
-    "id, task_type, status, attempts, correlation_id, created_at, updated_at, result, error";
 
 /// One of the caller's jobs; another user's is a 404.
 ///
@@ -72,15 +54,8 @@ pub async fn get(
 ) -> Result<Json<Value>, Problem> {
     let user = customer(principal)?;
     let id = Uuid::parse_str(&id).map_err(|_| Problem::not_found("job"))?;
-    let row: Option<ViewRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM job_views WHERE id = $1 AND user_id = $2"
-    ))
-    .bind(id)
-    .bind(user)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| internal(&e))?;
-    row.map(|r| Json(r.to_json()))
+    let row = state.views.job(user, id).await.map_err(|e| internal(&e))?;
+    row.map(|r| Json(to_json(&r)))
         .ok_or_else(|| Problem::not_found("job"))
 }
 
@@ -113,7 +88,7 @@ pub async fn list(
         }
         None => None,
     };
-    let limit: i64 = match params.get("limit") {
+    let limit: usize = match params.get("limit") {
         Some(l) => l
             .parse()
             .ok()
@@ -122,28 +97,20 @@ pub async fn list(
         None => 20,
     };
     let cursor = params.get("cursor").map(|c| decode_cursor(c)).transpose()?;
-    let rows: Vec<ViewRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM job_views WHERE user_id = $1 AND ($2::text IS NULL OR status = $2) \
-           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
-         ORDER BY created_at DESC, id DESC LIMIT $5"
-    ))
-    .bind(user)
-    .bind(status)
-    .bind(cursor.map(|(t, _)| t))
-    .bind(cursor.map(|(_, id)| id))
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| internal(&e))?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
+    let rows = state
+        .views
+        .jobs(user, status.as_deref(), cursor, limit + 1)
+        .await
+        .map_err(|e| internal(&e))?;
+    let more = rows.len() > limit;
+    let page = &rows[..rows.len().min(limit)];
     let next = if more {
         page.last().map(|r| encode_cursor(r.created_at, r.id))
     } else {
         None
     };
     Ok(Json(
-        json!({"jobs": page.iter().map(ViewRow::to_json).collect::<Vec<_>>(), "next_cursor": next}),
+        json!({"jobs": page.iter().map(to_json).collect::<Vec<_>>(), "next_cursor": next}),
     ))
 }
 

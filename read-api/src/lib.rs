@@ -1,18 +1,21 @@
 //! runledger's read side: queries over the read models and the per-user SSE stream.
 
+pub mod audit;
 pub mod jobs;
 pub mod state;
 pub mod stream;
 pub mod usage;
+pub mod views;
 
 use std::sync::Arc;
 
 use axum::{Router, extract::State, routing::get};
-use platform::{auth::Authenticator, db, notice::NoticeBus, settings::Settings};
+use platform::{auth::Authenticator, db, notice::NoticeBus, settings::Settings, store::EventStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use state::AppState;
+pub use views::Views;
 
 pub use platform::StartError;
 
@@ -26,8 +29,29 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> Result<AppState, StartError> {
     settings.require_auth()?;
-    platform::metrics::handle();
     let pool = db::connect(settings.require_database()?, settings.db_max_connections).await?;
+    build_on(
+        EventStore::new(pool.clone()),
+        Views::Postgres(pool),
+        settings,
+        bus,
+        shutdown,
+    )
+    .await
+}
+
+/// The state over `store` and `views`; the hub follows notices on `bus` until `shutdown`.
+///
+/// # Errors
+/// [`StartError`] when the notice subscription fails.
+pub async fn build_on(
+    store: EventStore,
+    views: Views,
+    settings: Settings,
+    bus: &NoticeBus,
+    shutdown: CancellationToken,
+) -> Result<AppState, StartError> {
+    platform::metrics::handle();
     let auth = Authenticator::new(
         settings.jwt_secret.as_ref(),
         settings.jwks_url.as_deref(),
@@ -35,27 +59,42 @@ pub async fn build(
     );
     let hub = stream::Hub::start(bus, shutdown).await?;
     Ok(AppState {
-        pool,
+        views,
+        store,
         auth: Arc::new(auth),
         settings: Arc::new(settings),
         hub,
     })
 }
 
-/// The routes of the read side.
+/// The routes of the read side, with the operational ones.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+    let store = state.store.clone();
+    platform::http::finish(
+        routes(state.clone()).merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .with_state(state),
+        ),
+        store,
+    )
+}
+
+/// The read side's own routes (`runledger dev` merges them with the write side's).
+pub fn routes(state: AppState) -> Router {
+    Router::new()
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/stream", get(stream::stream))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/usage", get(usage::current))
         .route("/v1/usage/history", get(usage::history))
         .route("/v1/subscription", get(usage::subscription))
-        .route("/metrics", get(metrics));
-    platform::http::finish(routes, state.pool.clone()).with_state(state)
+        .route("/v1/audit/usage/{user_id}", get(audit::usage))
+        .with_state(state)
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
+/// `/metrics`, with the number of open streams.
+pub async fn metrics(State(state): State<AppState>) -> String {
     ::metrics::gauge!("runledger_sse_streams").set(state.hub.streams() as f64);
     platform::metrics::render()
 }

@@ -6,16 +6,18 @@ use platform::{
     auth::{Authenticator, HasAuthenticator, Principal, Role},
     problem::Problem,
     settings::Settings,
+    store::EventStore,
 };
-use sqlx::PgPool;
 
-use crate::stream::Hub;
+use crate::{stream::Hub, views::Views};
 
 /// The router state.
 #[derive(Clone)]
 pub struct AppState {
-    /// The read models' database.
-    pub pool: PgPool,
+    /// The read models.
+    pub views: Views,
+    /// The event store (audits, readiness).
+    pub store: EventStore,
     /// Token validation.
     pub auth: Arc<Authenticator>,
     /// Settings.

@@ -11,7 +11,6 @@ use axum::{
     http::HeaderMap,
     response::sse::{Event, KeepAlive, Sse},
 };
-use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use platform::{
     auth::Principal,
@@ -19,13 +18,15 @@ use platform::{
     problem::Problem,
 };
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::state::{AppState, customer, internal};
+use crate::{
+    state::{AppState, customer, internal},
+    views::Views,
+};
 
 /// Fans notices out to the streams of their user.
 #[derive(Default)]
@@ -119,18 +120,15 @@ pub async fn stream(
     let notices = state.hub.subscribe(user);
     let start = match resume {
         Some(p) => p,
-        None => {
-            sqlx::query_as::<_, (i64,)>("SELECT last_position FROM job_streams WHERE user_id = $1")
-                .bind(user)
-                .fetch_optional(&state.pool)
-                .await
-                .map_err(|e| internal(&e))?
-                .map_or(0, |(p,)| p)
-        }
+        None => state
+            .views
+            .stream_position(user)
+            .await
+            .map_err(|e| internal(&e))?,
     };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(follow(
-        state.pool.clone(),
+        state.views.clone(),
         user,
         start,
         resume.is_some(),
@@ -156,7 +154,7 @@ fn event(c: &JobChange) -> Event {
 
 /// Feeds one connection until it closes.
 async fn follow(
-    pool: PgPool,
+    views: Views,
     user: Uuid,
     mut last: i64,
     backlog: bool,
@@ -164,7 +162,7 @@ async fn follow(
     tx: mpsc::Sender<Event>,
 ) {
     if backlog {
-        match catch_up(&pool, user, last, &tx).await {
+        match catch_up(&views, user, last, &tx).await {
             Some(p) => last = p,
             None => return,
         }
@@ -189,7 +187,7 @@ async fn follow(
             }
             // A notice was missed, or this stream fell behind: read the gap.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                catch_up(&pool, user, last, &tx).await
+                catch_up(&views, user, last, &tx).await
             }
             Err(broadcast::error::RecvError::Closed) => None,
         };
@@ -203,38 +201,23 @@ async fn follow(
 /// Sends every change after `from` from the read model; returns the last position sent, or
 /// `None` when the connection is gone or the database failed.
 async fn catch_up(
-    pool: &PgPool,
+    views: &Views,
     user: Uuid,
     mut from: i64,
     tx: &mpsc::Sender<Event>,
 ) -> Option<i64> {
     loop {
-        let rows: Vec<(i64, Uuid, String, i32, DateTime<Utc>)> = match sqlx::query_as(
-            "SELECT position, job_id, status, attempts, updated_at FROM job_changes \
-              WHERE user_id = $1 AND position > $2 ORDER BY position LIMIT 500",
-        )
-        .bind(user)
-        .bind(from)
-        .fetch_all(pool)
-        .await
-        {
+        let changes = match views.changes_after(user, from, 500).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = internal(&e);
                 return None;
             }
         };
-        let n = rows.len();
-        for (position, id, status, attempts, updated_at) in rows {
-            let change = JobChange {
-                position,
-                id,
-                status,
-                attempts,
-                updated_at,
-            };
+        let n = changes.len();
+        for change in changes {
             tx.send(event(&change)).await.ok()?;
-            from = position;
+            from = change.position;
         }
         if n < 500 {
             return Some(from);

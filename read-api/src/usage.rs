@@ -3,48 +3,25 @@
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use domain::{period::BillingPeriod, plan::Plan};
-use platform::{auth::Principal, problem::Problem};
+use platform::{auth::Principal, problem::Problem, views::SubscriptionView};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::state::{AppState, customer, internal};
 
-#[derive(sqlx::FromRow)]
-struct SubRow {
-    plan: String,
-    status: String,
-    period_start: DateTime<Utc>,
-    period_end: DateTime<Utc>,
-}
-
-const USAGE_COLUMNS: &str =
-    "period_start, period_end, plan, unit_limit, reserved, consumed, released, chain_head, closed";
-
-#[derive(sqlx::FromRow)]
-struct UsageRow {
-    period_start: DateTime<Utc>,
-    period_end: DateTime<Utc>,
-    plan: String,
-    unit_limit: Option<i64>,
-    reserved: i64,
-    consumed: i64,
-    released: i64,
-    chain_head: String,
-    closed: bool,
-}
-
-async fn subscription_row(state: &AppState, user: Uuid) -> Result<Option<SubRow>, Problem> {
-    sqlx::query_as(
-        "SELECT plan, status, period_start, period_end FROM subscription_views WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| internal(&e))
+async fn subscription_row(
+    state: &AppState,
+    user: Uuid,
+) -> Result<Option<SubscriptionView>, Problem> {
+    state
+        .views
+        .subscription(user)
+        .await
+        .map_err(|e| internal(&e))
 }
 
 /// The plan in force and the period containing `now`, as the command side computes them.
-fn plan_and_period(sub: Option<&SubRow>, now: DateTime<Utc>) -> (Plan, BillingPeriod) {
+fn plan_and_period(sub: Option<&SubscriptionView>, now: DateTime<Utc>) -> (Plan, BillingPeriod) {
     match sub {
         Some(s) if s.status != "ended" && now >= s.period_start => {
             let plan = s.plan.parse().unwrap_or(Plan::Free);
@@ -70,14 +47,11 @@ pub async fn current(
     let now = Utc::now();
     let sub = subscription_row(&state, user).await?;
     let (plan, period) = plan_and_period(sub.as_ref(), now);
-    let row: Option<UsageRow> = sqlx::query_as(&format!(
-        "SELECT {USAGE_COLUMNS} FROM usage_periods WHERE user_id = $1 AND period_start = $2"
-    ))
-    .bind(user)
-    .bind(period.start)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| internal(&e))?;
+    let row = state
+        .views
+        .usage(user, period.start)
+        .await
+        .map_err(|e| internal(&e))?;
     let limit = state
         .settings
         .limits
@@ -104,13 +78,11 @@ pub async fn history(
     principal: Principal,
 ) -> Result<Json<Value>, Problem> {
     let user = customer(principal)?;
-    let rows: Vec<UsageRow> = sqlx::query_as(
-        &format!("SELECT {USAGE_COLUMNS} FROM usage_periods WHERE user_id = $1 ORDER BY period_start DESC LIMIT 120"),
-    )
-    .bind(user)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| internal(&e))?;
+    let rows = state
+        .views
+        .usage_history(user, 120)
+        .await
+        .map_err(|e| internal(&e))?;
     let periods: Vec<Value> = rows
         .iter()
         .map(|r| {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use workers::{
     dispatcher::Dispatcher,
     executors::Generic,
+    queue::RedisQueue,
     report::HttpReporter,
     runtime::{self, WorkerConfig},
     ssrf::Guard,
@@ -78,13 +79,13 @@ impl Stack {
         redis::Client::open(self.redis.url.as_str()).unwrap()
     }
 
-    pub async fn dispatcher(&self) -> Dispatcher {
+    pub async fn dispatcher(&self) -> Dispatcher<RedisQueue> {
         let conn = workers::queue::connect(&self.redis_client()).await.unwrap();
-        Dispatcher {
-            store: self.command.store.clone(),
-            redis: conn,
-            namespaces: NamespaceMap::default(),
-        }
+        Dispatcher::new(
+            self.command.store.clone(),
+            RedisQueue { conn },
+            NamespaceMap::default(),
+        )
     }
 
     pub async fn start_dispatcher(&self) {

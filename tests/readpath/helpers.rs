@@ -122,7 +122,7 @@ impl Stack {
     pub async fn start_relay(&mut self) {
         let client = platform::nats::connect(&self.nats.url).await.unwrap();
         self.relay = Some(tokio::spawn(projections::relay::run(
-            self.db.pool.clone(),
+            platform::store::EventStore::new(self.db.pool.clone()),
             client,
             String::new(),
             self.shutdown.clone(),

@@ -7,23 +7,19 @@
 //! dispatchers cannot both push), then ZREMs; a crash in between leaves the entry to be
 //! removed by the next round, never lost and never doubled.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
-use crate::queue::Conn;
 use chrono::Utc;
 use domain::{
     Decider,
     envelope::JobEnvelope,
-    job::{Job, JobEvent},
+    job::{FailJob, Job, JobCommand, JobEvent, JobStatus},
     task::{Namespace, NamespaceMap},
 };
-use platform::store::{
-    EventStore, StoreError,
-    reader::{RecordedEvent, checkpoint, read_from, save_checkpoint},
-};
+use platform::store::{EventStore, Metadata, StoreError, reader::RecordedEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue;
+use crate::queue::JobQueue;
 
 /// The checkpoint's name.
 pub const CHECKPOINT: &str = "dispatcher";
@@ -47,42 +43,112 @@ impl From<sqlx::Error> for DispatchError {
 }
 
 /// The dispatcher's dependencies.
-#[derive(Clone)]
-pub struct Dispatcher {
+pub struct Dispatcher<Q> {
     /// The event store (to read the log and load jobs).
     pub store: EventStore,
-    /// A Redis connection.
-    pub redis: Conn,
+    /// Where envelopes go.
+    pub queue: Q,
     /// Task type → namespace.
     pub namespaces: NamespaceMap,
+    /// The position reached, for a volatile queue (its checkpoint is not stored).
+    position: Option<i64>,
 }
 
-impl Dispatcher {
+impl<Q: JobQueue> Dispatcher<Q> {
+    /// A dispatcher filling `queue`.
+    pub fn new(store: EventStore, queue: Q, namespaces: NamespaceMap) -> Self {
+        Self {
+            store,
+            queue,
+            namespaces,
+            position: None,
+        }
+    }
+
+    /// Refills a volatile queue from the log: jobs waiting to run are queued or scheduled
+    /// again, and an attempt that was running when the process stopped is failed as
+    /// retryable (its next attempt follows). Returns how many jobs were refilled.
+    ///
+    /// # Errors
+    /// [`DispatchError`].
+    pub async fn refill(&mut self) -> Result<usize, DispatchError> {
+        let mut jobs: HashMap<String, Job> = HashMap::new();
+        let mut position = 0;
+        loop {
+            let events = self.store.read_from(position, 5_000).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            for e in events.iter().filter(|e| e.aggregate_type == "job") {
+                let event: JobEvent = decode(e)?;
+                jobs.entry(e.aggregate_id.clone())
+                    .or_default()
+                    .evolve(&event);
+            }
+            position = last;
+        }
+        self.position = Some(position);
+        let mut refilled = 0;
+        for (id, job) in jobs {
+            let (Some(env), Some(state)) = (job.envelope(), job.state()) else {
+                continue;
+            };
+            let ns = self.namespaces.route(&state.task_type);
+            match (state.status, state.not_before) {
+                (JobStatus::Queued, _) => self.enqueue_ready(&ns, &env).await?,
+                (JobStatus::Scheduled | JobStatus::Retrying, at) => {
+                    let due = at.unwrap_or_else(Utc::now).timestamp_millis();
+                    self.enqueue_scheduled(&ns, &env, due).await?;
+                }
+                (JobStatus::Running, _) => {
+                    let mut meta = Metadata::new();
+                    meta.insert("actor".into(), "dispatcher".into());
+                    meta.insert("correlation_id".into(), state.correlation_id.to_string());
+                    let fail = JobCommand::Fail(FailJob {
+                        attempt: state.attempt,
+                        error: domain::job::ErrorText::truncated(
+                            "the process stopped while it ran",
+                        ),
+                        retryable: true,
+                        now: Utc::now(),
+                        jitter_seed: rand::random(),
+                    });
+                    // Its retry (or dead letter) comes through the log like any other.
+                    let _ = self.store.execute::<Job>(&id, fail, &meta).await?;
+                }
+                _ => continue,
+            }
+            refilled += 1;
+        }
+        Ok(refilled)
+    }
+
     /// Handles one batch after the checkpoint; returns how many events it read.
     ///
     /// # Errors
     /// [`DispatchError`]; the checkpoint stays and the batch is redone (pushes are
     /// idempotent).
     pub async fn step(&mut self) -> Result<usize, DispatchError> {
-        let pool = self.store.pool().clone();
-        let from = checkpoint(&pool, CHECKPOINT).await?;
-        let events = read_from(&pool, from, BATCH).await?;
+        let from = match self.position {
+            Some(p) => p,
+            None => self.store.checkpoint(CHECKPOINT).await?,
+        };
+        let events = self.store.read_from(from, BATCH).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(0);
         };
         for e in events.iter().filter(|e| e.aggregate_type == "job") {
             self.handle(e).await?;
         }
-        save_checkpoint(&pool, CHECKPOINT, last).await?;
+        match self.position {
+            Some(_) => self.position = Some(last),
+            None => self.store.save_checkpoint(CHECKPOINT, last).await?,
+        }
         Ok(events.len())
     }
 
     async fn handle(&mut self, e: &RecordedEvent) -> Result<(), DispatchError> {
-        let event: JobEvent = e.decode().map_err(|source| StoreError::Decode {
-            aggregate_type: "job",
-            aggregate_id: e.aggregate_id.clone(),
-            source,
-        })?;
+        let event: JobEvent = decode(e)?;
         match &event {
             JobEvent::JobSubmitted(s) => {
                 let job = Job::replay([&event]);
@@ -117,19 +183,7 @@ impl Dispatcher {
                 };
                 let ns = self.namespaces.route(&state.task_type);
                 let bytes = serde_json::to_string(&env).unwrap_or_default();
-                if queue::transport(&ns) == queue::Transport::List {
-                    let _: i64 = redis::cmd("LREM")
-                        .arg(ns.queue_key())
-                        .arg(0)
-                        .arg(&bytes)
-                        .query_async(&mut self.redis)
-                        .await?;
-                }
-                let _: i64 = redis::cmd("ZREM")
-                    .arg(ns.scheduled_key())
-                    .arg(&bytes)
-                    .query_async(&mut self.redis)
-                    .await?;
+                self.queue.withdraw(&ns, &env, &bytes).await?;
             }
             _ => {}
         }
@@ -142,10 +196,7 @@ impl Dispatcher {
         env: &JobEnvelope,
     ) -> Result<(), DispatchError> {
         let bytes = serde_json::to_string(env).unwrap_or_default();
-        if queue::transport(ns) == queue::Transport::Stream {
-            queue::ensure_group(&mut self.redis, ns).await?;
-        }
-        if queue::push_ready(&mut self.redis, ns, env, &bytes).await? {
+        if self.queue.push_ready(ns, env, &bytes).await? {
             metrics::counter!("runledger_dispatched_total", "namespace" => ns.as_str().to_owned())
                 .increment(1);
         }
@@ -159,59 +210,21 @@ impl Dispatcher {
         due_ms: i64,
     ) -> Result<(), DispatchError> {
         let bytes = serde_json::to_string(env).unwrap_or_default();
-        queue::schedule(&mut self.redis, ns, env, &bytes, due_ms).await?;
+        self.queue.schedule(ns, env, &bytes, due_ms).await?;
         Ok(())
     }
 
     /// Moves due envelopes of `ns` from `scheduled` to the ready structure; returns how many.
     ///
     /// # Errors
-    /// Redis errors.
+    /// Queue errors.
     pub async fn promote(&mut self, ns: &Namespace) -> Result<usize, DispatchError> {
-        let now = Utc::now().timestamp_millis();
-        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(ns.scheduled_key())
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(200)
-            .query_async(&mut self.redis)
-            .await?;
-        let mut promoted = 0;
-        for bytes in due {
-            if let Ok(env) = serde_json::from_str::<JobEnvelope>(&bytes) {
-                if queue::transport(ns) == queue::Transport::Stream {
-                    queue::ensure_group(&mut self.redis, ns).await?;
-                }
-                if queue::push_ready(&mut self.redis, ns, &env, &bytes).await? {
-                    promoted += 1;
-                }
-            }
-            let _: i64 = redis::cmd("ZREM")
-                .arg(ns.scheduled_key())
-                .arg(&bytes)
-                .query_async(&mut self.redis)
-                .await?;
-        }
-        Ok(promoted)
+        Ok(self.queue.promote(ns).await?)
     }
 
     /// `runledger_queue_depth{namespace, state}`: ready and scheduled envelopes.
     async fn gauge_depth(&mut self, ns: &Namespace) {
-        let ready_cmd = match queue::transport(ns) {
-            queue::Transport::List => "LLEN",
-            queue::Transport::Stream => "XLEN",
-        };
-        let ready: redis::RedisResult<i64> = redis::cmd(ready_cmd)
-            .arg(queue::ready_key(ns))
-            .query_async(&mut self.redis)
-            .await;
-        let scheduled: redis::RedisResult<i64> = redis::cmd("ZCARD")
-            .arg(ns.scheduled_key())
-            .query_async(&mut self.redis)
-            .await;
-        if let (Ok(r), Ok(s)) = (ready, scheduled) {
+        if let Ok((r, s)) = self.queue.depth(ns).await {
             let name = ns.as_str().to_owned();
             metrics::gauge!("runledger_queue_depth", "namespace" => name.clone(), "state" => "ready").set(r as f64);
             metrics::gauge!("runledger_queue_depth", "namespace" => name, "state" => "scheduled")
@@ -249,6 +262,14 @@ impl Dispatcher {
             }
         }
     }
+}
+
+fn decode(e: &RecordedEvent) -> Result<JobEvent, StoreError> {
+    e.decode().map_err(|source| StoreError::Decode {
+        aggregate_type: "job",
+        aggregate_id: e.aggregate_id.clone(),
+        source,
+    })
 }
 
 async fn wait(shutdown: &CancellationToken, d: Duration) {

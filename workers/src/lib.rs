@@ -4,6 +4,7 @@
 
 pub mod dispatcher;
 pub mod executors;
+pub mod local;
 pub mod queue;
 pub mod report;
 pub mod runtime;

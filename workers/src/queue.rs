@@ -162,3 +162,142 @@ pub async fn ensure_group(conn: &mut Conn, ns: &Namespace) -> redis::RedisResult
         other => other,
     }
 }
+
+/// Where the dispatcher puts envelopes: the Redis contract, or the in-process queue of the
+/// embedded default ([`crate::local::LocalQueue`]).
+pub trait JobQueue: Send + Sync + 'static {
+    /// Whether the queue outlives the process. A volatile one is refilled from the log at
+    /// start, so the dispatcher keeps its checkpoint in memory.
+    fn durable(&self) -> bool;
+    /// Makes `env` ready, at most once per (job, attempt); whether it was pushed now.
+    fn push_ready(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+    ) -> impl Future<Output = redis::RedisResult<bool>> + Send;
+    /// Makes `env` ready at `due_ms` (milliseconds since the epoch), at most once.
+    fn schedule(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+        due_ms: i64,
+    ) -> impl Future<Output = redis::RedisResult<()>> + Send;
+    /// Takes back a queued or scheduled envelope (its job was canceled).
+    fn withdraw(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+    ) -> impl Future<Output = redis::RedisResult<()>> + Send;
+    /// Moves due envelopes of `ns` to ready; how many.
+    fn promote(&mut self, ns: &Namespace)
+    -> impl Future<Output = redis::RedisResult<usize>> + Send;
+    /// Ready and scheduled envelopes of `ns`.
+    fn depth(
+        &mut self,
+        ns: &Namespace,
+    ) -> impl Future<Output = redis::RedisResult<(i64, i64)>> + Send;
+}
+
+/// The Redis contract `jobs:<namespace>:<type>`.
+#[derive(Clone)]
+pub struct RedisQueue {
+    /// The connection.
+    pub conn: Conn,
+}
+
+impl JobQueue for RedisQueue {
+    fn durable(&self) -> bool {
+        true
+    }
+
+    async fn push_ready(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+    ) -> redis::RedisResult<bool> {
+        if transport(ns) == Transport::Stream {
+            ensure_group(&mut self.conn, ns).await?;
+        }
+        push_ready(&mut self.conn, ns, env, bytes).await
+    }
+
+    async fn schedule(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+        due_ms: i64,
+    ) -> redis::RedisResult<()> {
+        schedule(&mut self.conn, ns, env, bytes, due_ms).await?;
+        Ok(())
+    }
+
+    async fn withdraw(
+        &mut self,
+        ns: &Namespace,
+        _env: &JobEnvelope,
+        bytes: &str,
+    ) -> redis::RedisResult<()> {
+        if transport(ns) == Transport::List {
+            let _: i64 = redis::cmd("LREM")
+                .arg(ns.queue_key())
+                .arg(0)
+                .arg(bytes)
+                .query_async(&mut self.conn)
+                .await?;
+        }
+        let _: i64 = redis::cmd("ZREM")
+            .arg(ns.scheduled_key())
+            .arg(bytes)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn promote(&mut self, ns: &Namespace) -> redis::RedisResult<usize> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(ns.scheduled_key())
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(200)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut promoted = 0;
+        for bytes in due {
+            if let Ok(env) = serde_json::from_str::<JobEnvelope>(&bytes)
+                && self.push_ready(ns, &env, &bytes).await?
+            {
+                promoted += 1;
+            }
+            let _: i64 = redis::cmd("ZREM")
+                .arg(ns.scheduled_key())
+                .arg(&bytes)
+                .query_async(&mut self.conn)
+                .await?;
+        }
+        Ok(promoted)
+    }
+
+    async fn depth(&mut self, ns: &Namespace) -> redis::RedisResult<(i64, i64)> {
+        let ready_cmd = match transport(ns) {
+            Transport::List => "LLEN",
+            Transport::Stream => "XLEN",
+        };
+        let ready: i64 = redis::cmd(ready_cmd)
+            .arg(ready_key(ns))
+            .query_async(&mut self.conn)
+            .await?;
+        let scheduled: i64 = redis::cmd("ZCARD")
+            .arg(ns.scheduled_key())
+            .query_async(&mut self.conn)
+            .await?;
+        Ok((ready, scheduled))
+    }
+}

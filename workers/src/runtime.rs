@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     executors::Executor,
+    local::LocalQueue,
     queue::{self, Conn, Transport},
     report::{ReportError, Reporter},
 };
@@ -82,16 +83,7 @@ pub async fn run<R: Reporter, E: Executor>(
     if queue::transport(&cfg.namespace) == Transport::Stream {
         queue::ensure_group(&mut conn, &cfg.namespace).await?;
     }
-    let stop = CancellationToken::new();
-    let grace = cfg.grace;
-    {
-        let (shutdown, stop) = (shutdown.clone(), stop.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-            stop.cancel();
-        });
-    }
+    let stop = after_grace(&shutdown, cfg.grace);
     // Alive before the first pull: a reaper must never see our processing list without it.
     let _: () = redis::cmd("SET")
         .arg(queue::alive_key(&cfg.namespace, &cfg.worker_id))
@@ -124,6 +116,57 @@ pub async fn run<R: Reporter, E: Executor>(
             .await;
     }
     Ok(())
+}
+
+/// Fires `grace` after `shutdown`: running jobs are then stopped.
+fn after_grace(shutdown: &CancellationToken, grace: Duration) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let (shutdown, s) = (shutdown.clone(), stop.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+        s.cancel();
+    });
+    stop
+}
+
+/// Runs a worker on the in-process queue of the embedded default until `shutdown` (and the
+/// grace period) ends. Nothing is left to recover: a job running when the process stops is
+/// failed as retryable by the dispatcher's refill at the next start.
+pub async fn run_local<R: Reporter, E: Executor>(
+    queue: Arc<LocalQueue>,
+    reporter: Arc<R>,
+    executor: Arc<E>,
+    cfg: WorkerConfig,
+    shutdown: CancellationToken,
+) {
+    let stop = after_grace(&shutdown, cfg.grace);
+    let ctx = Arc::new(Ctx {
+        cfg,
+        reporter,
+        executor,
+        stop,
+    });
+    let mut slots = Vec::new();
+    for _ in 0..ctx.cfg.concurrency {
+        let (ctx, queue, shutdown) = (ctx.clone(), queue.clone(), shutdown.clone());
+        slots.push(tokio::spawn(async move {
+            let ns = ctx.cfg.namespace.clone();
+            loop {
+                let env = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    env = queue.pull(&ns) => env,
+                };
+                if let Attempted::HandBack = attempt(&ctx, &env, None).await {
+                    queue.give_back(&ns, env);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }));
+    }
+    for s in slots {
+        let _ = s.await;
+    }
 }
 
 /// One concurrency slot: pull, handle, acknowledge, until shutdown.
@@ -246,6 +289,36 @@ async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut Conn, byte
             return;
         }
     };
+    let claim = match &a {
+        Ack::Stream { id } => Some((conn.clone(), id.clone())),
+        Ack::List { .. } => None,
+    };
+    match attempt(ctx, &env, claim).await {
+        Attempted::HandBack => {
+            give_back(ctx, conn, bytes, &a).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Attempted::Ran | Attempted::NotOurs => ack(ctx, conn, &a).await,
+    }
+}
+
+/// How an attempt at an envelope went.
+enum Attempted {
+    /// Started, run, outcome reported.
+    Ran,
+    /// The command side was unreachable at start: hand the envelope back.
+    HandBack,
+    /// Finished, canceled, stale or running elsewhere: not ours to run.
+    NotOurs,
+}
+
+/// Reports the start of `env`'s attempt, then runs it. `claim`: a stream entry to keep
+/// claimed while it runs.
+async fn attempt<R: Reporter, E: Executor>(
+    ctx: &Ctx<R, E>,
+    env: &JobEnvelope,
+    claim: Option<(Conn, String)>,
+) -> Attempted {
     match ctx
         .reporter
         .start(env.job_id, env.attempt, &ctx.cfg.worker_id)
@@ -254,30 +327,25 @@ async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut Conn, byte
         Ok(()) => {}
         Err(ReportError::Transport(e)) => {
             tracing::warn!(message = "Start not reported; handing the job back.", job_id = %env.job_id, error = %e);
-            give_back(ctx, conn, bytes, &a).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return;
+            return Attempted::HandBack;
         }
         Err(e) => {
-            // Finished, canceled, stale or running elsewhere: not ours to run.
             tracing::info!(message = "Job not started.", job_id = %env.job_id, reason = %e);
-            ack(ctx, conn, &a).await;
-            return;
+            return Attempted::NotOurs;
         }
     }
-    execute(ctx, conn, &env, &a).await;
-    ack(ctx, conn, &a).await;
+    execute(ctx, env, claim).await;
+    Attempted::Ran
 }
 
 /// Runs a started attempt and reports its outcome.
 async fn execute<R: Reporter, E: Executor>(
     ctx: &Ctx<R, E>,
-    conn: &Conn,
     env: &JobEnvelope,
-    a: &Ack,
+    claim: Option<(Conn, String)>,
 ) {
     let cancel = CancellationToken::new();
-    let beating = heartbeat(ctx, conn.clone(), env, a, cancel.clone());
+    let beating = heartbeat(ctx, env, claim, cancel.clone());
     let timeout = ctx.executor.timeout(env.task_type.as_str());
     let outcome = tokio::select! {
         r = tokio::time::timeout(timeout, ctx.executor.run(env, &cancel)) => Some(r),
@@ -318,9 +386,8 @@ async fn cancel_reason_is_job_over<R: Reporter, E>(ctx: &Ctx<R, E>, env: &JobEnv
 /// time low, so no other worker claims it.
 fn heartbeat<R: Reporter, E>(
     ctx: &Ctx<R, E>,
-    mut conn: Conn,
     env: &JobEnvelope,
-    a: &Ack,
+    mut claim: Option<(Conn, String)>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let (reporter, every, ns, worker) = (
@@ -329,7 +396,7 @@ fn heartbeat<R: Reporter, E>(
         ctx.cfg.namespace.clone(),
         ctx.cfg.worker_id.clone(),
     );
-    let (job, attempt, a) = (env.job_id, env.attempt, a.clone());
+    let (job, attempt) = (env.job_id, env.attempt);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -342,15 +409,15 @@ fn heartbeat<R: Reporter, E>(
                 cancel.cancel();
                 return;
             }
-            if let Ack::Stream { id } = &a {
+            if let Some((conn, id)) = claim.as_mut() {
                 let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
                     .arg(ns.stream_key())
                     .arg(ns.group_name())
                     .arg(&worker)
                     .arg(0)
-                    .arg(id)
+                    .arg(&*id)
                     .arg("JUSTID")
-                    .query_async(&mut conn)
+                    .query_async(conn)
                     .await;
             }
         }

@@ -61,6 +61,26 @@ pub async fn read_from(
     .await
 }
 
+/// Every event of one aggregate, in sequence order.
+///
+/// # Errors
+/// Database errors.
+pub async fn events_of(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
+                event_type, event_version, payload::text AS payload, metadata::jsonb AS metadata \
+           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
 /// The highest position committed so far (0 when empty).
 ///
 /// # Errors

@@ -9,6 +9,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::Db;
+
 /// Units committed in one transaction at most.
 const MAX_BATCH: usize = 512;
 
@@ -89,7 +91,7 @@ pub enum CommitError {
     Stopped,
 }
 
-type Reply = oneshot::Sender<Result<(), CommitError>>;
+pub(super) type Reply = oneshot::Sender<Result<(), CommitError>>;
 
 #[derive(Clone)]
 pub(super) struct Writer {
@@ -97,9 +99,9 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(pool: PgPool, appended: Arc<Notify>) -> Self {
+    pub(super) fn start(db: Db, appended: Arc<Notify>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx, appended));
+        tokio::spawn(run(db, rx, appended));
         Self { tx }
     }
 
@@ -112,11 +114,7 @@ impl Writer {
     }
 }
 
-async fn run(
-    pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<(WriteUnit, Reply)>,
-    appended: Arc<Notify>,
-) {
+async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<(WriteUnit, Reply)>, appended: Arc<Notify>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -125,7 +123,10 @@ async fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&pool, batch).await;
+        match &db {
+            Db::Postgres(pool) => commit_batch(pool, batch).await,
+            Db::Sqlite(pool) => super::sqlite::commit_batch(pool, batch).await,
+        }
         appended.notify_waiters();
     }
 }

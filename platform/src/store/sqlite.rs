@@ -1,0 +1,274 @@
+//! The embedded event store (`runledger dev`): the same tables and contract on SQLite.
+//! SQLite runs one write transaction at a time and the writer takes the write lock with its
+//! first insert, so positions (`INTEGER PRIMARY KEY AUTOINCREMENT`) are drawn in commit
+//! order: no lock of our own is needed for the global order. Each unit of a batch runs in a
+//! savepoint, so a conflicting unit is rolled back alone.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::{
+    reader::RecordedEvent,
+    writer::{CommitError, Reply, WriteUnit},
+};
+
+/// The snapshot and the later events of one aggregate, as stored.
+pub(super) async fn load_rows(
+    pool: &SqlitePool,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<(Option<(i64, String)>, Vec<(i64, String)>), sqlx::Error> {
+    let snapshot: Option<(i64, String)> = sqlx::query_as(
+        "SELECT last_sequence, payload FROM snapshots WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let after = snapshot.as_ref().map_or(0, |(s, _)| *s);
+    let rows = sqlx::query_as(
+        "SELECT sequence, payload FROM events \
+         WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND sequence > ?3 ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .bind(after)
+    .fetch_all(pool)
+    .await?;
+    Ok((snapshot, rows))
+}
+
+/// Commits `batch` in one transaction, each unit in its own savepoint.
+pub(super) async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
+    let (units, replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
+    match try_commit(pool, &units).await {
+        Ok(outcomes) => {
+            let ok = outcomes.iter().filter(|o| o.is_ok()).count();
+            metrics::counter!("runledger_commands_committed_total").increment(ok as u64);
+            metrics::counter!("runledger_command_conflicts_total")
+                .increment((outcomes.len() - ok) as u64);
+            for (r, o) in replies.into_iter().zip(outcomes) {
+                let _ = r.send(o);
+            }
+        }
+        Err(e) => {
+            tracing::error!(message = "Event batch failed.", error = %e, units = units.len());
+            let text = e.to_string();
+            for r in replies {
+                let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
+                    text.clone(),
+                ))));
+            }
+        }
+    }
+}
+
+async fn try_commit(
+    pool: &SqlitePool,
+    units: &[WriteUnit],
+) -> Result<Vec<Result<(), CommitError>>, sqlx::Error> {
+    // The first write takes SQLite's write lock, held to commit.
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(units.len());
+    for unit in units {
+        outcomes.push(apply_unit(&mut tx, unit).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn apply_unit(
+    tx: &mut Transaction<'_, Sqlite>,
+    unit: &WriteUnit,
+) -> Result<Result<(), CommitError>, sqlx::Error> {
+    sqlx::query("SAVEPOINT unit").execute(&mut **tx).await?;
+    let refused = write_unit(tx, unit).await?;
+    if refused.is_some() {
+        sqlx::query("ROLLBACK TO unit").execute(&mut **tx).await?;
+    }
+    sqlx::query("RELEASE unit").execute(&mut **tx).await?;
+    Ok(refused.map_or(Ok(()), Err))
+}
+
+async fn write_unit(
+    tx: &mut Transaction<'_, Sqlite>,
+    unit: &WriteUnit,
+) -> Result<Option<CommitError>, sqlx::Error> {
+    if let Some(r) = &unit.idempotency {
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO idempotency_keys (user_id, key, request_hash, status, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(r.user_id.to_string())
+        .bind(&r.key)
+        .bind(&r.request_hash)
+        .bind(i64::from(r.status))
+        .bind(r.body.to_string())
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Some(CommitError::DuplicateKey));
+        }
+    }
+    for a in &unit.appends {
+        for (n, e) in a.events.iter().enumerate() {
+            let done = sqlx::query(
+                "INSERT OR IGNORE INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                        event_version, payload, metadata, event_id, recorded_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .bind(a.aggregate_type)
+            .bind(&a.aggregate_id)
+            .bind(a.expected_sequence + 1 + n as i64)
+            .bind(&e.event_type)
+            .bind(&e.event_version)
+            .bind(&e.payload)
+            .bind(&e.metadata)
+            .bind(Uuid::new_v4().to_string())
+            .bind(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(Some(CommitError::Conflict));
+            }
+        }
+    }
+    for s in &unit.snapshots {
+        sqlx::query(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
+             VALUES (?1, ?2, ?3, ?3, ?4) \
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
+                last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot, \
+                payload = excluded.payload \
+             WHERE snapshots.last_sequence < excluded.last_sequence",
+        )
+        .bind(s.aggregate_type)
+        .bind(&s.aggregate_id)
+        .bind(s.last_sequence)
+        .bind(&s.payload)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(None)
+}
+
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+);
+
+const COLUMNS: &str = "position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
+                       event_type, event_version, payload, metadata";
+
+fn recorded(r: Row) -> Result<RecordedEvent, sqlx::Error> {
+    let bad = |what: &str| sqlx::Error::Decode(format!("stored event {what} is malformed").into());
+    Ok(RecordedEvent {
+        position: r.0,
+        event_id: Uuid::parse_str(&r.1).map_err(|_| bad("id"))?,
+        recorded_at: r
+            .2
+            .parse::<DateTime<Utc>>()
+            .map_err(|_| bad("recorded_at"))?,
+        aggregate_type: r.3,
+        aggregate_id: r.4,
+        sequence: r.5,
+        event_type: r.6,
+        event_version: r.7,
+        payload: r.8,
+        metadata: serde_json::from_str(&r.9).map_err(|_| bad("metadata"))?,
+    })
+}
+
+/// Up to `limit` events after `position`, in order.
+pub(super) async fn read_from(
+    pool: &SqlitePool,
+    position: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+    ))
+    .bind(position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(recorded).collect()
+}
+
+/// Every event of one aggregate, in sequence order.
+pub(super) async fn events_of(
+    pool: &SqlitePool,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 ORDER BY sequence"
+    ))
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(recorded).collect()
+}
+
+pub(super) async fn head(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+    let (p,): (Option<i64>,) = sqlx::query_as("SELECT max(position) FROM events")
+        .fetch_one(pool)
+        .await?;
+    Ok(p.unwrap_or(0))
+}
+
+pub(super) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<i64, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT position FROM checkpoints WHERE name = ?1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map_or(0, |(p,)| p))
+}
+
+pub(super) async fn save_checkpoint(
+    tx: &mut Transaction<'_, Sqlite>,
+    name: &str,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO checkpoints (name, position) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn stored_response(
+    pool: &SqlitePool,
+    user: Uuid,
+    key: &str,
+) -> Result<Option<(String, i16, Value)>, sqlx::Error> {
+    let row: Option<(String, i64, String)> = sqlx::query_as(
+        "SELECT request_hash, status, body FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
+    )
+    .bind(user.to_string())
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(h, s, b)| {
+        (
+            h,
+            i16::try_from(s).unwrap_or(500),
+            serde_json::from_str(&b).unwrap_or(Value::Null),
+        )
+    }))
+}

@@ -1,0 +1,237 @@
+//! The projections folded into in-memory tables ([`MemoryViews`]) for the embedded default:
+//! the same job, usage and subscription rules as the Postgres tables, read from the log
+//! from position 0 at start, then live; each batch's change notices are published after it.
+
+use std::{sync::Arc, time::Duration};
+
+use domain::subscription::SubscriptionEvent;
+use platform::{
+    notice::{Notice, NoticeBus},
+    store::{EventStore, reader::RecordedEvent},
+    views::{MemoryViews, SubscriptionView, Tables, UsageView},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{ProjectionError, jobs, subscriptions, usage};
+
+const BATCH: i64 = 2_000;
+
+/// Applies `events` (all after the tables' position) to `views`; returns the notices.
+///
+/// # Errors
+/// An event that does not decode; nothing of the batch is applied.
+pub fn apply(
+    views: &MemoryViews,
+    events: &[RecordedEvent],
+) -> Result<Vec<Notice>, ProjectionError> {
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(vec![]);
+    };
+    let usage = usage::deltas(events)?;
+    let decoded_jobs = decode_jobs(events)?;
+    let subs = decode_subscriptions(events)?;
+    Ok(views.write(|t| {
+        let notices = apply_jobs(t, decoded_jobs);
+        for ((user, start), d) in usage {
+            let row = t.usage.entry((user, start)).or_insert_with(|| UsageView {
+                period_start: start,
+                period_end: d.period_end.unwrap_or(start),
+                plan: d.plan.clone().unwrap_or_else(|| "FREE".into()),
+                unit_limit: d.limit.flatten(),
+                reserved: 0,
+                consumed: 0,
+                released: 0,
+                chain_head: "0".repeat(64),
+                closed: false,
+            });
+            if let Some(end) = d.period_end {
+                row.period_end = end;
+            }
+            if let Some(plan) = d.plan {
+                row.plan = plan;
+            }
+            if let Some(limit) = d.limit {
+                row.unit_limit = limit;
+            }
+            row.reserved += d.reserved;
+            row.consumed += d.consumed;
+            row.released += d.released;
+            if let Some(h) = d.chain_head {
+                row.chain_head = h;
+            }
+            row.closed |= d.closed;
+        }
+        for (user, event) in subs {
+            apply_subscription(t, user, event);
+        }
+        t.position = last;
+        notices
+    }))
+}
+
+type DecodedJob<'a> = (&'a RecordedEvent, Uuid, domain::job::JobEvent);
+
+fn decode_jobs(events: &[RecordedEvent]) -> Result<Vec<DecodedJob<'_>>, ProjectionError> {
+    events
+        .iter()
+        .filter(|e| e.aggregate_type == "job")
+        .map(|e| {
+            let event = e.decode().map_err(|source| ProjectionError::Decode {
+                position: e.position,
+                source,
+            })?;
+            let id = Uuid::parse_str(&e.aggregate_id).map_err(|_| ProjectionError::BadId {
+                position: e.position,
+            })?;
+            Ok((e, id, event))
+        })
+        .collect()
+}
+
+fn decode_subscriptions(
+    events: &[RecordedEvent],
+) -> Result<Vec<(Uuid, SubscriptionEvent)>, ProjectionError> {
+    events
+        .iter()
+        .filter(|e| e.aggregate_type == "subscription")
+        .map(|e| {
+            let event = e.decode().map_err(|source| ProjectionError::Decode {
+                position: e.position,
+                source,
+            })?;
+            let user = Uuid::parse_str(&e.aggregate_id).map_err(|_| ProjectionError::BadId {
+                position: e.position,
+            })?;
+            Ok((user, event))
+        })
+        .collect()
+}
+
+fn apply_jobs(t: &mut Tables, decoded: Vec<DecodedJob<'_>>) -> Vec<Notice> {
+    let mut notices: Vec<Notice> = Vec::new();
+    for (e, id, event) in decoded {
+        let Some((user, change)) = jobs::evolve(&mut t.jobs, e, id, &event) else {
+            continue;
+        };
+        if let Some(j) = t.jobs.get(&id) {
+            t.by_user
+                .entry(user)
+                .or_default()
+                .insert((j.created_at, id));
+        }
+        let prev = t.streams.insert(user, change.position).unwrap_or(0);
+        t.changes
+            .entry(user)
+            .or_default()
+            .insert(change.position, change.clone());
+        match notices.iter_mut().find(|n| n.user_id == user) {
+            Some(n) => n.changes.push(change),
+            None => notices.push(Notice {
+                user_id: user,
+                prev,
+                changes: vec![change],
+            }),
+        }
+    }
+    notices
+}
+
+fn apply_subscription(t: &mut Tables, user: Uuid, event: SubscriptionEvent) {
+    match event {
+        SubscriptionEvent::SubscriptionChanged(c) => {
+            t.subscriptions.insert(
+                user,
+                SubscriptionView {
+                    plan: c.plan.as_str().to_owned(),
+                    status: subscriptions::status(c.status).to_owned(),
+                    period_start: c.period.start,
+                    period_end: c.period.end,
+                },
+            );
+        }
+        SubscriptionEvent::SubscriptionEnded(_) => {
+            if let Some(s) = t.subscriptions.get_mut(&user) {
+                s.status = "ended".into();
+            }
+        }
+        SubscriptionEvent::InvoicePaid(p) => {
+            if let Some(s) = t
+                .subscriptions
+                .get_mut(&user)
+                .filter(|s| s.status != "ended")
+            {
+                s.status = "active".into();
+                if p.period.start >= s.period_start {
+                    s.period_end = p.period.end;
+                }
+                s.period_start = s.period_start.max(p.period.start);
+            }
+        }
+        SubscriptionEvent::PaymentFailed(_) => {
+            if let Some(s) = t
+                .subscriptions
+                .get_mut(&user)
+                .filter(|s| s.status != "ended")
+            {
+                s.status = "past_due".into();
+            }
+        }
+        SubscriptionEvent::StripeEventSkipped(_) => {}
+    }
+}
+
+/// Folds the log into `views` until `shutdown`, waking on the store's commits.
+pub async fn run(
+    store: EventStore,
+    views: Arc<MemoryViews>,
+    bus: NoticeBus,
+    shutdown: CancellationToken,
+) {
+    let appended = store.appended().clone();
+    while !shutdown.is_cancelled() {
+        // Armed before reading, so a commit during the read is not missed.
+        let woken = appended.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let read = match store.read_from(views.position(), BATCH).await {
+            Ok(events) => match apply(&views, &events) {
+                Ok(notices) => {
+                    for n in notices {
+                        bus.publish(n).await;
+                    }
+                    events.len()
+                }
+                Err(e) => {
+                    tracing::error!(message = "Projection batch failed; retrying.", error = %e);
+                    0
+                }
+            },
+            Err(e) => {
+                tracing::error!(message = "Reading the log failed; retrying.", error = %e);
+                0
+            }
+        };
+        if read == 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = woken => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+}
+
+/// Folds the whole log into `views` (at start, before serving).
+///
+/// # Errors
+/// Database errors, or an event that does not decode.
+pub async fn catch_up(store: &EventStore, views: &MemoryViews) -> Result<i64, ProjectionError> {
+    loop {
+        let events = store.read_from(views.position(), BATCH).await?;
+        if events.is_empty() {
+            return Ok(views.position());
+        }
+        apply(views, &events)?;
+    }
+}

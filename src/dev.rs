@@ -1,0 +1,408 @@
+//! `runledger dev`: every role in one process on one port. The embedded default keeps the
+//! events in SQLite under the data directory, the read models in memory (folded from the
+//! events at start), and the bus and the job queue in process; `DATABASE_URL`, `NATS_URL`
+//! and `REDIS_URL` each switch one part to the real service.
+
+use std::{
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::{Router, routing::get};
+use domain::{
+    ids::{JobId, UserId, WorkerId},
+    job::{CompleteJob, ErrorText, FailJob, HeartbeatJob, JobCommand, JobError, StartJob},
+    retry::Attempt,
+    task::{Namespace, NamespaceMap},
+};
+use platform::{
+    auth::{Principal, Role},
+    notice::NoticeBus,
+    settings::{Secret, Settings},
+    store::EventStore,
+    views::MemoryViews,
+};
+use read_api::Views;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use workers::{
+    dispatcher::Dispatcher,
+    local::LocalQueue,
+    queue::RedisQueue,
+    report::{ReportError, Reporter},
+    runtime::WorkerConfig,
+};
+
+/// The demo customer whose token `runledger dev` prints.
+pub const DEMO_USER: &str = "00000000-0000-4000-8000-00000000d3e0";
+/// The auditor whose token `runledger dev` prints.
+pub const DEMO_AUDITOR: &str = "00000000-0000-4000-8000-0000000a0d17";
+
+/// Where `runledger dev` keeps its data.
+pub enum Data {
+    /// A directory (events and the dev JWT secret survive a restart).
+    Dir(PathBuf),
+    /// Nothing kept.
+    InMemory,
+}
+
+/// Runs until Ctrl-C / SIGTERM.
+pub async fn run(mut s: Settings, data: Data) -> anyhow::Result<ExitCode> {
+    platform::telemetry::init(
+        &std::env::var("RUNLEDGER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    );
+    let _lock = match &data {
+        Data::Dir(dir) => Some(lock_data_dir(dir)?),
+        Data::InMemory => None,
+    };
+    if s.jwt_secret.is_none() && s.jwks_url.is_none() {
+        s.jwt_secret = Some(dev_secret(&data)?);
+    }
+    let listener = tokio::net::TcpListener::bind(s.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", s.addr))?;
+    let shutdown = platform::shutdown::on_signal();
+
+    let bus = match &s.nats_url {
+        Some(url) => NoticeBus::Nats {
+            client: platform::nats::connect(url)
+                .await
+                .context("connecting to NATS (NATS_URL)")?,
+            prefix: s.nats_prefix.clone(),
+        },
+        None => NoticeBus::local(),
+    };
+    let mut tasks = Vec::new();
+    let (store, views, backend) = match &s.database_url {
+        Some(url) => {
+            let pool = platform::db::connect(url, s.db_max_connections).await?;
+            platform::db::migrate(&pool).await?;
+            let store = EventStore::new(pool.clone());
+            tasks.push(tokio::spawn(projections::runner::run(
+                pool.clone(),
+                projections::Projection::ALL.to_vec(),
+                bus.clone(),
+                Some(store.appended().clone()),
+                shutdown.clone(),
+            )));
+            (
+                store,
+                Views::Postgres(pool),
+                "Postgres (DATABASE_URL)".to_owned(),
+            )
+        }
+        None => {
+            let pool = platform::db::open_embedded(match &data {
+                Data::Dir(d) => Some(d.as_path()),
+                Data::InMemory => None,
+            })
+            .await?;
+            let store = EventStore::on(platform::store::Db::Sqlite(pool));
+            let views = Arc::new(MemoryViews::default());
+            projections::memory::catch_up(&store, &views).await?;
+            tasks.push(tokio::spawn(projections::memory::run(
+                store.clone(),
+                views.clone(),
+                bus.clone(),
+                shutdown.clone(),
+            )));
+            let where_ = match &data {
+                Data::Dir(d) => format!("SQLite in {}", d.display()),
+                Data::InMemory => "SQLite in memory (nothing kept)".to_owned(),
+            };
+            (store, Views::Memory(views), where_)
+        }
+    };
+    if let Some(url) = &s.nats_url {
+        let client = platform::nats::connect(url).await?;
+        tasks.push(tokio::spawn(projections::relay::run(
+            store.clone(),
+            client,
+            s.nats_prefix.clone(),
+            shutdown.clone(),
+        )));
+    }
+
+    let command = command_api::build_on(store.clone(), s.clone());
+    tasks.push(tokio::spawn(command_api::process::run(
+        store.clone(),
+        s.reservation_timeout,
+        shutdown.clone(),
+    )));
+    let read = read_api::build_on(store.clone(), views, s.clone(), &bus, shutdown.clone()).await?;
+    start_workers(&s, &store, &command, &shutdown, &mut tasks).await?;
+
+    let metrics_state = read.clone();
+    let app = platform::http::finish(
+        Router::new()
+            .merge(command_api::routes(command))
+            .merge(read_api::routes(read))
+            .merge(
+                Router::new()
+                    .route("/metrics", get(read_api::metrics))
+                    .with_state(metrics_state),
+            ),
+        store.clone(),
+    );
+
+    banner(&s, &listener, &backend)?;
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    shutdown.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(35), t).await;
+    }
+    println!("runledger dev stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The dispatcher and a worker per namespace: on Redis when `REDIS_URL` is set, else on
+/// the in-process queue. Workers report through the command side in process.
+async fn start_workers(
+    s: &Settings,
+    store: &EventStore,
+    command: &command_api::AppState,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let namespaces = vec![Namespace::default_ns(), Namespace::browser()];
+    let reporter = Arc::new(LocalReporter {
+        state: command.clone(),
+    });
+    let executor = Arc::new(workers::executors::Generic::new(workers::ssrf::Guard::new(
+        &s.http_allow,
+    )));
+    match &s.redis_url {
+        Some(url) => {
+            let client = redis::Client::open(url.as_str()).context("REDIS_URL does not parse")?;
+            let conn = workers::queue::connect(&client)
+                .await
+                .context("connecting to Redis (REDIS_URL)")?;
+            let dispatcher =
+                Dispatcher::new(store.clone(), RedisQueue { conn }, NamespaceMap::default());
+            tasks.push(tokio::spawn(
+                dispatcher.run(namespaces.clone(), shutdown.clone()),
+            ));
+            for ns in namespaces {
+                let (client, reporter, executor) =
+                    (client.clone(), reporter.clone(), executor.clone());
+                let cfg = WorkerConfig::new(ns, 16);
+                let shutdown = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) =
+                        workers::runtime::run(client, reporter, executor, cfg, shutdown).await
+                    {
+                        tracing::error!(message = "Worker stopped.", error = %e);
+                    }
+                }));
+            }
+        }
+        None => {
+            let queue = LocalQueue::new();
+            let mut dispatcher =
+                Dispatcher::new(store.clone(), queue.clone(), NamespaceMap::default());
+            dispatcher
+                .refill()
+                .await
+                .context("refilling the job queue from the log")?;
+            tasks.push(tokio::spawn(
+                dispatcher.run(namespaces.clone(), shutdown.clone()),
+            ));
+            for ns in namespaces {
+                tasks.push(tokio::spawn(workers::runtime::run_local(
+                    queue.clone(),
+                    reporter.clone(),
+                    executor.clone(),
+                    WorkerConfig::new(ns, 16),
+                    shutdown.clone(),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Holds the data directory for this process: two `runledger dev` on one directory would
+/// each refill the queue and run every job twice.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let fail = |what: &str| format!("cannot use data directory {}: {what}", dir.display());
+    std::fs::create_dir_all(dir).with_context(|| fail("cannot create it"))?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .with_context(|| fail("not writable"))?;
+    file.try_lock()
+        .map_err(|_| anyhow::anyhow!(fail("another runledger dev is using it")))?;
+    Ok(file)
+}
+
+/// The HS256 secret of the dev tokens: kept in the data directory so tokens outlive a
+/// restart; fresh each run in memory.
+fn dev_secret(data: &Data) -> anyhow::Result<Secret> {
+    let fresh = || {
+        let bytes: [u8; 32] = rand::random();
+        hex::encode(bytes)
+    };
+    let Data::Dir(dir) = data else {
+        return Ok(Secret::new(fresh()));
+    };
+    let path = dir.join("jwt-secret");
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && s.trim().len() >= 32
+    {
+        return Ok(Secret::new(s.trim()));
+    }
+    let secret = fresh();
+    let mut f = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
+    f.write_all(secret.as_bytes())?;
+    Ok(Secret::new(secret))
+}
+
+fn banner(s: &Settings, listener: &tokio::net::TcpListener, backend: &str) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let mint = |sub: &str, role: Role| -> anyhow::Result<String> {
+        let secret = s
+            .jwt_secret
+            .as_ref()
+            .context("dev tokens need an HS256 secret")?;
+        Ok(platform::auth::mint(
+            secret,
+            &s.jwt_audience,
+            UserId::parse(sub).map_err(|e| anyhow::anyhow!("{e}"))?,
+            role,
+            Duration::from_secs(30 * 86_400),
+        )?)
+    };
+    let (user, auditor) = if s.jwt_secret.is_some() {
+        (
+            mint(DEMO_USER, Role::Customer)?,
+            mint(DEMO_AUDITOR, Role::Auditor)?,
+        )
+    } else {
+        ("<a token from your JWKS issuer>".into(), String::new())
+    };
+    let month = chrono::Utc::now().format("%Y-%m");
+    println!(
+        "runledger dev is running on {url}\n\
+         events: {backend}\n\n\
+         URL={url}\n\
+         TOKEN={user}\n\
+         AUDITOR_TOKEN={auditor}\n\n\
+         Submit a job:\n  \
+         curl -s -X POST $URL/v1/jobs -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"task_type\":\"noop\",\"payload\":{{}}}}'\n\
+         Watch your jobs live:\n  \
+         curl -N $URL/v1/jobs/stream -H \"Authorization: Bearer $TOKEN\"\n\
+         Usage this period:\n  \
+         curl -s $URL/v1/usage -H \"Authorization: Bearer $TOKEN\"\n\
+         Audit replay of the demo user's ledger:\n  \
+         curl -s \"$URL/v1/audit/usage/{DEMO_USER}?period={month}\" -H \"Authorization: Bearer $AUDITOR_TOKEN\"\n\n\
+         Ctrl-C stops."
+    );
+    Ok(())
+}
+
+/// Worker reports straight to the command side of this process.
+struct LocalReporter {
+    state: command_api::AppState,
+}
+
+impl LocalReporter {
+    async fn report(&self, job: JobId, command: JobCommand) -> Result<(), ReportError> {
+        let worker = Principal {
+            user_id: UserId::from_uuid(uuid::Uuid::nil()),
+            role: Role::Worker,
+        };
+        command_api::jobs::report(&self.state, job, worker, command)
+            .await
+            .map_err(|e| match e {
+                command_api::error::ApiError::Job(j) => match j {
+                    JobError::NotFound => ReportError::NotFound,
+                    JobError::Finished { .. } => ReportError::Conflict("job-finished".into()),
+                    JobError::StaleAttempt { .. } => ReportError::Conflict("stale-attempt".into()),
+                    JobError::StartedElsewhere { .. } => {
+                        ReportError::Conflict("started-elsewhere".into())
+                    }
+                    JobError::NotRunning { .. } => ReportError::Conflict("job-not-running".into()),
+                    JobError::AlreadySubmitted => ReportError::Conflict("job-exists".into()),
+                },
+                other => ReportError::Transport(other.to_string()),
+            })
+    }
+}
+
+impl Reporter for LocalReporter {
+    async fn start(&self, job: JobId, attempt: Attempt, worker: &str) -> Result<(), ReportError> {
+        let worker_id =
+            WorkerId::parse(worker).map_err(|e| ReportError::Transport(e.to_string()))?;
+        let now = chrono::Utc::now();
+        self.report(
+            job,
+            JobCommand::Start(StartJob {
+                attempt,
+                worker_id,
+                now,
+            }),
+        )
+        .await
+    }
+
+    async fn heartbeat(&self, job: JobId, attempt: Attempt) -> Result<(), ReportError> {
+        let now = chrono::Utc::now();
+        self.report(job, JobCommand::Heartbeat(HeartbeatJob { attempt, now }))
+            .await
+    }
+
+    async fn complete(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        result: Value,
+    ) -> Result<(), ReportError> {
+        let now = chrono::Utc::now();
+        self.report(
+            job,
+            JobCommand::Complete(CompleteJob {
+                attempt,
+                result,
+                now,
+            }),
+        )
+        .await
+    }
+
+    async fn fail(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        error: &str,
+        retryable: bool,
+    ) -> Result<(), ReportError> {
+        let now = chrono::Utc::now();
+        self.report(
+            job,
+            JobCommand::Fail(FailJob {
+                attempt,
+                error: ErrorText::truncated(error),
+                retryable,
+                now,
+                jitter_seed: rand::random(),
+            }),
+        )
+        .await
+    }
+}

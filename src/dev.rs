@@ -68,11 +68,13 @@ pub async fn run(mut s: Settings, data: Data) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", s.addr))?;
     let shutdown = platform::shutdown::on_signal();
 
-    let bus = match &s.nats_url {
-        Some(url) => NoticeBus::Nats {
-            client: platform::nats::connect(url)
-                .await
-                .context("connecting to NATS (NATS_URL)")?,
+    let nats = match &s.nats_url {
+        Some(url) => Some(nats(url).await?),
+        None => None,
+    };
+    let bus = match &nats {
+        Some(client) => NoticeBus::Nats {
+            client: client.clone(),
             prefix: s.nats_prefix.clone(),
         },
         None => NoticeBus::local(),
@@ -118,8 +120,7 @@ pub async fn run(mut s: Settings, data: Data) -> anyhow::Result<ExitCode> {
             (store, Views::Memory(views), where_)
         }
     };
-    if let Some(url) = &s.nats_url {
-        let client = platform::nats::connect(url).await?;
+    if let Some(client) = nats {
         tasks.push(tokio::spawn(projections::relay::run(
             store.clone(),
             client,
@@ -150,7 +151,7 @@ pub async fn run(mut s: Settings, data: Data) -> anyhow::Result<ExitCode> {
         store.clone(),
     );
 
-    banner(&s, &listener, &backend)?;
+    banner(&s, &listener, &backend, &data)?;
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -161,6 +162,15 @@ pub async fn run(mut s: Settings, data: Data) -> anyhow::Result<ExitCode> {
     }
     println!("runledger dev stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// NATS, failing when no server answers (the roles themselves wait for one).
+async fn nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    match tokio::time::timeout(Duration::from_secs(10), platform::nats::connect(url)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => anyhow::bail!("NATS_URL: cannot connect: {}", e.kind()),
+        Err(_) => anyhow::bail!("NATS_URL: no NATS server answered within 10 s"),
+    }
 }
 
 /// The dispatcher and a worker per namespace: on Redis when `REDIS_URL` is set, else on
@@ -181,10 +191,11 @@ async fn start_workers(
     )));
     match &s.redis_url {
         Some(url) => {
-            let client = redis::Client::open(url.as_str()).context("REDIS_URL does not parse")?;
+            let client = redis::Client::open(url.as_str())
+                .map_err(|_| anyhow::anyhow!("REDIS_URL does not parse as a Redis URL"))?;
             let conn = workers::queue::connect(&client)
                 .await
-                .context("connecting to Redis (REDIS_URL)")?;
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: cannot connect: {e}"))?;
             let dispatcher =
                 Dispatcher::new(store.clone(), RedisQueue { conn }, NamespaceMap::default());
             tasks.push(tokio::spawn(
@@ -262,17 +273,33 @@ fn dev_secret(data: &Data) -> anyhow::Result<Secret> {
         return Ok(Secret::new(s.trim()));
     }
     let secret = fresh();
-    let mut f = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
-    }
-    f.write_all(secret.as_bytes())?;
+    write_private(&path, &secret)?;
     Ok(Secret::new(secret))
 }
 
-fn banner(s: &Settings, listener: &tokio::net::TcpListener, backend: &str) -> anyhow::Result<()> {
+/// Writes a file only its owner can read (it holds a secret or tokens).
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    let mut options = File::options();
+    options.create(true).truncate(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(content.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn banner(
+    s: &Settings,
+    listener: &tokio::net::TcpListener,
+    backend: &str,
+    data: &Data,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let mint = |sub: &str, role: Role| -> anyhow::Result<String> {
@@ -297,12 +324,28 @@ fn banner(s: &Settings, listener: &tokio::net::TcpListener, backend: &str) -> an
         ("<a token from your JWKS issuer>".into(), String::new())
     };
     let month = chrono::Utc::now().format("%Y-%m");
+    // The same values for a second shell: `. .runledger/env`.
+    let source = match data {
+        Data::Dir(dir) => {
+            let path = dir.join("env");
+            write_private(
+                &path,
+                &format!(
+                    "export URL={url}\nexport TOKEN={user}\nexport AUDITOR_TOKEN={auditor}\n\
+                     export DEMO_USER={DEMO_USER}\n"
+                ),
+            )?;
+            format!("In another shell, `. {}` sets them.\n", path.display())
+        }
+        Data::InMemory => String::new(),
+    };
     println!(
         "runledger dev is running on {url}\n\
          events: {backend}\n\n\
          URL={url}\n\
          TOKEN={user}\n\
-         AUDITOR_TOKEN={auditor}\n\n\
+         AUDITOR_TOKEN={auditor}\n\
+         {source}\n\
          Submit a job:\n  \
          curl -s -X POST $URL/v1/jobs -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"task_type\":\"noop\",\"payload\":{{}}}}'\n\
          Watch your jobs live:\n  \

@@ -1,0 +1,171 @@
+use std::time::{Duration, Instant};
+
+use platform::testing::{NatsServer, RedisServer, TestDb};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// The tour: watch the stream, submit, see each job complete live, read the views, the
+/// usage, and the auditor's replay of the ledger. `before`: units the demo user already had.
+async fn tour(dev: &Dev, before: i64) {
+    // No client timeout: it would cut the stream.
+    let mut sse = reqwest::Client::new()
+        .get(format!("{}/v1/jobs/stream", dev.url))
+        .bearer_auth(&dev.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = submit(dev, "noop", json!({})).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ids.iter().all(|id| completed_on_stream(&seen, id)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, sse.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("jobs not completed on the stream: {seen}"))
+            .unwrap()
+            .expect("stream ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    for id in &ids {
+        let (status, job) = get(dev, &dev.token, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(job["status"], "completed", "{job}");
+    }
+    let want = before + 3;
+    eventually(30, "usage to count the units", || async {
+        let (_, u) = get(dev, &dev.token, "/v1/usage").await;
+        u["consumed"] == json!(want) && u["reserved"] == json!(0)
+    })
+    .await;
+    audit_verifies(dev, want).await;
+}
+
+fn completed_on_stream(stream: &str, id: &str) -> bool {
+    stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .any(|e| e["id"] == id && e["status"] == "completed")
+}
+
+async fn audit_verifies(dev: &Dev, consumed: i64) {
+    let path = format!("/v1/audit/usage/{DEMO_USER}?period={}", month());
+    eventually(30, "the audit to match the projection", || async {
+        let (status, a) = get(dev, &dev.auditor, &path).await;
+        assert_eq!(status, 200, "{a}");
+        let p = &a["periods"][0];
+        p["chain_verified"] == json!(true)
+            && p["consumed"] == json!(consumed)
+            && p["matches_projection"] == json!(true)
+    })
+    .await;
+    // Customers do not audit; auditors do not read customers' views.
+    let (status, _) = get(dev, &dev.token, &path).await;
+    assert_eq!(status, 403);
+    let (status, _) = get(dev, &dev.auditor, "/v1/usage").await;
+    assert_eq!(status, 403);
+}
+
+async fn jobs_listed(dev: &Dev, token: &str) -> usize {
+    let (status, list) = get(dev, token, "/v1/jobs?limit=100").await;
+    assert_eq!(status, 200);
+    list["jobs"].as_array().map_or(0, Vec::len)
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("runledger-dev-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the tour, stops with Ctrl-C, starts again on the same data: the jobs, the usage and
+/// the ledger are all there, old tokens still work, and the tour runs again on top.
+async fn tour_across_a_restart(args: &[&str], env: &[(&str, &str)], events_in: &str) {
+    let dev = Dev::start(args, env);
+    assert!(dev.printed(events_in), "{:?}", dev.output.lock().unwrap());
+    tour(&dev, 0).await;
+    let old_token = dev.token.clone();
+    let status = dev.interrupt();
+    assert!(status.success(), "stopped with {status}");
+
+    let dev = Dev::start(args, env);
+    assert_eq!(jobs_listed(&dev, &old_token).await, 3);
+    let (_, usage) = get(&dev, &old_token, "/v1/usage").await;
+    assert_eq!(usage["consumed"], 3, "{usage}");
+    audit_verifies(&dev, 3).await;
+    tour(&dev, 3).await;
+    assert_eq!(jobs_listed(&dev, &dev.token).await, 6);
+    assert!(dev.interrupt().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_runs_the_tour_and_keeps_everything_across_a_restart() {
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap();
+    tour_across_a_restart(&["--data-dir", d], &[], "SQLite in").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_tour_runs_on_postgres_nats_and_redis() {
+    let db = TestDb::create().await;
+    let nats = NatsServer::start().await;
+    let redis = RedisServer::start().await;
+    let dir = temp_dir();
+    tour_across_a_restart(
+        &["--data-dir", dir.to_str().unwrap()],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("NATS_URL", &nats.url),
+            ("REDIS_URL", &redis.url),
+        ],
+        "Postgres",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_keeps_nothing() {
+    let dev = Dev::start(&["--in-memory"], &[]);
+    tour(&dev, 0).await;
+    assert!(dev.interrupt().success());
+    let dev = Dev::start(&["--in-memory"], &[]);
+    assert_eq!(jobs_listed(&dev, &dev.token).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_problems_and_lose_nothing() {
+    let dev = Dev::start(&["--in-memory"], &[]);
+    let (status, p) = submit(&dev, "no.such.task", json!({})).await;
+    assert_eq!(status, 400);
+    assert!(
+        p["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:runledger:problem:")
+    );
+    let (status, _) = get(&dev, "not-a-jwt", "/v1/jobs").await;
+    assert_eq!(status, 401);
+    let other = format!("/v1/jobs/{}", uuid::Uuid::new_v4());
+    let (status, _) = get(&dev, &dev.token, &other).await;
+    assert_eq!(status, 404);
+    let (status, body) = submit(&dev, "noop", json!({})).await;
+    assert_eq!(status, 202);
+    let id = body["job_id"].as_str().unwrap().to_owned();
+    eventually(30, "the job to complete", || async {
+        get(&dev, &dev.token, &format!("/v1/jobs/{id}")).await.1["status"] == "completed"
+    })
+    .await;
+    eventually(30, "one unit", || async {
+        get(&dev, &dev.token, "/v1/usage").await.1["consumed"] == 1
+    })
+    .await;
+}

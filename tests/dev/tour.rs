@@ -38,6 +38,29 @@ async fn tour(dev: &Dev, before: i64) {
         assert_eq!(status, 200);
         assert_eq!(job["status"], "completed", "{job}");
     }
+    // A new connection resuming from Last-Event-ID 0 gets every change again, once, in order.
+    let mut resumed = reqwest::Client::new()
+        .get(format!("{}/v1/jobs/stream", dev.url))
+        .bearer_auth(&dev.token)
+        .header("last-event-id", "0")
+        .send()
+        .await
+        .unwrap();
+    let mut replay = String::new();
+    while !ids.iter().all(|id| completed_on_stream(&replay, id)) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resumed.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("resume did not replay: {replay}"))
+            .unwrap()
+            .expect("stream ended");
+        replay.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let positions: Vec<i64> = replay
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(|p| p.trim().parse().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{replay}");
     let want = before + 3;
     eventually(30, "usage to count the units", || async {
         let (_, u) = get(dev, &dev.token, "/v1/usage").await;
@@ -168,4 +191,58 @@ async fn bad_requests_get_problems_and_lose_nothing() {
         get(&dev, &dev.token, "/v1/usage").await.1["consumed"] == 1
     })
     .await;
+}
+
+/// The process is killed (no Ctrl-C) while a job runs: at the next start its attempt is
+/// failed as retryable, the next attempt runs, and the job counts one unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_when_the_process_dies_is_retried_at_the_next_start() {
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap().to_owned();
+    let mut dev = Dev::start(&["--data-dir", &d], &[]);
+    let (status, body) = submit(&dev, "sleep", json!({"ms": 3000})).await;
+    assert_eq!(status, 202);
+    let job = format!("/v1/jobs/{}", body["job_id"].as_str().unwrap());
+    eventually(30, "the job to run", || async {
+        get(&dev, &dev.token, &job).await.1["status"] == "running"
+    })
+    .await;
+    dev.child.kill().unwrap();
+    dev.child.wait().unwrap();
+
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    eventually(60, "the retried job to complete", || async {
+        get(&dev, &dev.token, &job).await.1["status"] == "completed"
+    })
+    .await;
+    assert_eq!(get(&dev, &dev.token, &job).await.1["attempts"], 2);
+    eventually(30, "one unit", || async {
+        let u = get(&dev, &dev.token, "/v1/usage").await.1;
+        u["consumed"] == 1 && u["reserved"] == 0
+    })
+    .await;
+    audit_verifies(&dev, 1).await;
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C while a job runs: it finishes within the grace period before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_lets_a_running_job_finish() {
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap().to_owned();
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    let (_, body) = submit(&dev, "sleep", json!({"ms": 1500})).await;
+    let job = format!("/v1/jobs/{}", body["job_id"].as_str().unwrap());
+    eventually(30, "the job to run", || async {
+        get(&dev, &dev.token, &job).await.1["status"] == "running"
+    })
+    .await;
+    assert!(dev.interrupt().success());
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    let view = get(&dev, &dev.token, &job).await.1;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["attempts"], 1);
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -71,6 +71,7 @@ pub struct HttpReporter {
 impl HttpReporter {
     /// Reports to `base` (the command API) with `token`.
     pub fn new(base: &str, token: String) -> Self {
+        platform::install_crypto();
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token,

@@ -119,6 +119,7 @@ impl Generic {
                 .await
                 .map_err(|e| ExecError::fatal(e.to_string()))?;
             // Pinned to the address just checked; no automatic redirects.
+            platform::install_crypto();
             let client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .resolve(&host, addr)

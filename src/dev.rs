@@ -52,7 +52,7 @@ pub enum Data {
 }
 
 /// Runs until Ctrl-C / SIGTERM.
-pub async fn run(mut s: Settings, data: Data) -> anyhow::Result<ExitCode> {
+pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Result<ExitCode> {
     platform::telemetry::init(
         &std::env::var("RUNLEDGER_LOG").unwrap_or_else(|_| "warn".to_owned()),
     );
@@ -136,7 +136,7 @@ pub async fn run(mut s: Settings, data: Data) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     )));
     let read = read_api::build_on(store.clone(), views, s.clone(), &bus, shutdown.clone()).await?;
-    start_workers(&s, &store, &command, &shutdown, &mut tasks).await?;
+    start_workers(&s, &store, &command, concurrency, &shutdown, &mut tasks).await?;
 
     let metrics_state = read.clone();
     let app = platform::http::finish(
@@ -179,6 +179,7 @@ async fn start_workers(
     s: &Settings,
     store: &EventStore,
     command: &command_api::AppState,
+    concurrency: usize,
     shutdown: &CancellationToken,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
@@ -204,7 +205,7 @@ async fn start_workers(
             for ns in namespaces {
                 let (client, reporter, executor) =
                     (client.clone(), reporter.clone(), executor.clone());
-                let cfg = WorkerConfig::new(ns, 16);
+                let cfg = WorkerConfig::new(ns, concurrency);
                 let shutdown = shutdown.clone();
                 tasks.push(tokio::spawn(async move {
                     if let Err(e) =
@@ -231,7 +232,7 @@ async fn start_workers(
                     queue.clone(),
                     reporter.clone(),
                     executor.clone(),
-                    WorkerConfig::new(ns, 16),
+                    WorkerConfig::new(ns, concurrency),
                     shutdown.clone(),
                 )));
             }

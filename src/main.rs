@@ -34,6 +34,9 @@ enum Action {
         /// Listen address (default: RUNLEDGER_ADDR, else 127.0.0.1:8080).
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
+        /// Jobs at once per namespace (reports wait on commits, so more slots than cores pay off).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Apply the database migrations (DATABASE_URL).
     Migrate,
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
             data_dir,
             in_memory,
             addr,
+            concurrency,
         } => runtime().and_then(|rt| {
             let mut s = settings()?;
             if let Some(a) = addr {
@@ -138,7 +142,7 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|| PathBuf::from(".runledger")),
                 )
             };
-            rt.block_on(dev::run(s, data))
+            rt.block_on(dev::run(s, data, concurrency))
         }),
         Action::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
         Action::CommandApi => runtime().and_then(|rt| rt.block_on(command_api())),

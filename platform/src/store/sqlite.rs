@@ -1,8 +1,8 @@
 //! The embedded event store (`runledger dev`): the same tables and contract on SQLite.
 //! SQLite runs one write transaction at a time and the writer takes the write lock with its
 //! first insert, so positions (`INTEGER PRIMARY KEY AUTOINCREMENT`) are drawn in commit
-//! order: no lock of our own is needed for the global order. Each unit of a batch runs in a
-//! savepoint, so a conflicting unit is rolled back alone.
+//! order: no lock of our own is needed for the global order. A batch with a refused unit is
+//! redone without it, so each unit stays all-or-nothing.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -40,56 +40,55 @@ pub(super) async fn load_rows(
     Ok((snapshot, rows))
 }
 
-/// Commits `batch` in one transaction, each unit in its own savepoint.
+/// Commits `batch` in one transaction. A refused unit (conflict, duplicate key) is rare in
+/// one process: the transaction is then rolled back and redone without it, which spares every
+/// unit a savepoint's three round trips to the database thread.
 pub(super) async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
-    let (units, replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
-    match try_commit(pool, &units).await {
-        Ok(outcomes) => {
-            let ok = outcomes.iter().filter(|o| o.is_ok()).count();
-            metrics::counter!("runledger_commands_committed_total").increment(ok as u64);
-            metrics::counter!("runledger_command_conflicts_total")
-                .increment((outcomes.len() - ok) as u64);
-            for (r, o) in replies.into_iter().zip(outcomes) {
-                let _ = r.send(o);
+    let (mut units, mut replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
+    while !units.is_empty() {
+        match try_commit(pool, &units).await {
+            Ok(None) => {
+                metrics::counter!("runledger_commands_committed_total")
+                    .increment(units.len() as u64);
+                for r in replies.drain(..) {
+                    let _ = r.send(Ok(()));
+                }
+                return;
             }
-        }
-        Err(e) => {
-            tracing::error!(message = "Event batch failed.", error = %e, units = units.len());
-            let text = e.to_string();
-            for r in replies {
-                let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
-                    text.clone(),
-                ))));
+            Ok(Some((index, refusal))) => {
+                metrics::counter!("runledger_command_conflicts_total").increment(1);
+                units.remove(index);
+                let _ = replies.remove(index).send(Err(refusal));
+            }
+            Err(e) => {
+                tracing::error!(message = "Event batch failed.", error = %e, units = units.len());
+                let text = e.to_string();
+                for r in replies.drain(..) {
+                    let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
+                        text.clone(),
+                    ))));
+                }
+                return;
             }
         }
     }
 }
 
+/// Commits every unit, or nothing and the first refused unit.
 async fn try_commit(
     pool: &SqlitePool,
     units: &[WriteUnit],
-) -> Result<Vec<Result<(), CommitError>>, sqlx::Error> {
+) -> Result<Option<(usize, CommitError)>, sqlx::Error> {
     // The first write takes SQLite's write lock, held to commit.
     let mut tx = pool.begin().await?;
-    let mut outcomes = Vec::with_capacity(units.len());
-    for unit in units {
-        outcomes.push(apply_unit(&mut tx, unit).await?);
+    for (i, unit) in units.iter().enumerate() {
+        if let Some(refusal) = write_unit(&mut tx, unit).await? {
+            tx.rollback().await?;
+            return Ok(Some((i, refusal)));
+        }
     }
     tx.commit().await?;
-    Ok(outcomes)
-}
-
-async fn apply_unit(
-    tx: &mut Transaction<'_, Sqlite>,
-    unit: &WriteUnit,
-) -> Result<Result<(), CommitError>, sqlx::Error> {
-    sqlx::query("SAVEPOINT unit").execute(&mut **tx).await?;
-    let refused = write_unit(tx, unit).await?;
-    if refused.is_some() {
-        sqlx::query("ROLLBACK TO unit").execute(&mut **tx).await?;
-    }
-    sqlx::query("RELEASE unit").execute(&mut **tx).await?;
-    Ok(refused.map_or(Ok(()), Err))
+    Ok(None)
 }
 
 async fn write_unit(

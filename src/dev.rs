@@ -27,7 +27,7 @@ use platform::{
     store::EventStore,
     views::MemoryViews,
 };
-use read_api::Views;
+use read_api::ReadModels;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use workers::{
@@ -94,7 +94,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
             )));
             (
                 store,
-                Views::Postgres(pool),
+                Arc::new(read_api::PgViews(pool)) as Arc<dyn ReadModels>,
                 "Postgres (DATABASE_URL)".to_owned(),
             )
         }
@@ -104,7 +104,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
                 Data::InMemory => None,
             })
             .await?;
-            let store = EventStore::on(platform::store::Db::Sqlite(pool));
+            let store = EventStore::sqlite(pool);
             let views = Arc::new(MemoryViews::default());
             projections::memory::catch_up(&store, &views).await?;
             tasks.push(tokio::spawn(projections::memory::run(
@@ -117,7 +117,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
                 Data::Dir(d) => format!("SQLite in {}", d.display()),
                 Data::InMemory => "SQLite in memory (nothing kept)".to_owned(),
             };
-            (store, Views::Memory(views), where_)
+            (store, views as Arc<dyn ReadModels>, where_)
         }
     };
     if let Some(client) = nats {

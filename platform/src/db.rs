@@ -94,15 +94,29 @@ pub async fn open_embedded(dir: Option<&std::path::Path>) -> Result<SqlitePool, 
             ":memory:".to_owned(),
         ),
     };
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max)
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options.busy_timeout(Duration::from_secs(10)))
-        .await
-        .map_err(|source| DbError::Embedded { path, source })?;
-    SQLITE_MIGRATOR.run(&pool).await?;
-    Ok(pool)
+    let options = options.busy_timeout(Duration::from_secs(10));
+    let open = |max: u32| {
+        SqlitePoolOptions::new()
+            .max_connections(max)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+    };
+    let fail = |source| DbError::Embedded {
+        path: path.clone(),
+        source,
+    };
+    if max == 1 {
+        let pool = open(1).await.map_err(fail)?;
+        SQLITE_MIGRATOR.run(&pool).await?;
+        return Ok(pool);
+    }
+    // One connection first: turning a new file to WAL and migrating it want the file alone
+    // (concurrent connections doing it get "database is locked").
+    let first = open(1).await.map_err(fail)?;
+    SQLITE_MIGRATOR.run(&first).await?;
+    first.close().await;
+    open(max).await.map_err(fail)
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use state::AppState;
-pub use views::Views;
+pub use views::{PgViews, ReadModels};
 
 pub use platform::StartError;
 
@@ -32,7 +32,7 @@ pub async fn build(
     let pool = db::connect(settings.require_database()?, settings.db_max_connections).await?;
     build_on(
         EventStore::new(pool.clone()),
-        Views::Postgres(pool),
+        Arc::new(PgViews(pool)),
         settings,
         bus,
         shutdown,
@@ -46,7 +46,7 @@ pub async fn build(
 /// [`StartError`] when the notice subscription fails.
 pub async fn build_on(
     store: EventStore,
-    views: Views,
+    views: Arc<dyn ReadModels>,
     settings: Settings,
     bus: &NoticeBus,
     shutdown: CancellationToken,

@@ -9,13 +9,13 @@ use platform::{
     store::EventStore,
 };
 
-use crate::{stream::Hub, views::Views};
+use crate::{stream::Hub, views::ReadModels};
 
 /// The router state.
 #[derive(Clone)]
 pub struct AppState {
     /// The read models.
-    pub views: Views,
+    pub views: Arc<dyn ReadModels>,
     /// The event store (audits, readiness).
     pub store: EventStore,
     /// Token validation.

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::{
     state::{AppState, customer, internal},
-    views::Views,
+    views::ReadModels,
 };
 
 /// Fans notices out to the streams of their user.
@@ -154,7 +154,7 @@ fn event(c: &JobChange) -> Event {
 
 /// Feeds one connection until it closes.
 async fn follow(
-    views: Views,
+    views: Arc<dyn ReadModels>,
     user: Uuid,
     mut last: i64,
     backlog: bool,
@@ -162,7 +162,7 @@ async fn follow(
     tx: mpsc::Sender<Event>,
 ) {
     if backlog {
-        match catch_up(&views, user, last, &tx).await {
+        match catch_up(views.as_ref(), user, last, &tx).await {
             Some(p) => last = p,
             None => return,
         }
@@ -187,7 +187,7 @@ async fn follow(
             }
             // A notice was missed, or this stream fell behind: read the gap.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                catch_up(&views, user, last, &tx).await
+                catch_up(views.as_ref(), user, last, &tx).await
             }
             Err(broadcast::error::RecvError::Closed) => None,
         };
@@ -201,7 +201,7 @@ async fn follow(
 /// Sends every change after `from` from the read model; returns the last position sent, or
 /// `None` when the connection is gone or the database failed.
 async fn catch_up(
-    views: &Views,
+    views: &dyn ReadModels,
     user: Uuid,
     mut from: i64,
     tx: &mpsc::Sender<Event>,

@@ -4,7 +4,9 @@
 
 mod cache;
 mod locks;
+pub mod log;
 mod ops;
+mod postgres;
 pub mod reader;
 mod sqlite;
 mod writer;
@@ -13,9 +15,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::Decider;
-pub use ops::Pending;
+pub use log::{EventLog, Pending};
+pub use postgres::Postgres;
 use rand::Rng;
 use serde_json::Value;
+pub use sqlite::Sqlite;
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Notify;
 pub use writer::{Append, CommitError, IdempotencyRecord, SnapshotWrite, WriteUnit};
@@ -89,19 +93,10 @@ pub struct Executed<A: StoredAggregate, V = ()> {
     pub view: V,
 }
 
-/// Where the events are kept: Postgres, or SQLite for the embedded default.
-#[derive(Clone, Debug)]
-pub enum Db {
-    /// postgres-es's tables with the global-order trigger.
-    Postgres(PgPool),
-    /// The same tables on SQLite (`runledger dev`).
-    Sqlite(SqlitePool),
-}
-
 /// Shared handle to the event store.
 #[derive(Clone)]
 pub struct EventStore {
-    db: Db,
+    log: Arc<dyn EventLog>,
     writer: Writer,
     cache: Arc<Cache>,
     locks: Arc<KeyedLocks>,
@@ -111,32 +106,29 @@ pub struct EventStore {
 impl EventStore {
     /// Starts the writer task on a Postgres `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self::on(Db::Postgres(pool))
+        Self::on(Arc::new(Postgres(pool)))
     }
 
-    /// Starts the writer task on `db`.
-    pub fn on(db: Db) -> Self {
+    /// Starts the writer task on a SQLite `pool` (the embedded default).
+    pub fn sqlite(pool: SqlitePool) -> Self {
+        Self::on(Arc::new(Sqlite(pool)))
+    }
+
+    /// Starts the writer task on `log`.
+    pub fn on(log: Arc<dyn EventLog>) -> Self {
         let appended = Arc::new(Notify::new());
         Self {
-            writer: Writer::start(db.clone(), appended.clone()),
-            db,
+            writer: Writer::start(log.clone(), appended.clone()),
+            log,
             cache: Arc::new(Cache::default()),
             locks: Arc::new(KeyedLocks::default()),
             appended,
         }
     }
 
-    /// Where the events are kept.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// The Postgres pool, when the store is on Postgres.
     pub fn postgres(&self) -> Option<&PgPool> {
-        match &self.db {
-            Db::Postgres(p) => Some(p),
-            Db::Sqlite(_) => None,
-        }
+        self.log.postgres()
     }
 
     /// Woken after each commit of this process, so in-process readers need not poll hard.
@@ -176,10 +168,7 @@ impl EventStore {
             aggregate_id: id.to_owned(),
             source,
         };
-        let (snapshot, rows) = match &self.db {
-            Db::Postgres(pool) => pg_load_rows(pool, A::TYPE, id).await?,
-            Db::Sqlite(pool) => sqlite::load_rows(pool, A::TYPE, id).await?,
-        };
+        let (snapshot, rows) = self.log.load_rows(A::TYPE, id).await?;
         let (mut state, snapshot_sequence) = match snapshot {
             Some((seq, json)) => (serde_json::from_str::<A>(&json).map_err(decode)?, seq),
             None => (A::default(), 0),
@@ -353,30 +342,6 @@ impl EventStore {
         }
         Err(StoreError::Contention(format!("{}/{id}", A::TYPE)))
     }
-}
-
-type Rows = (Option<(i64, String)>, Vec<(i64, String)>);
-
-async fn pg_load_rows(pool: &PgPool, aggregate_type: &str, id: &str) -> Result<Rows, sqlx::Error> {
-    let snapshot: Option<(i64, String)> = sqlx::query_as(
-        "SELECT last_sequence, payload::text FROM snapshots \
-         WHERE aggregate_type = $1 AND aggregate_id = $2",
-    )
-    .bind(aggregate_type)
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    let after = snapshot.as_ref().map_or(0, |(s, _)| *s);
-    let rows = sqlx::query_as(
-        "SELECT sequence, payload::text FROM events \
-         WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
-    )
-    .bind(aggregate_type)
-    .bind(id)
-    .bind(after)
-    .fetch_all(pool)
-    .await?;
-    Ok((snapshot, rows))
 }
 
 /// How often a conflicting command is tried in all.

@@ -4,22 +4,180 @@
 //! order: no lock of our own is needed for the global order. A batch with a refused unit is
 //! redone without it, so each unit stays all-or-nothing.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite as Driver, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{
+    log::{EventLog, Pending, Rows},
     reader::RecordedEvent,
     writer::{CommitError, Reply, WriteUnit},
 };
 
+/// The event log on a SQLite pool.
+pub struct Sqlite(pub SqlitePool);
+
+#[async_trait]
+impl EventLog for Sqlite {
+    async fn load_rows(&self, aggregate_type: &str, id: &str) -> Result<Rows, sqlx::Error> {
+        load_rows(&self.0, aggregate_type, id).await
+    }
+
+    async fn commit_batch(&self, batch: Vec<(WriteUnit, Reply)>) {
+        commit_batch(&self.0, batch).await;
+    }
+
+    async fn read_from(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+        ))
+        .bind(position)
+        .bind(limit)
+        .fetch_all(&self.0)
+        .await?;
+        rows.into_iter().map(recorded).collect()
+    }
+
+    async fn events_of(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+             ORDER BY sequence"
+        ))
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_all(&self.0)
+        .await?;
+        rows.into_iter().map(recorded).collect()
+    }
+
+    async fn head(&self) -> Result<i64, sqlx::Error> {
+        let (p,): (Option<i64>,) = sqlx::query_as("SELECT max(position) FROM events")
+            .fetch_one(&self.0)
+            .await?;
+        Ok(p.unwrap_or(0))
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<i64, sqlx::Error> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT position FROM checkpoints WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&self.0)
+                .await?;
+        Ok(row.map_or(0, |(p,)| p))
+    }
+
+    async fn save_progress(
+        &self,
+        name: &str,
+        position: i64,
+        added: Vec<Pending>,
+        settled: Vec<Uuid>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.0.begin().await?;
+        for (job, usage, at) in &added {
+            sqlx::query(
+                "INSERT OR IGNORE INTO pending_reservations (job_id, usage_id, reserved_at) \
+                 VALUES (?1, ?2, ?3)",
+            )
+            .bind(job.to_string())
+            .bind(usage)
+            .bind(at.timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for job in &settled {
+            sqlx::query("DELETE FROM pending_reservations WHERE job_id = ?1")
+                .bind(job.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO checkpoints (name, position) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn stored_response(
+        &self,
+        user: Uuid,
+        key: &str,
+    ) -> Result<Option<(String, i16, Value)>, sqlx::Error> {
+        let row: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
+        )
+        .bind(user.to_string())
+        .bind(key)
+        .fetch_optional(&self.0)
+        .await?;
+        Ok(row.map(|(h, s, b)| {
+            (
+                h,
+                i16::try_from(s).unwrap_or(500),
+                serde_json::from_str(&b).unwrap_or(Value::Null),
+            )
+        }))
+    }
+
+    async fn pending_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT job_id, usage_id FROM pending_reservations WHERE reserved_at < ?1 \
+             ORDER BY reserved_at LIMIT ?2",
+        )
+        .bind(cutoff.timestamp_micros())
+        .bind(limit)
+        .fetch_all(&self.0)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(j, u)| Some((Uuid::parse_str(&j).ok()?, u)))
+            .collect())
+    }
+
+    async fn drop_pending(&self, job: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM pending_reservations WHERE job_id = ?1")
+            .bind(job.to_string())
+            .execute(&self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn exists(&self, aggregate_type: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let (found,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2)",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_one(&self.0)
+        .await?;
+        Ok(found)
+    }
+
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.0).await.map(drop)
+    }
+}
+
 /// The snapshot and the later events of one aggregate, as stored.
-pub(super) async fn load_rows(
-    pool: &SqlitePool,
-    aggregate_type: &str,
-    id: &str,
-) -> Result<(Option<(i64, String)>, Vec<(i64, String)>), sqlx::Error> {
+async fn load_rows(pool: &SqlitePool, aggregate_type: &str, id: &str) -> Result<Rows, sqlx::Error> {
     let snapshot: Option<(i64, String)> = sqlx::query_as(
         "SELECT last_sequence, payload FROM snapshots WHERE aggregate_type = ?1 AND aggregate_id = ?2",
     )
@@ -43,7 +201,7 @@ pub(super) async fn load_rows(
 /// Commits `batch` in one transaction. A refused unit (conflict, duplicate key) is rare in
 /// one process: the transaction is then rolled back and redone without it, which spares every
 /// unit a savepoint's three round trips to the database thread.
-pub(super) async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
+async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
     let (mut units, mut replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
     while !units.is_empty() {
         match try_commit(pool, &units).await {
@@ -92,7 +250,7 @@ async fn try_commit(
 }
 
 async fn write_unit(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Driver>,
     unit: &WriteUnit,
 ) -> Result<Option<CommitError>, sqlx::Error> {
     if let Some(r) = &unit.idempotency {
@@ -186,88 +344,4 @@ fn recorded(r: Row) -> Result<RecordedEvent, sqlx::Error> {
         payload: r.8,
         metadata: serde_json::from_str(&r.9).map_err(|_| bad("metadata"))?,
     })
-}
-
-/// Up to `limit` events after `position`, in order.
-pub(super) async fn read_from(
-    pool: &SqlitePool,
-    position: i64,
-    limit: i64,
-) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-    ))
-    .bind(position)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter().map(recorded).collect()
-}
-
-/// Every event of one aggregate, in sequence order.
-pub(super) async fn events_of(
-    pool: &SqlitePool,
-    aggregate_type: &str,
-    id: &str,
-) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 ORDER BY sequence"
-    ))
-    .bind(aggregate_type)
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter().map(recorded).collect()
-}
-
-pub(super) async fn head(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
-    let (p,): (Option<i64>,) = sqlx::query_as("SELECT max(position) FROM events")
-        .fetch_one(pool)
-        .await?;
-    Ok(p.unwrap_or(0))
-}
-
-pub(super) async fn checkpoint(pool: &SqlitePool, name: &str) -> Result<i64, sqlx::Error> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT position FROM checkpoints WHERE name = ?1")
-        .bind(name)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map_or(0, |(p,)| p))
-}
-
-pub(super) async fn save_checkpoint(
-    tx: &mut Transaction<'_, Sqlite>,
-    name: &str,
-    position: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO checkpoints (name, position) VALUES (?1, ?2) \
-         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-    )
-    .bind(name)
-    .bind(position)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn stored_response(
-    pool: &SqlitePool,
-    user: Uuid,
-    key: &str,
-) -> Result<Option<(String, i16, Value)>, sqlx::Error> {
-    let row: Option<(String, i64, String)> = sqlx::query_as(
-        "SELECT request_hash, status, body FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
-    )
-    .bind(user.to_string())
-    .bind(key)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(h, s, b)| {
-        (
-            h,
-            i16::try_from(s).unwrap_or(500),
-            serde_json::from_str(&b).unwrap_or(Value::Null),
-        )
-    }))
 }

@@ -9,7 +9,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::Db;
+use super::log::EventLog;
 
 /// Units committed in one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -99,9 +99,9 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(db: Db, appended: Arc<Notify>) -> Self {
+    pub(super) fn start(log: Arc<dyn EventLog>, appended: Arc<Notify>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(db, rx, appended));
+        tokio::spawn(run(log, rx, appended));
         Self { tx }
     }
 
@@ -114,7 +114,11 @@ impl Writer {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<(WriteUnit, Reply)>, appended: Arc<Notify>) {
+async fn run(
+    log: Arc<dyn EventLog>,
+    mut rx: mpsc::UnboundedReceiver<(WriteUnit, Reply)>,
+    appended: Arc<Notify>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -123,10 +127,7 @@ async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<(WriteUnit, Reply)>, append
                 Err(_) => break,
             }
         }
-        match &db {
-            Db::Postgres(pool) => commit_batch(pool, batch).await,
-            Db::Sqlite(pool) => super::sqlite::commit_batch(pool, batch).await,
-        }
+        log.commit_batch(batch).await;
         appended.notify_waiters();
     }
 }
@@ -137,7 +138,7 @@ enum Refusal {
     Database(sqlx::Error),
 }
 
-async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) {
+pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) {
     let (mut units, mut replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
     // Units that touch an aggregate an earlier unit of the batch touches wait for the next
     // batch: within one, their sequences would collide.

@@ -18,7 +18,7 @@ use domain::{
     usage::{CommitUnit, ReserveUnit, Usage, UsageCommand, UsageKey},
 };
 use platform::store::{
-    CommitError, Db, EventStore, IdempotencyRecord, Loaded, Metadata, SNAPSHOT_EVERY, WriteUnit,
+    CommitError, EventStore, IdempotencyRecord, Loaded, Metadata, SNAPSHOT_EVERY, WriteUnit,
 };
 use sqlx::SqlitePool;
 
@@ -43,7 +43,7 @@ async fn open(dir: &TempDir) -> SqlitePool {
 }
 
 fn store(pool: &SqlitePool) -> EventStore {
-    EventStore::on(Db::Sqlite(pool.clone()))
+    EventStore::sqlite(pool.clone())
 }
 
 fn reserve(user: UserId, n: u128) -> UsageCommand {

@@ -1,0 +1,82 @@
+//! The storage seam of the event store: what [`super::EventStore`] asks of a database. Two
+//! adapters stand behind it: Postgres (postgres-es's tables, the production store) and
+//! SQLite (sqlite-es's tables, the embedded default of `runledger dev`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{reader::RecordedEvent, writer::Reply};
+
+/// A reservation the process manager has seen: job, ledger, when.
+pub type Pending = (Uuid, String, DateTime<Utc>);
+
+/// An aggregate's stored snapshot (sequence, JSON) and later events (sequence, JSON).
+pub type Rows = (Option<(i64, String)>, Vec<(i64, String)>);
+
+/// A database that keeps the event log with its global order.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// The Postgres pool, when the log is on Postgres (leader election, projection tables).
+    fn postgres(&self) -> Option<&PgPool> {
+        None
+    }
+
+    /// One aggregate's snapshot and the events after it.
+    async fn load_rows(&self, aggregate_type: &str, id: &str) -> Result<Rows, sqlx::Error>;
+
+    /// Commits a batch of write units, answering each on its reply channel: all of a unit or
+    /// none of it; positions drawn in commit order.
+    async fn commit_batch(&self, batch: Vec<(super::WriteUnit, Reply)>);
+
+    /// Up to `limit` events after `position`, in global order.
+    async fn read_from(&self, position: i64, limit: i64)
+    -> Result<Vec<RecordedEvent>, sqlx::Error>;
+
+    /// Every event of one aggregate, in sequence order.
+    async fn events_of(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error>;
+
+    /// The highest position committed (0 when empty).
+    async fn head(&self) -> Result<i64, sqlx::Error>;
+
+    /// A reader's checkpoint (0 when it never ran).
+    async fn checkpoint(&self, name: &str) -> Result<i64, sqlx::Error>;
+
+    /// Checkpoint `name` with reservations `added` and `settled`, in one transaction.
+    async fn save_progress(
+        &self,
+        name: &str,
+        position: i64,
+        added: Vec<Pending>,
+        settled: Vec<Uuid>,
+    ) -> Result<(), sqlx::Error>;
+
+    /// The response kept for `(user, key)`: request hash, status, body.
+    async fn stored_response(
+        &self,
+        user: Uuid,
+        key: &str,
+    ) -> Result<Option<(String, i16, Value)>, sqlx::Error>;
+
+    /// Up to `limit` reservations pending since before `cutoff`, oldest first.
+    async fn pending_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>, sqlx::Error>;
+
+    /// Takes one reservation off the pending list.
+    async fn drop_pending(&self, job: Uuid) -> Result<(), sqlx::Error>;
+
+    /// Whether the aggregate has any event.
+    async fn exists(&self, aggregate_type: &str, id: &str) -> Result<bool, sqlx::Error>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), sqlx::Error>;
+}

@@ -1,0 +1,169 @@
+//! The production event log on Postgres: postgres-es's tables with the global-order trigger
+//! (ADR 0002); the group commit itself is in `writer`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    WriteUnit,
+    log::{EventLog, Pending, Rows},
+    reader::{self, RecordedEvent},
+    writer::{self, Reply},
+};
+
+/// The event log on a Postgres pool.
+pub struct Postgres(pub PgPool);
+
+#[async_trait]
+impl EventLog for Postgres {
+    fn postgres(&self) -> Option<&PgPool> {
+        Some(&self.0)
+    }
+
+    async fn load_rows(&self, aggregate_type: &str, id: &str) -> Result<Rows, sqlx::Error> {
+        let snapshot: Option<(i64, String)> = sqlx::query_as(
+            "SELECT last_sequence, payload::text FROM snapshots \
+             WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_optional(&self.0)
+        .await?;
+        let after = snapshot.as_ref().map_or(0, |(s, _)| *s);
+        let rows = sqlx::query_as(
+            "SELECT sequence, payload::text FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .bind(after)
+        .fetch_all(&self.0)
+        .await?;
+        Ok((snapshot, rows))
+    }
+
+    async fn commit_batch(&self, batch: Vec<(WriteUnit, Reply)>) {
+        writer::commit_batch(&self.0, batch).await;
+    }
+
+    async fn read_from(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        reader::read_from(&self.0, position, limit).await
+    }
+
+    async fn events_of(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        reader::events_of(&self.0, aggregate_type, id).await
+    }
+
+    async fn head(&self) -> Result<i64, sqlx::Error> {
+        reader::head(&self.0).await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<i64, sqlx::Error> {
+        reader::checkpoint(&self.0, name).await
+    }
+
+    async fn save_progress(
+        &self,
+        name: &str,
+        position: i64,
+        added: Vec<Pending>,
+        settled: Vec<Uuid>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.0.begin().await?;
+        // Redone after a lost commit, what led here is a no-op: no need to wait for the WAL
+        // flush.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        if !added.is_empty() {
+            let jobs: Vec<Uuid> = added.iter().map(|(j, _, _)| *j).collect();
+            let usages: Vec<&str> = added.iter().map(|(_, u, _)| u.as_str()).collect();
+            let ats: Vec<DateTime<Utc>> = added.iter().map(|(_, _, a)| *a).collect();
+            sqlx::query(
+                "INSERT INTO pending_reservations (job_id, usage_id, reserved_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&jobs)
+            .bind(&usages)
+            .bind(&ats)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !settled.is_empty() {
+            sqlx::query(
+                "DELETE FROM pending_reservations p USING UNNEST($1::uuid[]) AS g(id) \
+                 WHERE p.job_id = g.id",
+            )
+            .bind(&settled)
+            .execute(&mut *tx)
+            .await?;
+        }
+        reader::save_checkpoint(&mut *tx, name, position).await?;
+        tx.commit().await
+    }
+
+    async fn stored_response(
+        &self,
+        user: Uuid,
+        key: &str,
+    ) -> Result<Option<(String, i16, Value)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT request_hash, status, body::jsonb FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user)
+        .bind(key)
+        .fetch_optional(&self.0)
+        .await
+    }
+
+    async fn pending_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT job_id, usage_id FROM pending_reservations WHERE reserved_at < $1 \
+             ORDER BY reserved_at LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&self.0)
+        .await
+    }
+
+    async fn drop_pending(&self, job: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM pending_reservations WHERE job_id = $1")
+            .bind(job)
+            .execute(&self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn exists(&self, aggregate_type: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let (found,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = $1 AND aggregate_id = $2)",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_one(&self.0)
+        .await?;
+        Ok(found)
+    }
+
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.0).await.map(drop)
+    }
+}

@@ -220,13 +220,18 @@ async fn start_workers(
             let queue = LocalQueue::new();
             let mut dispatcher =
                 Dispatcher::new(store.clone(), queue.clone(), NamespaceMap::default());
-            dispatcher
-                .refill()
-                .await
-                .context("refilling the job queue from the log")?;
-            tasks.push(tokio::spawn(
-                dispatcher.run(namespaces.clone(), shutdown.clone()),
-            ));
+            let (promote, stop) = (namespaces.clone(), shutdown.clone());
+            // The refill reads the whole log: the port is served meanwhile.
+            tasks.push(tokio::spawn(async move {
+                while let Err(e) = dispatcher.refill().await {
+                    tracing::error!(message = "Refilling the job queue failed; retrying.", error = %e);
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                dispatcher.run(promote, stop).await;
+            }));
             for ns in namespaces {
                 tasks.push(tokio::spawn(workers::runtime::run_local(
                     queue.clone(),

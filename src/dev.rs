@@ -73,10 +73,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
         None => None,
     };
     let bus = match &nats {
-        Some(client) => NoticeBus::Nats {
-            client: client.clone(),
-            prefix: s.nats_prefix.clone(),
-        },
+        Some(client) => NoticeBus::nats(client.clone(), s.nats_prefix.clone()),
         None => NoticeBus::local(),
     };
     let mut tasks = Vec::new();

@@ -11,10 +11,7 @@ async fn bus(settings: &Settings) -> anyhow::Result<NoticeBus> {
     let client = platform::nats::connect(url)
         .await
         .context("connecting to NATS")?;
-    Ok(NoticeBus::Nats {
-        client,
-        prefix: settings.nats_prefix.clone(),
-    })
+    Ok(NoticeBus::nats(client, settings.nats_prefix.clone()))
 }
 
 async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream::BoxStream};
 use serde::{Deserialize, Serialize};
@@ -37,45 +38,38 @@ pub struct Notice {
     pub changes: Vec<JobChange>,
 }
 
-/// Where notices go.
-#[derive(Clone)]
-pub enum NoticeBus {
-    /// NATS core subjects.
-    Nats {
-        /// The client.
-        client: async_nats::Client,
-        /// Subject prefix (empty by default).
-        prefix: String,
-    },
-    /// In this process only.
-    Local(broadcast::Sender<Arc<Notice>>),
-}
-
-impl NoticeBus {
-    /// An in-process bus.
-    pub fn local() -> Self {
-        Self::Local(broadcast::channel(4_096).0)
-    }
-
+/// The transport seam of change notices: NATS core subjects between processes, or a
+/// broadcast channel within one (`runledger dev`).
+#[async_trait]
+pub trait NoticeTransport: Send + Sync + 'static {
     /// Publishes; a notice that cannot be sent is logged and dropped (listeners recover
     /// missed changes from the read model).
+    async fn publish(&self, notice: Notice);
+
+    /// Every notice for every user, from now on.
+    async fn subscribe(
+        &self,
+    ) -> Result<BoxStream<'static, Arc<Notice>>, async_nats::SubscribeError>;
+}
+
+/// Where notices go: a shared handle to a [`NoticeTransport`].
+#[derive(Clone)]
+pub struct NoticeBus(Arc<dyn NoticeTransport>);
+
+impl NoticeBus {
+    /// Notices over NATS core subjects `<prefix>notices.<user_id>`.
+    pub fn nats(client: async_nats::Client, prefix: String) -> Self {
+        Self(Arc::new(NatsNotices { client, prefix }))
+    }
+
+    /// An in-process bus.
+    pub fn local() -> Self {
+        Self(Arc::new(LocalNotices(broadcast::channel(4_096).0)))
+    }
+
+    /// Publishes `notice`.
     pub async fn publish(&self, notice: Notice) {
-        match self {
-            Self::Nats { client, prefix } => {
-                let subject = format!("{prefix}notices.{}", notice.user_id);
-                match serde_json::to_vec(&notice) {
-                    Ok(body) => {
-                        if let Err(e) = client.publish(subject, body.into()).await {
-                            tracing::warn!(message = "Notice not published.", error = %e);
-                        }
-                    }
-                    Err(e) => tracing::error!(message = "Notice not encoded.", error = %e),
-                }
-            }
-            Self::Local(tx) => {
-                let _ = tx.send(Arc::new(notice));
-            }
-        }
+        self.0.publish(notice).await;
     }
 
     /// Every notice for every user, from now on.
@@ -85,30 +79,69 @@ impl NoticeBus {
     pub async fn subscribe(
         &self,
     ) -> Result<BoxStream<'static, Arc<Notice>>, async_nats::SubscribeError> {
-        match self {
-            Self::Nats { client, prefix } => {
-                let sub = client.subscribe(format!("{prefix}notices.>")).await?;
-                Ok(sub
-                    .filter_map(|m| async move {
-                        serde_json::from_slice::<Notice>(&m.payload)
-                            .ok()
-                            .map(Arc::new)
-                    })
-                    .boxed())
+        self.0.subscribe().await
+    }
+}
+
+/// NATS core subjects.
+struct NatsNotices {
+    client: async_nats::Client,
+    prefix: String,
+}
+
+#[async_trait]
+impl NoticeTransport for NatsNotices {
+    async fn publish(&self, notice: Notice) {
+        let subject = format!("{}notices.{}", self.prefix, notice.user_id);
+        match serde_json::to_vec(&notice) {
+            Ok(body) => {
+                if let Err(e) = self.client.publish(subject, body.into()).await {
+                    tracing::warn!(message = "Notice not published.", error = %e);
+                }
             }
-            Self::Local(tx) => {
-                let rx = tx.subscribe();
-                Ok(futures::stream::unfold(rx, |mut rx| async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok(n) => return Some((n, rx)),
-                            Err(broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(broadcast::error::RecvError::Closed) => return None,
-                        }
-                    }
-                })
-                .boxed())
-            }
+            Err(e) => tracing::error!(message = "Notice not encoded.", error = %e),
         }
+    }
+
+    async fn subscribe(
+        &self,
+    ) -> Result<BoxStream<'static, Arc<Notice>>, async_nats::SubscribeError> {
+        let sub = self
+            .client
+            .subscribe(format!("{}notices.>", self.prefix))
+            .await?;
+        Ok(sub
+            .filter_map(|m| async move {
+                serde_json::from_slice::<Notice>(&m.payload)
+                    .ok()
+                    .map(Arc::new)
+            })
+            .boxed())
+    }
+}
+
+/// A broadcast channel in this process.
+struct LocalNotices(broadcast::Sender<Arc<Notice>>);
+
+#[async_trait]
+impl NoticeTransport for LocalNotices {
+    async fn publish(&self, notice: Notice) {
+        let _ = self.0.send(Arc::new(notice));
+    }
+
+    async fn subscribe(
+        &self,
+    ) -> Result<BoxStream<'static, Arc<Notice>>, async_nats::SubscribeError> {
+        let rx = self.0.subscribe();
+        Ok(futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(n) => return Some((n, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed())
     }
 }

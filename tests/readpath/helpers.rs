@@ -66,10 +66,7 @@ impl Stack {
         ));
 
         let client = platform::nats::connect(&nats.url).await.unwrap();
-        let bus = NoticeBus::Nats {
-            client,
-            prefix: String::new(),
-        };
+        let bus = NoticeBus::nats(client, String::new());
         let read_state = read_api::build(settings(&db, &nats), &bus, shutdown.clone())
             .await
             .unwrap();

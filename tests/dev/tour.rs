@@ -246,3 +246,69 @@ async fn ctrl_c_lets_a_running_job_finish() {
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each real service alone replaces its embedded stand-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_real_service_can_be_switched_on_alone() {
+    let db = TestDb::create().await;
+    let nats = NatsServer::start().await;
+    let redis = RedisServer::start().await;
+    for (var, url, events_in) in [
+        ("DATABASE_URL", db.url.as_str(), "Postgres"),
+        ("NATS_URL", nats.url.as_str(), "SQLite"),
+        ("REDIS_URL", redis.url.as_str(), "SQLite"),
+    ] {
+        let dev = Dev::start(&["--in-memory"], &[(var, url)]);
+        assert!(dev.printed(events_in), "{var}");
+        tour(&dev, 0).await;
+        assert!(dev.interrupt().success(), "{var}");
+    }
+}
+
+/// An edited unit in the embedded store is caught by the auditor's replay, at that unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_catches_a_unit_edited_in_the_database() {
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap().to_owned();
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    tour(&dev, 0).await;
+    assert!(dev.interrupt().success());
+
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{d}/events.db"))
+        .await
+        .unwrap();
+    let (position, payload): (i64, String) = sqlx::query_as(
+        "SELECT position, payload FROM events WHERE event_type = 'UnitConsumed' \
+         ORDER BY sequence LIMIT 1 OFFSET 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut unit: Value = serde_json::from_str(&payload).unwrap();
+    unit["UnitConsumed"]["consumed_at"] = json!("2001-01-01T00:00:00Z");
+    sqlx::query("UPDATE events SET payload = ?1 WHERE position = ?2")
+        .bind(unit.to_string())
+        .bind(position)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    let (status, audit) = get(
+        &dev,
+        &dev.auditor,
+        &format!("/v1/audit/usage/{DEMO_USER}?period={}", month()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let p = &audit["periods"][0];
+    assert_eq!(p["chain_verified"], false, "{audit}");
+    assert_eq!(p["chain_break"]["index"], 1, "{audit}");
+    assert_eq!(
+        p["chain_break"]["reason"],
+        "hash does not match the unit's contents"
+    );
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -77,10 +77,15 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
         None => NoticeBus::local(),
     };
     let mut tasks = Vec::new();
+    // Held for the life of the process (see `claim_database`).
+    let mut _claim = None;
     let (store, views, backend) = match &s.database_url {
         Some(url) => {
             let pool = platform::db::connect(url, s.db_max_connections).await?;
             platform::db::migrate(&pool).await?;
+            if s.redis_url.is_none() {
+                _claim = Some(claim_database(&pool).await?);
+            }
             let store = EventStore::new(pool.clone());
             tasks.push(tokio::spawn(projections::runner::run(
                 pool.clone(),
@@ -241,6 +246,26 @@ async fn start_workers(
         }
     }
     Ok(())
+}
+
+/// With `DATABASE_URL` and no `REDIS_URL`, the job queue lives in this process and is refilled
+/// from the shared log at start, failing attempts left running: a second such process on the
+/// same database would fail the first one's running attempts. One is allowed per database
+/// (a session advisory lock, released when the connection closes).
+async fn claim_database(
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    let mut conn = pool.acquire().await?;
+    let (won,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(7245037263)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !won {
+        anyhow::bail!(
+            "another runledger dev with an in-process queue uses this DATABASE_URL; \
+             set REDIS_URL to share one queue"
+        );
+    }
+    Ok(conn)
 }
 
 /// Holds the data directory for this process: two `runledger dev` on one directory would

@@ -97,3 +97,13 @@ fn an_unknown_flag_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_dev_with_its_own_queue_on_one_database_is_refused() {
+    let db = platform::testing::TestDb::create().await;
+    let first = Dev::start(&["--in-memory"], &[("DATABASE_URL", &db.url)]);
+    let a = addr();
+    let out = run(&["--in-memory", "--addr", &a], &[("DATABASE_URL", &db.url)]);
+    refused(&out, "set REDIS_URL to share one queue");
+    drop(first);
+}

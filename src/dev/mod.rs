@@ -3,6 +3,9 @@
 //! events at start), and the bus and the job queue in process; `DATABASE_URL`, `NATS_URL`
 //! and `REDIS_URL` each switch one part to the real service.
 
+mod banner;
+mod reporter;
+
 use std::{
     fs::File,
     io::Write,
@@ -14,28 +17,17 @@ use std::{
 
 use anyhow::Context;
 use axum::{Router, routing::get};
-use domain::{
-    ids::{JobId, UserId, WorkerId},
-    job::{CompleteJob, ErrorText, FailJob, HeartbeatJob, JobCommand, JobError, StartJob},
-    retry::Attempt,
-    task::{Namespace, NamespaceMap},
-};
+use domain::task::{Namespace, NamespaceMap};
 use platform::{
-    auth::{Principal, Role},
     notice::NoticeBus,
     settings::{Secret, Settings},
     store::EventStore,
     views::MemoryViews,
 };
 use read_api::ReadModels;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use workers::{
-    dispatcher::Dispatcher,
-    local::LocalQueue,
-    queue::RedisQueue,
-    report::{ReportError, Reporter},
-    runtime::WorkerConfig,
+    dispatcher::Dispatcher, local::LocalQueue, queue::RedisQueue, runtime::WorkerConfig,
 };
 
 /// The demo customer whose token `runledger dev` prints.
@@ -153,7 +145,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
         store.clone(),
     );
 
-    banner(&s, &listener, &backend, &data)?;
+    banner::banner(&s, &listener, &backend, &data)?;
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -186,7 +178,7 @@ async fn start_workers(
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let namespaces = vec![Namespace::default_ns(), Namespace::browser()];
-    let reporter = Arc::new(LocalReporter {
+    let reporter = Arc::new(reporter::LocalReporter {
         state: command.clone(),
     });
     let executor = Arc::new(workers::executors::Generic::new(workers::ssrf::Guard::new(
@@ -306,7 +298,7 @@ fn dev_secret(data: &Data) -> anyhow::Result<Secret> {
 }
 
 /// Writes a file only its owner can read (it holds a secret or tokens).
-fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     let mut options = File::options();
     options.create(true).truncate(true).write(true);
     #[cfg(unix)]
@@ -320,160 +312,4 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     f.write_all(content.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
-}
-
-fn banner(
-    s: &Settings,
-    listener: &tokio::net::TcpListener,
-    backend: &str,
-    data: &Data,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
-    let mint = |sub: &str, role: Role| -> anyhow::Result<String> {
-        let secret = s
-            .jwt_secret
-            .as_ref()
-            .context("dev tokens need an HS256 secret")?;
-        Ok(platform::auth::mint(
-            secret,
-            &s.jwt_audience,
-            UserId::parse(sub).map_err(|e| anyhow::anyhow!("{e}"))?,
-            role,
-            Duration::from_secs(30 * 86_400),
-        )?)
-    };
-    let (user, auditor) = if s.jwt_secret.is_some() {
-        (
-            mint(DEMO_USER, Role::Customer)?,
-            mint(DEMO_AUDITOR, Role::Auditor)?,
-        )
-    } else {
-        ("<a token from your JWKS issuer>".into(), String::new())
-    };
-    let month = chrono::Utc::now().format("%Y-%m");
-    // The same values for a second shell: `. .runledger/env`.
-    let source = match data {
-        Data::Dir(dir) => {
-            let path = dir.join("env");
-            write_private(
-                &path,
-                &format!(
-                    "export URL={url}\nexport TOKEN={user}\nexport AUDITOR_TOKEN={auditor}\n\
-                     export DEMO_USER={DEMO_USER}\n"
-                ),
-            )?;
-            format!("In another shell, `. {}` sets them.\n", path.display())
-        }
-        Data::InMemory => String::new(),
-    };
-    println!(
-        "runledger dev is running on {url}\n\
-         events: {backend}\n\n\
-         URL={url}\n\
-         TOKEN={user}\n\
-         AUDITOR_TOKEN={auditor}\n\
-         {source}\n\
-         Submit a job:\n  \
-         curl -s -X POST $URL/v1/jobs -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"task_type\":\"noop\",\"payload\":{{}}}}'\n\
-         Watch your jobs live:\n  \
-         curl -N $URL/v1/jobs/stream -H \"Authorization: Bearer $TOKEN\"\n\
-         Usage this period:\n  \
-         curl -s $URL/v1/usage -H \"Authorization: Bearer $TOKEN\"\n\
-         Audit replay of the demo user's ledger:\n  \
-         curl -s \"$URL/v1/audit/usage/{DEMO_USER}?period={month}\" -H \"Authorization: Bearer $AUDITOR_TOKEN\"\n\n\
-         Ctrl-C stops."
-    );
-    Ok(())
-}
-
-/// Worker reports straight to the command side of this process.
-struct LocalReporter {
-    state: command_api::AppState,
-}
-
-impl LocalReporter {
-    async fn report(&self, job: JobId, command: JobCommand) -> Result<(), ReportError> {
-        let worker = Principal {
-            user_id: UserId::from_uuid(uuid::Uuid::nil()),
-            role: Role::Worker,
-        };
-        command_api::jobs::report(&self.state, job, worker, command)
-            .await
-            .map_err(|e| match e {
-                command_api::error::ApiError::Job(j) => match j {
-                    JobError::NotFound => ReportError::NotFound,
-                    JobError::Finished { .. } => ReportError::Conflict("job-finished".into()),
-                    JobError::StaleAttempt { .. } => ReportError::Conflict("stale-attempt".into()),
-                    JobError::StartedElsewhere { .. } => {
-                        ReportError::Conflict("started-elsewhere".into())
-                    }
-                    JobError::NotRunning { .. } => ReportError::Conflict("job-not-running".into()),
-                    JobError::AlreadySubmitted => ReportError::Conflict("job-exists".into()),
-                },
-                other => ReportError::Transport(other.to_string()),
-            })
-    }
-}
-
-impl Reporter for LocalReporter {
-    async fn start(&self, job: JobId, attempt: Attempt, worker: &str) -> Result<(), ReportError> {
-        let worker_id =
-            WorkerId::parse(worker).map_err(|e| ReportError::Transport(e.to_string()))?;
-        let now = chrono::Utc::now();
-        self.report(
-            job,
-            JobCommand::Start(StartJob {
-                attempt,
-                worker_id,
-                now,
-            }),
-        )
-        .await
-    }
-
-    async fn heartbeat(&self, job: JobId, attempt: Attempt) -> Result<(), ReportError> {
-        let now = chrono::Utc::now();
-        self.report(job, JobCommand::Heartbeat(HeartbeatJob { attempt, now }))
-            .await
-    }
-
-    async fn complete(
-        &self,
-        job: JobId,
-        attempt: Attempt,
-        result: Value,
-    ) -> Result<(), ReportError> {
-        let now = chrono::Utc::now();
-        self.report(
-            job,
-            JobCommand::Complete(CompleteJob {
-                attempt,
-                result,
-                now,
-            }),
-        )
-        .await
-    }
-
-    async fn fail(
-        &self,
-        job: JobId,
-        attempt: Attempt,
-        error: &str,
-        retryable: bool,
-    ) -> Result<(), ReportError> {
-        let now = chrono::Utc::now();
-        self.report(
-            job,
-            JobCommand::Fail(FailJob {
-                attempt,
-                error: ErrorText::truncated(error),
-                retryable,
-                now,
-                jitter_seed: rand::random(),
-            }),
-        )
-        .await
-    }
 }

@@ -107,3 +107,14 @@ async fn a_second_dev_with_its_own_queue_on_one_database_is_refused() {
     refused(&out, "set REDIS_URL to share one queue");
     drop(first);
 }
+
+#[test]
+fn a_data_dir_whose_database_is_not_sqlite_is_refused() {
+    let dir = std::env::temp_dir().join(format!("runledger-dev-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("events.db"), vec![0x42u8; 8192]).unwrap();
+    let a = addr();
+    let out = run(&["--data-dir", dir.to_str().unwrap(), "--addr", &a], &[]);
+    refused(&out, "events.db");
+    let _ = std::fs::remove_dir_all(&dir);
+}

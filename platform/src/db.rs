@@ -4,7 +4,7 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool, SqlitePool,
+    ConnectOptions, PgPool, SqlitePool,
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -23,17 +23,16 @@ pub enum DbError {
     /// The URL does not parse.
     #[error("DATABASE_URL does not parse as a Postgres URL")]
     BadUrl,
-    /// The server could not be reached or refused us.
+    /// The server could not be reached or refused us (its reason, said once).
     #[error("cannot connect to Postgres: {0}")]
-    Connect(#[source] sqlx::Error),
+    Connect(String),
     /// The embedded database could not be opened.
-    #[error("cannot open the embedded database {path}: {source}")]
+    #[error("cannot open the embedded database {path}: {reason}")]
     Embedded {
         /// Its file.
         path: String,
-        /// Why.
-        #[source]
-        source: sqlx::Error,
+        /// Why, in SQLite's words (once, not repeated down a chain of wrappers).
+        reason: String,
     },
     /// A migration failed.
     #[error("migration failed: {0}")]
@@ -45,14 +44,31 @@ pub enum DbError {
 /// # Errors
 /// [`DbError::BadUrl`] or [`DbError::Connect`].
 pub async fn connect(url: &Secret, max: u32) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url.expose()).map_err(|_| DbError::BadUrl)?;
+    let options = PgConnectOptions::from_str(url.expose())
+        .map_err(|_| DbError::BadUrl)?
+        .application_name("runledger");
+    // One connection first, for the real reason when it fails (a pool only says it timed out).
+    let first = tokio::time::timeout(Duration::from_secs(5), options.connect())
+        .await
+        .map_err(|_| DbError::Connect("no answer within 5 s".into()))?
+        .map_err(|e| DbError::Connect(reason(&e)))?;
+    drop(first);
     PgPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.application_name("runledger"))
+        .connect_with(options)
         .await
-        .map_err(DbError::Connect)
+        .map_err(|e| DbError::Connect(reason(&e)))
+}
+
+/// A database error's own message, without the wrappers' repetitions.
+fn reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        sqlx::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Applies every pending migration.
@@ -84,11 +100,9 @@ pub async fn open_embedded(dir: Option<&std::path::Path>) -> Result<SqlitePool, 
         }
         // One connection: every connection to `:memory:` would be a database of its own.
         None => (
-            SqliteConnectOptions::from_str("sqlite::memory:").map_err(|source| {
-                DbError::Embedded {
-                    path: ":memory:".into(),
-                    source,
-                }
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(|e| DbError::Embedded {
+                path: ":memory:".into(),
+                reason: e.to_string(),
             })?,
             1,
             ":memory:".to_owned(),
@@ -104,9 +118,9 @@ pub async fn open_embedded(dir: Option<&std::path::Path>) -> Result<SqlitePool, 
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
     };
-    let fail = |source| DbError::Embedded {
+    let fail = |e: sqlx::Error| DbError::Embedded {
         path: path.clone(),
-        source,
+        reason: reason(&e),
     };
     if max == 1 {
         let pool = open(1).await.map_err(fail)?;

@@ -15,3 +15,17 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
         .connect(url)
         .await
 }
+
+/// Connects to `url` now, failing when no server answers (reconnecting later if it goes
+/// away): for `runledger dev`, which must say at start that `NATS_URL` is wrong.
+///
+/// # Errors
+/// When the connection fails.
+pub async fn connect_now(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name("runledger")
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .connect(url)
+        .await
+}

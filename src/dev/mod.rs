@@ -160,7 +160,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
 
 /// NATS, failing when no server answers (the roles themselves wait for one).
 async fn nats(url: &str) -> anyhow::Result<async_nats::Client> {
-    match tokio::time::timeout(Duration::from_secs(10), platform::nats::connect(url)).await {
+    match tokio::time::timeout(Duration::from_secs(10), platform::nats::connect_now(url)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => anyhow::bail!("NATS_URL: cannot connect: {}", e.kind()),
         Err(_) => anyhow::bail!("NATS_URL: no NATS server answered within 10 s"),

@@ -118,3 +118,20 @@ fn a_data_dir_whose_database_is_not_sqlite_is_refused() {
     refused(&out, "events.db");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn unreachable_services_are_refused_by_name() {
+    for (var, value, expect) in [
+        (
+            "DATABASE_URL",
+            "postgres://u:hunter2@127.0.0.1:1/db",
+            "cannot connect to Postgres: Connection refused",
+        ),
+        ("NATS_URL", "nats://u:hunter2@127.0.0.1:1", "NATS_URL"),
+        ("REDIS_URL", "redis://u:hunter2@127.0.0.1:1", "REDIS_URL"),
+    ] {
+        let a = addr();
+        let out = run(&["--in-memory", "--addr", &a], &[(var, value)]);
+        refused(&out, expect);
+    }
+}

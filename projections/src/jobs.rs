@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use domain::job::JobEvent;
 use platform::{
     notice::{JobChange, Notice},
@@ -158,7 +158,8 @@ pub(crate) fn evolve(
                 status: s.status.as_str().to_owned(),
                 attempts: 0,
                 correlation_id: s.correlation_id.to_string(),
-                created_at: s.submitted_at,
+                // Microseconds, as Postgres keeps them: cursors carry microseconds too.
+                created_at: s.submitted_at.trunc_subsecs(6),
                 updated_at: e.recorded_at,
                 result: None,
                 error: None,

@@ -312,3 +312,37 @@ async fn the_audit_catches_a_unit_edited_in_the_database() {
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Paging through the jobs with the cursor gives each job once, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_through_jobs_gives_each_once_newest_first() {
+    let dev = Dev::start(&["--in-memory"], &[]);
+    let mut submitted = Vec::new();
+    for _ in 0..25 {
+        let (status, body) = submit(&dev, "noop", json!({})).await;
+        assert_eq!(status, 202);
+        submitted.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    eventually(30, "every job listed", || async {
+        jobs_listed(&dev, &dev.token).await == 25
+    })
+    .await;
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=10&cursor={c}"),
+            None => "/v1/jobs?limit=10".to_owned(),
+        };
+        let (status, page) = get(&dev, &dev.token, &path).await;
+        assert_eq!(status, 200, "{page}");
+        for j in page["jobs"].as_array().unwrap() {
+            seen.push(j["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    submitted.reverse();
+    assert_eq!(seen, submitted);
+}

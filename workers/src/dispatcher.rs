@@ -184,6 +184,12 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 let ns = self.namespaces.route(&state.task_type);
                 let bytes = serde_json::to_string(&env).unwrap_or_default();
                 self.queue.withdraw(&ns, &env, &bytes).await?;
+                self.queue.forget(env.job_id);
+            }
+            JobEvent::JobCompleted(_) | JobEvent::JobDeadLettered(_) => {
+                if let Ok(id) = domain::ids::JobId::parse(&e.aggregate_id) {
+                    self.queue.forget(id);
+                }
             }
             _ => {}
         }

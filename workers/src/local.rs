@@ -3,7 +3,7 @@
 //! not outlive the process: the dispatcher refills it from the log at start.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -17,7 +17,10 @@ struct Inner {
     ready: HashMap<Namespace, VecDeque<JobEnvelope>>,
     /// By (due ms, arrival), so equal due times keep their order.
     scheduled: BTreeMap<(i64, u64), (Namespace, JobEnvelope)>,
-    pushed: HashSet<(JobId, u32)>,
+    /// The highest attempt of each live job handed out (attempts only grow).
+    pushed: HashMap<JobId, u32>,
+    /// The attempt of each job waiting in `scheduled`, and its key there.
+    waiting: HashMap<JobId, (u32, (i64, u64))>,
     arrivals: u64,
 }
 
@@ -76,9 +79,11 @@ impl LocalQueue {
 
     fn push(&self, ns: &Namespace, env: &JobEnvelope) -> bool {
         let mut inner = self.inner();
-        if !inner.pushed.insert((env.job_id, env.attempt.get())) {
+        let attempt = env.attempt.get();
+        if inner.pushed.get(&env.job_id).is_some_and(|a| *a >= attempt) {
             return false;
         }
+        inner.pushed.insert(env.job_id, attempt);
         inner
             .ready
             .entry(ns.clone())
@@ -112,17 +117,21 @@ impl JobQueue for Arc<LocalQueue> {
         due_ms: i64,
     ) -> redis::RedisResult<()> {
         let mut inner = self.inner();
-        if inner.pushed.contains(&(env.job_id, env.attempt.get()))
+        if inner
+            .pushed
+            .get(&env.job_id)
+            .is_some_and(|a| *a >= env.attempt.get())
             || inner
-                .scheduled
-                .values()
-                .any(|(_, e)| e.job_id == env.job_id && e.attempt == env.attempt)
+                .waiting
+                .get(&env.job_id)
+                .is_some_and(|(a, _)| *a >= env.attempt.get())
         {
             return Ok(());
         }
         inner.arrivals += 1;
         let key = (due_ms, inner.arrivals);
         inner.scheduled.insert(key, (ns.clone(), env.clone()));
+        inner.waiting.insert(env.job_id, (env.attempt.get(), key));
         Ok(())
     }
 
@@ -136,7 +145,9 @@ impl JobQueue for Arc<LocalQueue> {
         if let Some(q) = inner.ready.get_mut(ns) {
             q.retain(|e| e.job_id != env.job_id);
         }
-        inner.scheduled.retain(|_, (_, e)| e.job_id != env.job_id);
+        if let Some((_, key)) = inner.waiting.remove(&env.job_id) {
+            inner.scheduled.remove(&key);
+        }
         Ok(())
     }
 
@@ -150,11 +161,24 @@ impl JobQueue for Arc<LocalQueue> {
                 .filter(|(_, (n, _))| n == ns)
                 .map(|(k, _)| *k)
                 .collect();
-            keys.iter()
+            let due: Vec<JobEnvelope> = keys
+                .iter()
                 .filter_map(|k| inner.scheduled.remove(k).map(|(_, e)| e))
-                .collect()
+                .collect();
+            for e in &due {
+                inner.waiting.remove(&e.job_id);
+            }
+            due
         };
         Ok(due.iter().filter(|env| self.push(ns, env)).count())
+    }
+
+    fn forget(&mut self, job: JobId) {
+        let mut inner = self.inner();
+        inner.pushed.remove(&job);
+        if let Some((_, key)) = inner.waiting.remove(&job) {
+            inner.scheduled.remove(&key);
+        }
     }
 
     async fn depth(&mut self, ns: &Namespace) -> redis::RedisResult<(i64, i64)> {
@@ -162,5 +186,103 @@ impl JobQueue for Arc<LocalQueue> {
         let ready = inner.ready.get(ns).map_or(0, VecDeque::len);
         let scheduled = inner.scheduled.values().filter(|(n, _)| n == ns).count();
         Ok((ready as i64, scheduled as i64))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use domain::{
+        envelope::EnvelopeMeta,
+        ids::{CorrelationId, UserId},
+        retry::Attempt,
+        task::TaskType,
+    };
+
+    use super::*;
+
+    fn env(job: JobId, attempt: u32) -> JobEnvelope {
+        JobEnvelope {
+            job_id: job,
+            attempt: Attempt::new(attempt).unwrap(),
+            correlation_id: CorrelationId::parse("c-1").unwrap(),
+            task_type: TaskType::parse("noop").unwrap(),
+            meta: EnvelopeMeta {
+                user_id: UserId::from_uuid(uuid::Uuid::new_v4()),
+            },
+            payload: serde_json::json!({}),
+        }
+    }
+
+    fn job() -> JobId {
+        JobId::from_uuid(uuid::Uuid::new_v4())
+    }
+
+    #[tokio::test]
+    async fn each_attempt_is_handed_out_at_most_once() {
+        let mut q = LocalQueue::new();
+        let ns = Namespace::default_ns();
+        let j = job();
+        assert!(q.push_ready(&ns, &env(j, 1), "").await.unwrap());
+        assert!(!q.push_ready(&ns, &env(j, 1), "").await.unwrap());
+        assert_eq!(q.pull(&ns).await.attempt.get(), 1);
+        // Redelivered after it was pulled: still not again.
+        assert!(!q.push_ready(&ns, &env(j, 1), "").await.unwrap());
+        assert!(q.push_ready(&ns, &env(j, 2), "").await.unwrap());
+        assert_eq!(q.depth(&ns).await.unwrap(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn scheduled_envelopes_are_promoted_when_due_once() {
+        let mut q = LocalQueue::new();
+        let ns = Namespace::default_ns();
+        let (due, later) = (job(), job());
+        let now = chrono::Utc::now().timestamp_millis();
+        q.schedule(&ns, &env(due, 2), "", now - 1).await.unwrap();
+        q.schedule(&ns, &env(due, 2), "", now - 1).await.unwrap();
+        q.schedule(&ns, &env(later, 1), "", now + 60_000)
+            .await
+            .unwrap();
+        assert_eq!(q.depth(&ns).await.unwrap(), (0, 2));
+        assert_eq!(q.promote(&ns).await.unwrap(), 1);
+        assert_eq!(q.promote(&ns).await.unwrap(), 0);
+        assert_eq!(q.depth(&ns).await.unwrap(), (1, 1));
+        assert_eq!(q.pull(&ns).await.job_id, due);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_job_is_neither_ready_nor_scheduled() {
+        let mut q = LocalQueue::new();
+        let ns = Namespace::default_ns();
+        let (ready, waiting) = (job(), job());
+        q.push_ready(&ns, &env(ready, 1), "").await.unwrap();
+        q.schedule(&ns, &env(waiting, 1), "", 0).await.unwrap();
+        q.withdraw(&ns, &env(ready, 1), "").await.unwrap();
+        q.withdraw(&ns, &env(waiting, 1), "").await.unwrap();
+        assert_eq!(q.depth(&ns).await.unwrap(), (0, 0));
+        assert_eq!(q.promote(&ns).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_pull_wakes_on_push_and_namespaces_are_apart() {
+        let mut q = LocalQueue::new();
+        let (ns, other) = (Namespace::default_ns(), Namespace::browser());
+        let puller = {
+            let q = q.clone();
+            let ns = ns.clone();
+            tokio::spawn(async move { q.pull(&ns).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let j = job();
+        q.push_ready(&other, &env(job(), 1), "").await.unwrap();
+        q.push_ready(&ns, &env(j, 1), "").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), puller)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.job_id, j);
+        assert_eq!(q.depth(&other).await.unwrap(), (1, 0));
     }
 }

@@ -194,6 +194,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Moves due envelopes of `ns` to ready; how many.
     fn promote(&mut self, ns: &Namespace)
     -> impl Future<Output = redis::RedisResult<usize>> + Send;
+    /// The job is over: nothing of it will be pushed again, so its at-most-once records may
+    /// go (Redis markers expire by themselves).
+    fn forget(&mut self, _job: domain::ids::JobId) {}
     /// Ready and scheduled envelopes of `ns`.
     fn depth(
         &mut self,

@@ -69,51 +69,12 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
         None => NoticeBus::local(),
     };
     let mut tasks = Vec::new();
-    // Held for the life of the process (see `claim_database`).
-    let mut _claim = None;
-    let (store, views, backend) = match &s.database_url {
-        Some(url) => {
-            let pool = platform::db::connect(url, s.db_max_connections).await?;
-            platform::db::migrate(&pool).await?;
-            if s.redis_url.is_none() {
-                _claim = Some(claim_database(&pool).await?);
-            }
-            let store = EventStore::new(pool.clone());
-            tasks.push(tokio::spawn(projections::runner::run(
-                pool.clone(),
-                projections::Projection::ALL.to_vec(),
-                bus.clone(),
-                Some(store.appended().clone()),
-                shutdown.clone(),
-            )));
-            (
-                store,
-                Arc::new(read_api::PgViews(pool)) as Arc<dyn ReadModels>,
-                "Postgres (DATABASE_URL)".to_owned(),
-            )
-        }
-        None => {
-            let pool = platform::db::open_embedded(match &data {
-                Data::Dir(d) => Some(d.as_path()),
-                Data::InMemory => None,
-            })
-            .await?;
-            let store = EventStore::sqlite(pool);
-            let views = Arc::new(MemoryViews::default());
-            projections::memory::catch_up(&store, &views).await?;
-            tasks.push(tokio::spawn(projections::memory::run(
-                store.clone(),
-                views.clone(),
-                bus.clone(),
-                shutdown.clone(),
-            )));
-            let where_ = match &data {
-                Data::Dir(d) => format!("SQLite in {}", d.display()),
-                Data::InMemory => "SQLite in memory (nothing kept)".to_owned(),
-            };
-            (store, views as Arc<dyn ReadModels>, where_)
-        }
-    };
+    let Storage {
+        store,
+        views,
+        backend,
+        _claim,
+    } = storage(&s, &data, &bus, &shutdown, &mut tasks).await?;
     if let Some(client) = nats {
         tasks.push(tokio::spawn(projections::relay::run(
             store.clone(),
@@ -151,11 +112,81 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
     shutdown.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(35), t).await;
-    }
+    // Workers get their grace period (30 s) to finish running jobs.
+    let _ = tokio::time::timeout(Duration::from_secs(35), futures::future::join_all(tasks)).await;
     println!("runledger dev stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The event store and read models, and what runs them.
+struct Storage {
+    store: EventStore,
+    views: Arc<dyn ReadModels>,
+    /// Where the events are, for the banner.
+    backend: String,
+    /// Held for the life of the process (see [`claim_database`]).
+    _claim: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+}
+
+/// Postgres when `DATABASE_URL` is set (its projection tables as read models), else SQLite in
+/// `data` with in-memory read models folded from it before anything is served.
+async fn storage(
+    s: &Settings,
+    data: &Data,
+    bus: &NoticeBus,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Storage> {
+    let mut claim = None;
+    let (store, views, backend) = match &s.database_url {
+        Some(url) => {
+            let pool = platform::db::connect(url, s.db_max_connections).await?;
+            platform::db::migrate(&pool).await?;
+            if s.redis_url.is_none() {
+                claim = Some(claim_database(&pool).await?);
+            }
+            let store = EventStore::new(pool.clone());
+            tasks.push(tokio::spawn(projections::runner::run(
+                pool.clone(),
+                projections::Projection::ALL.to_vec(),
+                bus.clone(),
+                Some(store.appended().clone()),
+                shutdown.clone(),
+            )));
+            (
+                store,
+                Arc::new(read_api::PgViews(pool)) as Arc<dyn ReadModels>,
+                "Postgres (DATABASE_URL)".to_owned(),
+            )
+        }
+        None => {
+            let pool = platform::db::open_embedded(match data {
+                Data::Dir(d) => Some(d.as_path()),
+                Data::InMemory => None,
+            })
+            .await?;
+            let store = EventStore::sqlite(pool);
+            let views = Arc::new(MemoryViews::default());
+            projections::memory::catch_up(&store, &views).await?;
+            tasks.push(tokio::spawn(projections::memory::run(
+                store.clone(),
+                views.clone(),
+                bus.clone(),
+                shutdown.clone(),
+            )));
+            let where_ = match data {
+                Data::Dir(d) => format!("SQLite in {}", d.display()),
+                Data::InMemory => "SQLite in memory (nothing kept)".to_owned(),
+            };
+            (store, views as Arc<dyn ReadModels>, where_)
+        }
+    };
+    Ok(Storage {
+        store,
+        views,
+        backend,
+        _claim: claim,
+    })
 }
 
 /// NATS, failing when no server answers (the roles themselves wait for one).

@@ -346,3 +346,52 @@ async fn paging_through_jobs_gives_each_once_newest_first() {
     submitted.reverse();
     assert_eq!(seen, submitted);
 }
+
+/// Only completed jobs count: a job refused by the SSRF guard fails for good and a canceled
+/// one is released; the ledger still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_canceled_jobs_count_no_unit() {
+    let dev = Dev::start(&["--in-memory"], &[]);
+    let (_, done) = submit(&dev, "noop", json!({})).await;
+    let (_, refused) = submit(
+        &dev,
+        "http.request",
+        json!({"url": "http://169.254.169.254/latest/meta-data/"}),
+    )
+    .await;
+    let (_, long) = submit(&dev, "sleep", json!({"ms": 20_000})).await;
+    let job = |b: &Value| format!("/v1/jobs/{}", b["job_id"].as_str().unwrap());
+    eventually(30, "the sleep to run", || async {
+        get(&dev, &dev.token, &job(&long)).await.1["status"] == "running"
+    })
+    .await;
+    let res = client()
+        .post(format!("{}{}/cancel", dev.url, job(&long)))
+        .bearer_auth(&dev.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for (b, want) in [
+        (&done, "completed"),
+        (&refused, "failed"),
+        (&long, "canceled"),
+    ] {
+        eventually(30, want, || async {
+            get(&dev, &dev.token, &job(b)).await.1["status"] == want
+        })
+        .await;
+    }
+    let (_, view) = get(&dev, &dev.token, &job(&refused)).await;
+    assert!(
+        view["error"].as_str().unwrap().contains("not allowed"),
+        "{view}"
+    );
+    eventually(30, "one unit consumed, two released", || async {
+        let (_, h) = get(&dev, &dev.token, "/v1/usage/history").await;
+        let p = &h["periods"][0];
+        p["consumed"] == 1 && p["released"] == 2 && p["reserved"] == 0
+    })
+    .await;
+    audit_verifies(&dev, 1).await;
+}

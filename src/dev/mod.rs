@@ -243,20 +243,11 @@ async fn start_workers(
         }
         None => {
             let queue = LocalQueue::new();
-            let mut dispatcher =
-                Dispatcher::new(store.clone(), queue.clone(), NamespaceMap::default());
-            let (promote, stop) = (namespaces.clone(), shutdown.clone());
-            // The refill reads the whole log: the port is served meanwhile.
-            tasks.push(tokio::spawn(async move {
-                while let Err(e) = dispatcher.refill().await {
-                    tracing::error!(message = "Refilling the job queue failed; retrying.", error = %e);
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-                dispatcher.run(promote, stop).await;
-            }));
+            // It refills the queue from the log first, while the port is served.
+            let dispatcher = Dispatcher::new(store.clone(), queue.clone(), NamespaceMap::default());
+            tasks.push(tokio::spawn(
+                dispatcher.run(namespaces.clone(), shutdown.clone()),
+            ));
             for ns in namespaces {
                 tasks.push(tokio::spawn(workers::runtime::run_local(
                     queue.clone(),

@@ -239,7 +239,17 @@ impl<Q: JobQueue> Dispatcher<Q> {
     }
 
     /// Runs until `shutdown`: the log, and promotion of `namespaces` every 100 ms.
+    /// A volatile queue is refilled first (see [`Dispatcher::refill`]).
     pub async fn run(mut self, promote: Vec<Namespace>, shutdown: CancellationToken) {
+        if !self.queue.durable() && self.position.is_none() {
+            while let Err(e) = self.refill().await {
+                tracing::error!(message = "Refilling the job queue failed; retrying.", error = %e);
+                wait(&shutdown, Duration::from_secs(1)).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        }
         let mut last_promotion = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             let read = match self.step().await {

@@ -54,6 +54,11 @@ pub async fn projections(s: Settings) -> anyhow::Result<ExitCode> {
     let shutdown = platform::shutdown::on_signal();
     metrics_endpoint(&s, &shutdown).await?;
     tracing::info!(message = "Projections running.");
+    tokio::spawn(projections::jobs::trim_every(
+        pool.clone(),
+        s.changes_retention,
+        shutdown.clone(),
+    ));
     projections::runner::run(pool, Projection::ALL.to_vec(), bus, None, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

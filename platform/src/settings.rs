@@ -64,6 +64,9 @@ pub struct Settings {
     pub log_filter: String,
     /// `RUNLEDGER_SSE_HEARTBEAT_SECS` (default 15): comment lines that keep idle streams open.
     pub sse_heartbeat: Duration,
+    /// `RUNLEDGER_CHANGES_RETENTION_HOURS` (default 168, 1 to 8760): how long the SSE replay
+    /// log (`job_changes`) keeps a change. A `Last-Event-ID` older than that gets a `reset`.
+    pub changes_retention: Duration,
     /// `NATS_URL`: the event bus and change notices.
     pub nats_url: Option<String>,
     /// `RUNLEDGER_NATS_PREFIX`: prepended to subjects and stream names (empty by default),
@@ -163,6 +166,18 @@ impl Settings {
                 "must be between 2 and 1000",
             ));
         }
+        let retention_hours = number(
+            get("RUNLEDGER_CHANGES_RETENTION_HOURS"),
+            "RUNLEDGER_CHANGES_RETENTION_HOURS",
+            168,
+        )?;
+        if !(1..=8_760).contains(&retention_hours) {
+            return Err(bad(
+                "RUNLEDGER_CHANGES_RETENTION_HOURS",
+                "must be between 1 and 8760",
+            ));
+        }
+        let changes_retention = Duration::from_secs(retention_hours * 3_600);
         let nats_url = match get("NATS_URL") {
             Some(u) if u.starts_with("nats://") || u.starts_with("tls://") => Some(u.to_owned()),
             Some(_) => return Err(bad("NATS_URL", "must start with nats:// or tls://")),
@@ -247,6 +262,7 @@ impl Settings {
                 )?
                 .clamp(1, 300),
             ),
+            changes_retention,
         })
     }
 
@@ -342,6 +358,11 @@ mod tests {
             Settings::from_vars(&vars(&[("RUNLEDGER_JWT_SECRET", "short-secret")])).unwrap_err();
         assert!(!e.to_string().contains("short-secret"));
         assert!(Settings::from_vars(&vars(&[("RUNLEDGER_ADDR", "nope")])).is_err());
+        for hours in ["0", "8761", "a week"] {
+            let e = Settings::from_vars(&vars(&[("RUNLEDGER_CHANGES_RETENTION_HOURS", hours)]))
+                .unwrap_err();
+            assert_eq!(e.var, "RUNLEDGER_CHANGES_RETENTION_HOURS");
+        }
         assert!(Settings::from_vars(&vars(&[("RUNLEDGER_TASK_TYPES", "Bad Type")])).is_err());
     }
 

@@ -94,6 +94,8 @@ pub struct Tables {
     pub subscriptions: HashMap<Uuid, SubscriptionView>,
     /// The last position applied.
     pub position: i64,
+    /// Changes at or below this position may have been dropped by retention.
+    pub trimmed_through: i64,
 }
 
 /// The in-memory read models, shared by the projections (writing) and the read API.
@@ -179,6 +181,32 @@ impl MemoryViews {
         self.read(|t| t.subscriptions.get(&user).cloned())
     }
 
+    /// Drops changes last updated before `cutoff` (retention); returns how many.
+    pub fn trim(&self, cutoff: DateTime<Utc>) -> usize {
+        self.write(|t| {
+            let mut dropped = 0;
+            let mut through = t.trimmed_through;
+            for changes in t.changes.values_mut() {
+                changes.retain(|p, c| {
+                    let keep = c.updated_at >= cutoff;
+                    if !keep {
+                        dropped += 1;
+                        through = through.max(*p);
+                    }
+                    keep
+                });
+            }
+            t.changes.retain(|_, c| !c.is_empty());
+            t.trimmed_through = through;
+            dropped
+        })
+    }
+
+    /// Changes at or below this position may have been dropped by retention.
+    pub fn trimmed_through(&self) -> i64 {
+        self.read(|t| t.trimmed_through)
+    }
+
     /// `user`'s last change position (0: none).
     pub fn stream_position(&self, user: Uuid) -> i64 {
         self.read(|t| t.streams.get(&user).copied().unwrap_or(0))
@@ -194,5 +222,43 @@ impl MemoryViews {
                     .collect()
             })
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn change(position: i64, at: DateTime<Utc>) -> JobChange {
+        JobChange {
+            position,
+            id: Uuid::nil(),
+            status: "queued".into(),
+            attempts: 0,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn trimming_drops_old_changes_and_moves_the_mark() {
+        let views = MemoryViews::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        let old = now - chrono::Duration::hours(2);
+        views.write(|t| {
+            t.changes.insert(
+                a,
+                BTreeMap::from([(1, change(1, old)), (4, change(4, now))]),
+            );
+            t.changes.insert(b, BTreeMap::from([(2, change(2, old))]));
+        });
+        assert_eq!(views.trim(now - chrono::Duration::hours(1)), 2);
+        assert_eq!(views.trimmed_through(), 2);
+        assert_eq!(views.changes_after(a, 0, 10), vec![change(4, now)]);
+        assert!(views.changes_after(b, 0, 10).is_empty());
+        // Nothing old left: the mark stays.
+        assert_eq!(views.trim(now - chrono::Duration::hours(1)), 0);
+        assert_eq!(views.trimmed_through(), 2);
     }
 }

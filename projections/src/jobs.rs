@@ -367,3 +367,57 @@ async fn streams(
         })
         .collect())
 }
+
+/// The checkpoint that records how far retention has dropped `job_changes`.
+pub const TRIMMED: &str = "job_changes_trimmed";
+
+/// Drops the changes older than `keep` from `job_changes`, under the projection's lock, and
+/// moves the [`TRIMMED`] mark; returns how many rows went.
+///
+/// # Errors
+/// Database errors; nothing is dropped.
+pub async fn trim(pool: &sqlx::PgPool, keep: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::Projection::Jobs.lock_key())
+        .execute(&mut *tx)
+        .await?;
+    let cutoff = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let (cut,): (Option<i64>,) =
+        sqlx::query_as("SELECT max(position) FROM job_changes WHERE updated_at < $1")
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?;
+    let Some(cut) = cut else {
+        tx.rollback().await?;
+        return Ok(0);
+    };
+    let gone = sqlx::query("DELETE FROM job_changes WHERE position <= $1")
+        .bind(cut)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let before = platform::store::reader::checkpoint(&mut *tx, TRIMMED).await?;
+    platform::store::reader::save_checkpoint(&mut *tx, TRIMMED, before.max(cut)).await?;
+    tx.commit().await?;
+    Ok(gone)
+}
+
+/// Trims `job_changes` to `keep` every minute until `shutdown`.
+pub async fn trim_every(
+    pool: sqlx::PgPool,
+    keep: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        match trim(&pool, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(message = "Trimmed the SSE replay log.", rows = n),
+            Err(e) => tracing::warn!(message = "Trimming the SSE replay log failed.", error = %e),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
+}

@@ -235,3 +235,16 @@ pub async fn catch_up(store: &EventStore, views: &MemoryViews) -> Result<i64, Pr
         apply(views, &events)?;
     }
 }
+
+/// Drops the in-memory changes older than `keep` every minute until `shutdown`.
+pub async fn trim_every(views: Arc<MemoryViews>, keep: Duration, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let cutoff =
+            chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        views.trim(cutoff);
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}

@@ -118,20 +118,39 @@ pub async fn stream(
     };
     // Subscribe before reading where to start, so no notice falls in between.
     let notices = state.hub.subscribe(user);
-    let start = match resume {
-        Some(p) => p,
-        None => state
+    let trimmed = match resume {
+        Some(_) => state
             .views
-            .stream_position(user)
+            .trimmed_through()
             .await
             .map_err(|e| internal(&e))?,
+        None => 0,
     };
     let (tx, rx) = mpsc::channel(64);
+    let (start, backlog) = match resume {
+        Some(p) if p >= trimmed => (p, true),
+        _ => {
+            let now = state
+                .views
+                .stream_position(user)
+                .await
+                .map_err(|e| internal(&e))?;
+            if resume.is_some() {
+                // The changes after Last-Event-ID may be gone: the client reloads its jobs,
+                // and the stream goes on from now (the reset's id moves Last-Event-ID there).
+                let reset = Event::default().id(now.to_string()).event("reset").data(
+                    json!({"reason": "history-trimmed", "trimmed_through": trimmed}).to_string(),
+                );
+                let _ = tx.try_send(reset);
+            }
+            (now, false)
+        }
+    };
     tokio::spawn(follow(
         state.views.clone(),
         user,
         start,
-        resume.is_some(),
+        backlog,
         notices,
         tx,
     ));

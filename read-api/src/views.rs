@@ -43,6 +43,8 @@ pub trait ReadModels: Send + Sync + 'static {
         position: i64,
         limit: usize,
     ) -> Result<Vec<JobChange>, sqlx::Error>;
+    /// Changes at or below this position may have been dropped by retention.
+    async fn trimmed_through(&self) -> Result<i64, sqlx::Error>;
 }
 
 /// The projection tables in Postgres.
@@ -55,6 +57,10 @@ const USAGE_COLUMNS: &str =
 
 #[async_trait]
 impl ReadModels for PgViews {
+    async fn trimmed_through(&self) -> Result<i64, sqlx::Error> {
+        platform::store::reader::checkpoint(&self.0, "job_changes_trimmed").await
+    }
+
     async fn job(&self, user: Uuid, id: Uuid) -> Result<Option<JobView>, sqlx::Error> {
         let p = &self.0;
         sqlx::query_as(&format!(
@@ -169,6 +175,10 @@ impl ReadModels for PgViews {
 
 #[async_trait]
 impl ReadModels for MemoryViews {
+    async fn trimmed_through(&self) -> Result<i64, sqlx::Error> {
+        Ok(MemoryViews::trimmed_through(self))
+    }
+
     async fn job(&self, user: Uuid, id: Uuid) -> Result<Option<JobView>, sqlx::Error> {
         Ok(MemoryViews::job(self, user, id))
     }

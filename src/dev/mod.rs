@@ -153,6 +153,11 @@ async fn storage(
                 Some(store.appended().clone()),
                 shutdown.clone(),
             )));
+            tasks.push(tokio::spawn(projections::jobs::trim_every(
+                pool.clone(),
+                s.changes_retention,
+                shutdown.clone(),
+            )));
             (
                 store,
                 Arc::new(read_api::PgViews(pool)) as Arc<dyn ReadModels>,
@@ -172,6 +177,11 @@ async fn storage(
                 store.clone(),
                 views.clone(),
                 bus.clone(),
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(projections::memory::trim_every(
+                views.clone(),
+                s.changes_retention,
                 shutdown.clone(),
             )));
             let where_ = match data {

@@ -7,3 +7,4 @@ mod equivalence;
 mod helpers;
 mod read;
 mod recovery;
+mod retention;

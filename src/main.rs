@@ -21,8 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Action {
-    /// Run the whole platform in this process on one port, with no server to install:
-    /// events in SQLite under the data directory, read models, bus and queue in process.
+    /// Run the whole platform in one process on one port, with no server to install.
+    ///
+    /// Events in SQLite under the data directory; read models, bus and queue in process.
     /// DATABASE_URL, NATS_URL and REDIS_URL switch each part to the real service.
     Dev {
         /// Where the events are kept (default: RUNLEDGER_DATA_DIR, else ./.runledger).

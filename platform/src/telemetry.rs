@@ -16,3 +16,19 @@ pub fn init(filter: &str) {
         )
         .try_init();
 }
+
+/// Installs a compact human-readable subscriber with `filter` on standard error, for
+/// `runledger dev` in a terminal (standard output carries its banner).
+pub fn init_human(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .compact()
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
+        .try_init();
+}

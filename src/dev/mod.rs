@@ -45,7 +45,7 @@ pub enum Data {
 
 /// Runs until Ctrl-C / SIGTERM.
 pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Result<ExitCode> {
-    platform::telemetry::init(
+    platform::telemetry::init_human(
         &std::env::var("RUNLEDGER_LOG").unwrap_or_else(|_| "warn".to_owned()),
     );
     let _lock = match &data {

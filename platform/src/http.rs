@@ -1,5 +1,6 @@
 //! What every HTTP role serves besides its own routes: `/healthz`, `/readyz` (database
-//! reachable), problem+json for unknown routes and methods, and per-route latency metrics.
+//! reachable), `/openapi.json`, problem+json for unknown routes and methods, and per-route
+//! latency metrics.
 
 use axum::{
     Router,
@@ -15,6 +16,7 @@ pub fn finish<S: Clone + Send + Sync + 'static>(router: Router<S>, store: EventS
     router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(move || ready(store.clone())))
+        .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -24,6 +26,17 @@ pub fn finish<S: Clone + Send + Sync + 'static>(router: Router<S>, store: EventS
             )
         })
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
+}
+
+/// The HTTP surface, checked against the routes by `tests/dev/openapi.rs`.
+pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn ready(store: EventStore) -> Response {

@@ -6,5 +6,6 @@
 
 mod bad_settings;
 mod helpers;
+mod openapi;
 mod readme;
 mod tour;

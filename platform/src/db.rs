@@ -1,5 +1,6 @@
 //! The Postgres pool, built here rather than with `default_postgress_pool` (which caps at 10
-//! connections and panics), and the migrations under `schemas/migrations/`.
+//! connections and panics), and the migrations under `schemas/migrations/`; the embedded
+//! SQLite database of `runledger dev` and its migrations under `schemas/sqlite/`.
 
 use std::{str::FromStr, time::Duration};
 

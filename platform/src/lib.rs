@@ -1,6 +1,7 @@
 //! What every runledger role shares and no business rule: typed settings, telemetry, JWT
-//! auth, the Postgres pool and migrations, the event store with its global order, the
-//! problem+json error type, and graceful shutdown.
+//! auth, the Postgres and SQLite pools and migrations, the event store with its global order,
+//! the in-memory read-model tables, change notices, the problem+json error type, and graceful
+//! shutdown.
 
 pub mod auth;
 pub mod db;

@@ -1,6 +1,7 @@
-//! The event store: postgres-es's tables with a gap-safe global position, loading with
-//! snapshots and a cache, and one group-committing writer that appends the events of many
-//! concurrent commands (each all-or-nothing) in one transaction.
+//! The event store: an [`EventLog`] (postgres-es's tables on Postgres, or sqlite-es's on
+//! SQLite for `runledger dev`) with a gap-safe global position, loading with snapshots and a
+//! cache, and one group-committing writer that appends the events of many concurrent
+//! commands (each all-or-nothing) in one transaction.
 
 mod cache;
 mod locks;

@@ -1,6 +1,7 @@
-//! The group committer: one task takes every unit waiting in its queue and commits them in
-//! one transaction, so N concurrent commands cost one durable commit, not N. Each unit stays
-//! all-or-nothing: a unit that conflicts is taken out and the rest committed without it.
+//! The group committer: one task takes every unit waiting in its queue and hands them to the
+//! log to commit in one transaction, so N concurrent commands cost one durable commit, not N.
+//! Each unit stays all-or-nothing: a unit that conflicts is taken out and the rest committed
+//! without it. The Postgres batch commit is here; SQLite's is in `sqlite`.
 
 use std::{collections::HashSet, sync::Arc};
 

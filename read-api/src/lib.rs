@@ -1,6 +1,7 @@
 //! runledger's read side: queries over the read models and the per-user SSE stream.
 
 pub mod audit;
+pub mod audit_events;
 pub mod jobs;
 pub mod state;
 pub mod stream;
@@ -90,6 +91,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/usage/history", get(usage::history))
         .route("/v1/subscription", get(usage::subscription))
         .route("/v1/audit/usage/{user_id}", get(audit::usage))
+        .route("/v1/audit/events", get(audit_events::events))
         .with_state(state)
 }
 

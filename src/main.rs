@@ -1,6 +1,7 @@
 //! `runledger`: one binary, a subcommand per role. This file only parses the command line
 //! and calls each crate's `run`.
 
+mod audit;
 mod bench;
 mod dev;
 mod roles;
@@ -41,6 +42,11 @@ enum Action {
     },
     /// Apply the database migrations (DATABASE_URL).
     Migrate,
+    /// Audit the usage ledgers from the raw events.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Serve the write side: job submission, cancel, worker reports; runs the process manager.
     CommandApi,
     /// Serve the read side: job views, usage, subscription, the per-user SSE stream.
@@ -93,6 +99,30 @@ enum ProjectionsAction {
 }
 
 #[derive(Subcommand)]
+enum AuditAction {
+    /// Replay a user's usage per period from the events, verify each hash chain, compare with
+    /// the read model; exit 1 when any does not hold.
+    Replay {
+        /// The user (UUID).
+        #[arg(long)]
+        user: String,
+        /// First month, YYYY-MM (default: this month).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last month, YYYY-MM (default: this month).
+        #[arg(long)]
+        to: Option<String>,
+        /// table, json or csv.
+        #[arg(long, value_enum, default_value = "table")]
+        format: audit::Format,
+        /// Without DATABASE_URL: the data directory of `runledger dev` (default:
+        /// RUNLEDGER_DATA_DIR, else ./.runledger).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenAction {
     /// Print a signed token.
     Mint {
@@ -137,13 +167,31 @@ fn main() -> ExitCode {
             let data = if in_memory {
                 dev::Data::InMemory
             } else {
-                dev::Data::Dir(
-                    data_dir
-                        .or_else(|| std::env::var_os("RUNLEDGER_DATA_DIR").map(PathBuf::from))
-                        .unwrap_or_else(|| PathBuf::from(".runledger")),
-                )
+                dev::Data::Dir(data_dir_or_default(data_dir))
             };
             rt.block_on(dev::run(s, data, concurrency))
+        }),
+        Action::Audit {
+            action:
+                AuditAction::Replay {
+                    user,
+                    from,
+                    to,
+                    format,
+                    data_dir,
+                },
+        } => runtime().and_then(|rt| {
+            let s = settings()?;
+            let month = audit::this_month();
+            let (from, to) = (from.unwrap_or_else(|| month.clone()), to.unwrap_or(month));
+            rt.block_on(audit::replay(
+                &s,
+                data_dir_or_default(data_dir),
+                &user,
+                &from,
+                &to,
+                format,
+            ))
         }),
         Action::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
         Action::CommandApi => runtime().and_then(|rt| rt.block_on(command_api())),
@@ -170,6 +218,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--data-dir`, else `RUNLEDGER_DATA_DIR`, else `./.runledger`.
+fn data_dir_or_default(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("RUNLEDGER_DATA_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".runledger"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

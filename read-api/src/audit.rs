@@ -18,12 +18,15 @@ use domain::{
 use platform::{
     auth::{Principal, Role},
     problem::Problem,
-    store::reader::RecordedEvent,
+    store::{EventStore, reader::RecordedEvent},
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::state::{AppState, internal};
+use crate::{
+    state::{AppState, internal},
+    views::ReadModels,
+};
 
 /// The replayed usage and the verdicts.
 ///
@@ -43,19 +46,54 @@ pub async fn usage(
     let month = params
         .get("period")
         .ok_or_else(|| Problem::bad_request("period=YYYY-MM is required"))?;
-    let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
-        .map_err(|_| Problem::bad_request("period must be YYYY-MM"))?;
-    let start = first
+    let start = month_start(month).ok_or_else(|| Problem::bad_request("period must be YYYY-MM"))?;
+    let periods = replay_month(&state.store, state.views.as_ref(), user, start)
+        .await
+        .map_err(|e| match e {
+            AuditError::Database(e) => internal(&e),
+            AuditError::Decode(position) => {
+                tracing::error!(message = "Stored usage event does not decode.", position);
+                Problem::internal()
+            }
+        })?;
+    Ok(Json(
+        json!({ "user_id": user, "period": month, "periods": periods }),
+    ))
+}
+
+/// Why an audit could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The store or the read models failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored usage event does not decode.
+    #[error("the usage event at position {0} does not decode")]
+    Decode(i64),
+}
+
+/// The first instant of `YYYY-MM`, UTC.
+pub fn month_start(month: &str) -> Option<DateTime<Utc>> {
+    NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+        .ok()?
         .and_hms_opt(0, 0, 0)
         .map(|t| t.and_utc())
-        .ok_or_else(|| Problem::bad_request("period must be YYYY-MM"))?;
+}
+
+/// `user`'s periods starting in the month that starts at `start`, each replayed from its raw
+/// events with the hash-chain verdict, beside what the projection says.
+///
+/// # Errors
+/// [`AuditError`].
+pub async fn replay_month(
+    store: &EventStore,
+    views: &dyn ReadModels,
+    user: Uuid,
+    start: DateTime<Utc>,
+) -> Result<Vec<Value>, AuditError> {
     let end = BillingPeriod::calendar_month(start).end;
     // The calendar month, and any other period (a paid plan's) the projection saw start in it.
-    let known = state
-        .views
-        .usage_history(user, 120)
-        .await
-        .map_err(|e| internal(&e))?;
+    let known = views.usage_history(user, 120).await?;
     let mut starts: BTreeSet<DateTime<Utc>> = known
         .iter()
         .map(|u| u.period_start)
@@ -67,34 +105,25 @@ pub async fn usage(
         let period = BillingPeriod::new(s, s + chrono::Duration::seconds(1))
             .unwrap_or_else(|| BillingPeriod::calendar_month(s));
         let id = UsageKey::new(UserId::from_uuid(user), &period).aggregate_id();
-        let events = state
-            .store
-            .events_of("usage", &id)
-            .await
-            .map_err(|e| internal(&e))?;
+        let events = store.events_of("usage", &id).await?;
         if events.is_empty() && s != start {
             continue;
         }
         let projected = known.iter().find(|u| u.period_start == s);
         periods.push(replay(s, &events, projected)?);
     }
-    Ok(Json(
-        json!({ "user_id": user, "period": month, "periods": periods }),
-    ))
+    Ok(periods)
 }
 
 fn replay(
     start: DateTime<Utc>,
     events: &[RecordedEvent],
     projected: Option<&platform::views::UsageView>,
-) -> Result<Value, Problem> {
+) -> Result<Value, AuditError> {
     let (mut reserved, mut released) = (0i64, 0i64);
     let mut units: Vec<Value> = Vec::new();
     for e in events {
-        let event: UsageEvent = e.decode().map_err(|err| {
-            tracing::error!(message = "Stored usage event does not decode.", position = e.position, error = %err);
-            Problem::internal()
-        })?;
+        let event: UsageEvent = e.decode().map_err(|_| AuditError::Decode(e.position))?;
         match event {
             UsageEvent::UnitReserved(_) => reserved += 1,
             UsageEvent::UnitReleased(_) => released += 1,

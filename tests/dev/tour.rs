@@ -152,6 +152,19 @@ async fn the_same_tour_runs_on_postgres_nats_and_redis() {
         "Postgres",
     )
     .await;
+    // The auditor's command line reads the same Postgres store and read models.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["audit", "replay", "--user", DEMO_USER, "--format", "json"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows[0]["consumed"], 6);
+    assert_eq!(rows[0]["matches_projection"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -273,6 +286,14 @@ async fn the_audit_catches_a_unit_edited_in_the_database() {
     let dev = Dev::start(&["--data-dir", &d], &[]);
     tour(&dev, 0).await;
     assert!(dev.interrupt().success());
+    // The auditor's command line, before the edit: every ledger holds.
+    let (ok, out, _) = audit_replay(&d, "json");
+    assert!(ok, "{out}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["consumed"], 3);
+    assert_eq!(rows[0]["chain_verified"], true);
+    let (ok, table, _) = audit_replay(&d, "table");
+    assert!(ok && table.starts_with("period_start"), "{table}");
 
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{d}/events.db"))
         .await
@@ -472,4 +493,28 @@ async fn the_auditor_reads_one_users_raw_events_as_ndjson() {
     assert!(all.contains(&other_job));
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `runledger audit replay` on a data directory: (success, stdout, stderr).
+fn audit_replay(dir: &str, format: &str) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args([
+            "audit",
+            "replay",
+            "--user",
+            DEMO_USER,
+            "--data-dir",
+            dir,
+            "--format",
+            format,
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -40,9 +40,10 @@ fn conflict(slug: &str, title: &'static str, detail: String) -> Problem {
     Problem::new(StatusCode::CONFLICT, slug, title).detail(detail)
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let problem = match self {
+impl ApiError {
+    /// The problem+json this error answers with, over HTTP or to an in-process caller.
+    pub fn problem(self) -> Problem {
+        match self {
             Self::Problem(p) => p,
             Self::Parse(e) => Problem::bad_request(e.to_string()),
             Self::Job(e) => match e {
@@ -92,22 +93,30 @@ impl IntoResponse for ApiError {
             ),
             Self::Store(StoreError::Contention(what)) => {
                 tracing::warn!(message = "Command gave up under contention.", aggregate = %what);
-                let mut res = Problem::new(
+                Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "contention",
                     "Too much contention",
                 )
                 .detail("retry the request")
-                .into_response();
-                res.headers_mut()
-                    .insert("retry-after", HeaderValue::from_static("1"));
-                return res;
             }
             Self::Store(e) => {
                 tracing::error!(message = "Store failure.", error = %e);
                 Problem::internal()
             }
-        };
-        problem.into_response()
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let contention = problem.type_uri.ends_with(":contention");
+        let mut res = problem.into_response();
+        if contention {
+            res.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        res
     }
 }

@@ -50,10 +50,10 @@ pub async fn report(
     state: &AppState,
     id: JobId,
     worker: Principal,
-    command: JobCommand,
+    report: WorkerReport,
 ) -> Result<(), ApiError> {
     require_worker(worker)?;
-    execute(state, id, worker, |_| true, command)
+    execute(state, id, worker, |_| true, report.command()?)
         .await
         .map(drop)
 }
@@ -118,33 +118,83 @@ fn require_worker(p: Principal) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
-    attempt: u32,
-    worker_id: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// Who runs it.
+    pub worker_id: String,
 }
 
 /// `POST /v1/worker/jobs/{id}/heartbeat`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
-    attempt: u32,
+    /// The attempt.
+    pub attempt: u32,
 }
 
 /// `POST /v1/worker/jobs/{id}/complete`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
-    attempt: u32,
+    /// The attempt.
+    pub attempt: u32,
+    /// The executor's result.
     #[serde(default)]
-    result: Value,
+    pub result: Value,
 }
 
 /// `POST /v1/worker/jobs/{id}/fail`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
-    attempt: u32,
-    error: String,
-    retryable: bool,
+    /// The attempt.
+    pub attempt: u32,
+    /// What went wrong (truncated to the domain's bound).
+    pub error: String,
+    /// Whether another attempt may follow.
+    pub retryable: bool,
+}
+
+/// A worker's report, over HTTP or in process: one place turns it into a command.
+#[derive(Debug)]
+pub enum WorkerReport {
+    /// An attempt starts.
+    Start(StartBody),
+    /// An attempt is alive.
+    Heartbeat(HeartbeatBody),
+    /// An attempt finished.
+    Complete(CompleteBody),
+    /// An attempt failed.
+    Fail(FailBody),
+}
+
+impl WorkerReport {
+    fn command(self) -> Result<JobCommand, ApiError> {
+        let now = Utc::now();
+        Ok(match self {
+            Self::Start(b) => JobCommand::Start(StartJob {
+                attempt: Attempt::new(b.attempt)?,
+                worker_id: WorkerId::parse(&b.worker_id)?,
+                now,
+            }),
+            Self::Heartbeat(b) => JobCommand::Heartbeat(HeartbeatJob {
+                attempt: Attempt::new(b.attempt)?,
+                now,
+            }),
+            Self::Complete(b) => JobCommand::Complete(CompleteJob {
+                attempt: Attempt::new(b.attempt)?,
+                result: b.result,
+                now,
+            }),
+            Self::Fail(b) => JobCommand::Fail(FailJob {
+                attempt: Attempt::new(b.attempt)?,
+                error: ErrorText::truncated(&b.error),
+                retryable: b.retryable,
+                now,
+                jitter_seed: rand::random(),
+            }),
+        })
+    }
 }
 
 /// A worker starts an attempt.
@@ -157,13 +207,7 @@ pub async fn start(
     Path(id): Path<String>,
     body: Json<StartBody>,
 ) -> Result<Response, ApiError> {
-    require_worker(principal)?;
-    let command = JobCommand::Start(StartJob {
-        attempt: Attempt::new(body.value.attempt)?,
-        worker_id: WorkerId::parse(&body.value.worker_id)?,
-        now: Utc::now(),
-    });
-    run(&state, job_id(&id)?, principal, |_| true, command).await
+    worker_endpoint(&state, principal, &id, WorkerReport::Start(body.value)).await
 }
 
 /// A worker's attempt is still alive.
@@ -176,12 +220,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     body: Json<HeartbeatBody>,
 ) -> Result<Response, ApiError> {
-    require_worker(principal)?;
-    let command = JobCommand::Heartbeat(HeartbeatJob {
-        attempt: Attempt::new(body.value.attempt)?,
-        now: Utc::now(),
-    });
-    run(&state, job_id(&id)?, principal, |_| true, command).await
+    worker_endpoint(&state, principal, &id, WorkerReport::Heartbeat(body.value)).await
 }
 
 /// A worker's attempt finished with a result.
@@ -194,13 +233,7 @@ pub async fn complete(
     Path(id): Path<String>,
     body: Json<CompleteBody>,
 ) -> Result<Response, ApiError> {
-    require_worker(principal)?;
-    let command = JobCommand::Complete(CompleteJob {
-        attempt: Attempt::new(body.value.attempt)?,
-        result: body.value.result,
-        now: Utc::now(),
-    });
-    run(&state, job_id(&id)?, principal, |_| true, command).await
+    worker_endpoint(&state, principal, &id, WorkerReport::Complete(body.value)).await
 }
 
 /// A worker's attempt failed.
@@ -213,13 +246,15 @@ pub async fn fail(
     Path(id): Path<String>,
     body: Json<FailBody>,
 ) -> Result<Response, ApiError> {
+    worker_endpoint(&state, principal, &id, WorkerReport::Fail(body.value)).await
+}
+
+async fn worker_endpoint(
+    state: &AppState,
+    principal: Principal,
+    id: &str,
+    report: WorkerReport,
+) -> Result<Response, ApiError> {
     require_worker(principal)?;
-    let command = JobCommand::Fail(FailJob {
-        attempt: Attempt::new(body.value.attempt)?,
-        error: ErrorText::truncated(&body.value.error),
-        retryable: body.value.retryable,
-        now: Utc::now(),
-        jitter_seed: rand::random(),
-    });
-    run(&state, job_id(&id)?, principal, |_| true, command).await
+    run(state, job_id(id)?, principal, |_| true, report.command()?).await
 }

@@ -1,9 +1,10 @@
 //! The worker's reporter under `runledger dev`: outcomes go straight to the command side of
-//! this process, through the same command path as the HTTP worker endpoints.
+//! this process, through the same command path and the same problem answers as the HTTP
+//! worker endpoints.
 
+use command_api::jobs::{CompleteBody, FailBody, HeartbeatBody, StartBody, WorkerReport};
 use domain::{
-    ids::{JobId, UserId, WorkerId},
-    job::{CompleteJob, ErrorText, FailJob, HeartbeatJob, JobCommand, JobError, StartJob},
+    ids::{JobId, UserId},
     retry::Attempt,
 };
 use platform::auth::{Principal, Role};
@@ -17,49 +18,39 @@ pub struct LocalReporter {
 }
 
 impl LocalReporter {
-    async fn report(&self, job: JobId, command: JobCommand) -> Result<(), ReportError> {
+    async fn report(&self, job: JobId, report: WorkerReport) -> Result<(), ReportError> {
         let worker = Principal {
             user_id: UserId::from_uuid(uuid::Uuid::nil()),
             role: Role::Worker,
         };
-        command_api::jobs::report(&self.state, job, worker, command)
-            .await
-            .map_err(|e| match e {
-                command_api::error::ApiError::Job(j) => match j {
-                    JobError::NotFound => ReportError::NotFound,
-                    JobError::Finished { .. } => ReportError::Conflict("job-finished".into()),
-                    JobError::StaleAttempt { .. } => ReportError::Conflict("stale-attempt".into()),
-                    JobError::StartedElsewhere { .. } => {
-                        ReportError::Conflict("started-elsewhere".into())
-                    }
-                    JobError::NotRunning { .. } => ReportError::Conflict("job-not-running".into()),
-                    JobError::AlreadySubmitted => ReportError::Conflict("job-exists".into()),
-                },
-                other => ReportError::Transport(other.to_string()),
-            })
+        let Err(e) = command_api::jobs::report(&self.state, job, worker, report).await else {
+            return Ok(());
+        };
+        // Read as the HTTP reporter reads the endpoints' answers.
+        let problem = e.problem();
+        let kind = problem.type_uri.rsplit(':').next().unwrap_or("").to_owned();
+        Err(match problem.status {
+            404 => ReportError::NotFound,
+            409 => ReportError::Conflict(kind),
+            status => ReportError::Transport(format!("{status} {kind}")),
+        })
     }
 }
 
 impl Reporter for LocalReporter {
     async fn start(&self, job: JobId, attempt: Attempt, worker: &str) -> Result<(), ReportError> {
-        let worker_id =
-            WorkerId::parse(worker).map_err(|e| ReportError::Transport(e.to_string()))?;
-        let now = chrono::Utc::now();
-        self.report(
-            job,
-            JobCommand::Start(StartJob {
-                attempt,
-                worker_id,
-                now,
-            }),
-        )
-        .await
+        let body = StartBody {
+            attempt: attempt.get(),
+            worker_id: worker.to_owned(),
+        };
+        self.report(job, WorkerReport::Start(body)).await
     }
 
     async fn heartbeat(&self, job: JobId, attempt: Attempt) -> Result<(), ReportError> {
-        let now = chrono::Utc::now();
-        self.report(job, JobCommand::Heartbeat(HeartbeatJob { attempt, now }))
-            .await
+        let body = HeartbeatBody {
+            attempt: attempt.get(),
+        };
+        self.report(job, WorkerReport::Heartbeat(body)).await
     }
 
     async fn complete(
@@ -68,16 +59,11 @@ impl Reporter for LocalReporter {
         attempt: Attempt,
         result: Value,
     ) -> Result<(), ReportError> {
-        let now = chrono::Utc::now();
-        self.report(
-            job,
-            JobCommand::Complete(CompleteJob {
-                attempt,
-                result,
-                now,
-            }),
-        )
-        .await
+        let body = CompleteBody {
+            attempt: attempt.get(),
+            result,
+        };
+        self.report(job, WorkerReport::Complete(body)).await
     }
 
     async fn fail(
@@ -87,17 +73,11 @@ impl Reporter for LocalReporter {
         error: &str,
         retryable: bool,
     ) -> Result<(), ReportError> {
-        let now = chrono::Utc::now();
-        self.report(
-            job,
-            JobCommand::Fail(FailJob {
-                attempt,
-                error: ErrorText::truncated(error),
-                retryable,
-                now,
-                jitter_seed: rand::random(),
-            }),
-        )
-        .await
+        let body = FailBody {
+            attempt: attempt.get(),
+            error: error.to_owned(),
+            retryable,
+        };
+        self.report(job, WorkerReport::Fail(body)).await
     }
 }

@@ -223,11 +223,9 @@ pub const JWKS_REFRESH_MIN: Duration = Duration::from_secs(10);
 
 impl Jwks {
     fn new(url: &str) -> Self {
-        // A TLS client needs the process's crypto provider, whoever builds it first.
-        crate::install_crypto();
         Self {
             url: url.to_owned(),
-            client: reqwest::Client::builder()
+            client: crate::http_client()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),

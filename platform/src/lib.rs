@@ -35,6 +35,13 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// A `reqwest` client builder with the process's TLS crypto provider installed: every TLS
+/// client of the project starts here, whichever part of it runs first.
+pub fn http_client() -> reqwest::ClientBuilder {
+    install_crypto();
+    reqwest::Client::builder()
+}
+
 /// Installs rustls's ring provider for the process; TLS clients (JWKS, Stripe) need one.
 /// A second call is a no-op.
 pub fn install_crypto() {

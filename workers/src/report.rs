@@ -71,11 +71,10 @@ pub struct HttpReporter {
 impl HttpReporter {
     /// Reports to `base` (the command API) with `token`.
     pub fn new(base: &str, token: String) -> Self {
-        platform::install_crypto();
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            client: reqwest::Client::builder()
+            client: platform::http_client()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),

@@ -219,13 +219,7 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
                 let _ = replies.remove(index).send(Err(refusal));
             }
             Err(e) => {
-                tracing::error!(message = "Event batch failed.", error = %e, units = units.len());
-                let text = e.to_string();
-                for r in replies.drain(..) {
-                    let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
-                        text.clone(),
-                    ))));
-                }
+                super::writer::fail_all(&e, replies);
                 return;
             }
         }

@@ -133,6 +133,17 @@ async fn run(
     }
 }
 
+/// Answers every unit of a batch the database failed: nothing of it was committed.
+pub(super) fn fail_all(e: &sqlx::Error, replies: Vec<Reply>) {
+    tracing::error!(message = "Event batch failed.", error = %e, units = replies.len());
+    let text = e.to_string();
+    for r in replies {
+        let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
+            text.clone(),
+        ))));
+    }
+}
+
 /// Units refused by a batch attempt, by index.
 enum Refusal {
     Units(Vec<(usize, CommitError)>),
@@ -182,13 +193,7 @@ pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) 
                 }
             }
             Err(Refusal::Database(e)) => {
-                tracing::error!(message = "Event batch failed.", error = %e, units = units.len());
-                let text = e.to_string();
-                for r in replies.drain(..) {
-                    let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
-                        text.clone(),
-                    ))));
-                }
+                fail_all(&e, replies);
                 break;
             }
         }

@@ -119,8 +119,7 @@ impl Generic {
                 .await
                 .map_err(|e| ExecError::fatal(e.to_string()))?;
             // Pinned to the address just checked; no automatic redirects.
-            platform::install_crypto();
-            let client = reqwest::Client::builder()
+            let client = platform::http_client()
                 .redirect(reqwest::redirect::Policy::none())
                 .resolve(&host, addr)
                 .timeout(timeout)

@@ -68,17 +68,7 @@ pub async fn apply_buffered(
     suffix: &str,
     buffer: &mut Buffer,
 ) -> Result<Vec<Notice>, ProjectionError> {
-    let mut decoded = Vec::new();
-    for e in events.iter().filter(|e| e.aggregate_type == "job") {
-        let event: JobEvent = e.decode().map_err(|source| ProjectionError::Decode {
-            position: e.position,
-            source,
-        })?;
-        let id = Uuid::parse_str(&e.aggregate_id).map_err(|_| ProjectionError::BadId {
-            position: e.position,
-        })?;
-        decoded.push((e, id, event));
-    }
+    let decoded: Vec<(_, _, JobEvent)> = crate::decode(events, "job")?;
     if decoded.is_empty() {
         return Ok(vec![]);
     }

@@ -42,6 +42,32 @@ pub enum ProjectionError {
     },
 }
 
+/// The events of `aggregate_type` in `events`, each with its aggregate id as a UUID (jobs and
+/// subscriptions are keyed by one) and decoded.
+///
+/// # Errors
+/// [`ProjectionError::Decode`] or [`ProjectionError::BadId`], naming the position.
+pub(crate) fn decode<'a, T: serde::de::DeserializeOwned>(
+    events: &'a [RecordedEvent],
+    aggregate_type: &str,
+) -> Result<Vec<(&'a RecordedEvent, uuid::Uuid, T)>, ProjectionError> {
+    events
+        .iter()
+        .filter(|e| e.aggregate_type == aggregate_type)
+        .map(|e| {
+            let event = e.decode().map_err(|source| ProjectionError::Decode {
+                position: e.position,
+                source,
+            })?;
+            let id =
+                uuid::Uuid::parse_str(&e.aggregate_id).map_err(|_| ProjectionError::BadId {
+                    position: e.position,
+                })?;
+            Ok((e, id, event))
+        })
+        .collect()
+}
+
 /// The read models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Projection {

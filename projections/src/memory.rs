@@ -29,8 +29,8 @@ pub fn apply(
         return Ok(vec![]);
     };
     let usage = usage::deltas(events)?;
-    let decoded_jobs = decode_jobs(events)?;
-    let subs = decode_subscriptions(events)?;
+    let decoded_jobs: Vec<DecodedJob<'_>> = crate::decode(events, "job")?;
+    let subs: Vec<(_, Uuid, SubscriptionEvent)> = crate::decode(events, "subscription")?;
     Ok(views.write(|t| {
         let notices = apply_jobs(t, decoded_jobs);
         for ((user, start), d) in usage {
@@ -62,7 +62,7 @@ pub fn apply(
             }
             row.closed |= d.closed;
         }
-        for (user, event) in subs {
+        for (_, user, event) in subs {
             apply_subscription(t, user, event);
         }
         t.position = last;
@@ -71,42 +71,6 @@ pub fn apply(
 }
 
 type DecodedJob<'a> = (&'a RecordedEvent, Uuid, domain::job::JobEvent);
-
-fn decode_jobs(events: &[RecordedEvent]) -> Result<Vec<DecodedJob<'_>>, ProjectionError> {
-    events
-        .iter()
-        .filter(|e| e.aggregate_type == "job")
-        .map(|e| {
-            let event = e.decode().map_err(|source| ProjectionError::Decode {
-                position: e.position,
-                source,
-            })?;
-            let id = Uuid::parse_str(&e.aggregate_id).map_err(|_| ProjectionError::BadId {
-                position: e.position,
-            })?;
-            Ok((e, id, event))
-        })
-        .collect()
-}
-
-fn decode_subscriptions(
-    events: &[RecordedEvent],
-) -> Result<Vec<(Uuid, SubscriptionEvent)>, ProjectionError> {
-    events
-        .iter()
-        .filter(|e| e.aggregate_type == "subscription")
-        .map(|e| {
-            let event = e.decode().map_err(|source| ProjectionError::Decode {
-                position: e.position,
-                source,
-            })?;
-            let user = Uuid::parse_str(&e.aggregate_id).map_err(|_| ProjectionError::BadId {
-                position: e.position,
-            })?;
-            Ok((user, event))
-        })
-        .collect()
-}
 
 fn apply_jobs(t: &mut Tables, decoded: Vec<DecodedJob<'_>>) -> Vec<Notice> {
     let mut notices: Vec<Notice> = Vec::new();

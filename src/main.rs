@@ -251,7 +251,7 @@ fn mint(sub: &str, role: Role, ttl: Duration) -> anyhow::Result<ExitCode> {
 
 async fn migrate() -> anyhow::Result<ExitCode> {
     let s = settings()?;
-    let pool = platform::db::connect(s.require_database()?, 2).await?;
+    let pool = platform::db::connect_for_migrations(s.require_database()?).await?;
     platform::db::migrate(&pool).await?;
     eprintln!("runledger: migrations applied");
     Ok(ExitCode::SUCCESS)

@@ -118,7 +118,8 @@ pub async fn dispatcher(s: Settings) -> anyhow::Result<ExitCode> {
         platform::store::EventStore::new(pool),
         workers::queue::RedisQueue { conn: redis },
         domain::task::NamespaceMap::default(),
-    );
+    )
+    .with_reconcile_grace(s.reconcile_grace);
     let namespaces = vec![
         domain::task::Namespace::default_ns(),
         domain::task::Namespace::browser(),
@@ -135,21 +136,22 @@ pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow:
         .command_url
         .clone()
         .context("RUNLEDGER_COMMAND_URL is required by the worker")?;
-    let token = match (&s.worker_token, &s.jwt_secret) {
-        (Some(t), _) => t.expose().to_owned(),
-        (None, Some(secret)) => platform::auth::mint(
-            secret,
+    let credentials = match (&s.worker_token, &s.jwt_secret) {
+        (Some(t), _) => workers::report::Credentials::Fixed(t.clone()),
+        (None, Some(secret)) => workers::report::Credentials::minted(
+            secret.clone(),
             &s.jwt_audience,
-            domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
-            platform::auth::Role::Worker,
-            std::time::Duration::from_secs(30 * 86_400),
-        )?,
+            std::time::Duration::from_secs(86_400),
+        ),
         (None, None) => {
             anyhow::bail!("set RUNLEDGER_WORKER_TOKEN (or RUNLEDGER_JWT_SECRET to mint one)")
         }
     };
     let client = redis::Client::open(s.require_redis()?).context("REDIS_URL does not parse")?;
-    let reporter = std::sync::Arc::new(workers::report::HttpReporter::new(&command_url, token));
+    let reporter = std::sync::Arc::new(workers::report::HttpReporter::with_credentials(
+        &command_url,
+        credentials,
+    ));
     let executor = std::sync::Arc::new(workers::executors::Generic::new(
         workers::ssrf::Guard::new(&s.http_allow),
     ));

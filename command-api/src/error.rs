@@ -66,6 +66,9 @@ impl ApiError {
                     conflict("job-finished", "Job already finished", e.to_string())
                         .with("status", status.as_str())
                 }
+                JobError::LeaseAlive { .. } => {
+                    conflict("lease-alive", "Attempt still alive", e.to_string())
+                }
             },
             Self::Usage(e) => match e {
                 UsageError::QuotaExceeded {
@@ -100,6 +103,30 @@ impl ApiError {
                 )
                 .detail("retry the request")
             }
+            Self::Store(StoreError::StorageFull) => Problem::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage-full",
+                "The event store is full",
+            )
+            .detail("nothing was saved; retry once space is freed"),
+            Self::Store(StoreError::OutcomeUnknown) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome-unknown",
+                "Outcome unknown",
+            )
+            .detail(
+                "the connection to the event store broke while committing: the request may or may \
+                 not have been applied; retry it with the same Idempotency-Key to learn which",
+            ),
+            Self::Store(e @ (StoreError::Database(_) | StoreError::WriterStopped)) => {
+                tracing::error!(message = "Store failure; nothing was saved.", error = %e);
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "The event store is unavailable",
+                )
+                .detail("nothing was saved; retry the request")
+            }
             Self::Store(e) => {
                 tracing::error!(message = "Store failure.", error = %e);
                 Problem::internal()
@@ -111,7 +138,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = self.problem();
-        let contention = problem.type_uri.ends_with(":contention");
+        let contention = [":contention", ":store-unavailable", ":outcome-unknown"]
+            .iter()
+            .any(|k| problem.type_uri.ends_with(k));
         let mut res = problem.into_response();
         if contention {
             res.headers_mut()

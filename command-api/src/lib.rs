@@ -88,7 +88,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let pm = tokio::spawn(process::run(
         state.store.clone(),
-        state.settings.reservation_timeout,
+        process::Timeouts::of(&state.settings),
         shutdown.clone(),
     ));
     let stop = shutdown.clone();

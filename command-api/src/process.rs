@@ -2,18 +2,19 @@
 //! outcomes into usage commands (a completion commits the unit; a cancel or dead letter
 //! releases it). One instance is active across replicas, elected by a Postgres advisory lock.
 //! Usage commands are idempotent, so events redone after a crash count nothing twice.
-//! The sweeper releases reservations whose job never got submitted.
+//! The sweeper releases reservations whose job never got submitted, and the lease sweep
+//! fails as retryable every running attempt whose heartbeats stopped, so every job ends.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
     ids::JobId,
-    job::JobEvent,
+    job::{ExpireJob, Job, JobCommand, JobError, JobEvent},
     process::usage_reaction,
     usage::{ReleaseReason, ReleaseUnit, Usage, UsageCommand, UsageError, UsageEvent},
 };
-use platform::store::{EventStore, Metadata, StoreError, reader::RecordedEvent};
+use platform::store::{EventStore, LiveJob, Metadata, Progress, StoreError, reader::RecordedEvent};
 use tokio_util::sync::CancellationToken;
 
 /// The checkpoint's name.
@@ -23,10 +24,29 @@ const LEADER_LOCK: i64 = 7_245_037_262;
 const BATCH: i64 = 500;
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
+/// The process manager's timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A reservation whose job never appeared is released after this.
+    pub reservation: Duration,
+    /// A running attempt silent this long is failed as retryable.
+    pub lease: Duration,
+}
+
+impl Timeouts {
+    /// From the settings.
+    pub fn of(settings: &platform::settings::Settings) -> Self {
+        Self {
+            reservation: settings.reservation_timeout,
+            lease: settings.job_lease,
+        }
+    }
+}
+
 /// Runs until `shutdown`, taking over whenever no other instance holds the lock.
-pub async fn run(store: EventStore, reservation_timeout: Duration, shutdown: CancellationToken) {
+pub async fn run(store: EventStore, timeouts: Timeouts, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
-        match lead(&store, reservation_timeout, &shutdown).await {
+        match lead(&store, timeouts, &shutdown).await {
             Ok(()) => {}
             Err(e) => tracing::error!(message = "Process manager failed; retrying.", error = %e),
         }
@@ -39,7 +59,7 @@ pub async fn run(store: EventStore, reservation_timeout: Duration, shutdown: Can
 
 async fn lead(
     store: &EventStore,
-    reservation_timeout: Duration,
+    timeouts: Timeouts,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
     // Detached from the pool: if this task dies, the connection closes and the lock goes
@@ -60,8 +80,8 @@ async fn lead(
         None => None,
     };
     tracing::info!(message = "Process manager is active.");
-    let sweep_every =
-        (reservation_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let sweep_every = (timeouts.reservation.min(timeouts.lease) / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut last_sweep = tokio::time::Instant::now();
     let result = loop {
         if shutdown.is_cancelled() {
@@ -70,7 +90,10 @@ async fn lead(
         match step(store).await {
             Ok(0) => {
                 if last_sweep.elapsed() >= sweep_every {
-                    if let Err(e) = sweep(store, reservation_timeout).await {
+                    if let Err(e) = sweep(store, timeouts.reservation).await {
+                        break Err(e);
+                    }
+                    if let Err(e) = expire_leases(store, timeouts.lease).await {
                         break Err(e);
                     }
                     last_sweep = tokio::time::Instant::now();
@@ -126,29 +149,49 @@ pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
         Ok::<_, StoreError>(())
     }))
     .await?;
-    let (added, settled) = pending.net();
-    store
-        .save_progress(CHECKPOINT, last, added, settled)
-        .await?;
+    store.save_progress(CHECKPOINT, last, pending.net()).await?;
     Ok(events.len())
 }
 
-/// Changes to `pending_reservations`, committed with the checkpoint.
+/// Changes to `pending_reservations` and `live_jobs`, committed with the checkpoint.
 #[derive(Default)]
 struct PendingChanges {
     added: Vec<(uuid::Uuid, String, chrono::DateTime<Utc>)>,
     settled: Vec<uuid::Uuid>,
+    /// Each job's latest state in the batch: live, or over (`None`).
+    jobs: std::collections::HashMap<uuid::Uuid, Option<LiveJob>>,
 }
 
 impl PendingChanges {
+    /// Nets the batch: only each job's latest state, and only reservations not settled in
+    /// the same batch, reach the tables.
+    fn net(self) -> Progress {
+        let (reserved, settled) = self.net_reservations();
+        let mut live = Vec::new();
+        let mut ended = Vec::new();
+        for (job, state) in self.jobs {
+            match state {
+                Some(l) => live.push(l),
+                None => ended.push(job),
+            }
+        }
+        Progress {
+            reserved,
+            settled,
+            live,
+            ended,
+        }
+    }
+
     /// A reservation and its job are committed together, so most rows added in a batch are
     /// settled in the same batch: only the rest reach the table.
-    fn net(self) -> (Vec<platform::store::Pending>, Vec<uuid::Uuid>) {
+    fn net_reservations(&self) -> (Vec<platform::store::Pending>, Vec<uuid::Uuid>) {
         let settled: std::collections::HashSet<uuid::Uuid> = self.settled.iter().copied().collect();
         let added: Vec<_> = self
             .added
-            .into_iter()
+            .iter()
             .filter(|(job, _, _)| !settled.contains(job))
+            .cloned()
             .collect();
         let added_ids: std::collections::HashSet<uuid::Uuid> =
             added.iter().map(|(j, _, _)| *j).collect();
@@ -186,6 +229,9 @@ fn react(
             if matches!(job_event, JobEvent::JobSubmitted(_)) {
                 pending.settled.push(job_id.as_uuid());
             }
+            if let Some(state) = liveness(&job_event, event, pending.jobs.get(&job_id.as_uuid())) {
+                pending.jobs.insert(job_id.as_uuid(), state);
+            }
             return Ok(
                 usage_reaction(job_id, &job_event, Utc::now()).map(|(key, command)| Reaction {
                     usage_id: key.aggregate_id(),
@@ -213,6 +259,92 @@ fn react(
         _ => {}
     }
     Ok(None)
+}
+
+/// A job's state in `live_jobs` after `e`: live with its status and attempt, over (`None`),
+/// or unchanged (outer `None`: a failure, whose retry or dead letter follows).
+fn liveness(
+    e: &JobEvent,
+    event: &RecordedEvent,
+    before: Option<&Option<LiveJob>>,
+) -> Option<Option<LiveJob>> {
+    let live = |status: &str, attempt: domain::retry::Attempt| {
+        Some(Some(LiveJob {
+            job_id: uuid::Uuid::nil(),
+            status: status.to_owned(),
+            attempt: i32::try_from(attempt.get()).unwrap_or(i32::MAX),
+            since: event.recorded_at,
+        }))
+    };
+    let state = match e {
+        JobEvent::JobSubmitted(s) => live(s.status.as_str(), domain::retry::Attempt::FIRST),
+        JobEvent::JobStarted(s) => live("running", s.attempt),
+        JobEvent::JobHeartbeat(h) => {
+            // A heartbeat after the job ended in this batch changes nothing.
+            if matches!(before, Some(None)) {
+                return None;
+            }
+            live("running", h.attempt)
+        }
+        JobEvent::JobRetryScheduled(r) => live("retrying", r.next_attempt),
+        JobEvent::JobCompleted(_) | JobEvent::JobDeadLettered(_) | JobEvent::JobCanceled(_) => {
+            Some(None)
+        }
+        JobEvent::JobFailed(_) => None,
+    };
+    state.map(|s| {
+        s.map(|mut l| {
+            l.job_id = uuid::Uuid::parse_str(&event.aggregate_id).unwrap_or_default();
+            l
+        })
+    })
+}
+
+/// Fails as retryable each running attempt silent for `lease` (its worker died, hung or was
+/// cut off); the job's next attempt, or its dead letter and released unit, follow through
+/// the log. The index may lag behind the log: the Job aggregate decides, so an attempt seen
+/// alive since is left alone. Returns how many attempts expired.
+///
+/// # Errors
+/// Store failures.
+pub async fn expire_leases(store: &EventStore, lease: Duration) -> Result<usize, StoreError> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let silent = store.live_before(&["running"], cutoff, 100).await?;
+    let lease_secs = u32::try_from(lease.as_secs()).unwrap_or(u32::MAX);
+    let mut expired = 0;
+    for l in silent {
+        let Ok(attempt) = domain::retry::Attempt::new(u32::try_from(l.attempt).unwrap_or(0)) else {
+            continue;
+        };
+        let command = JobCommand::Expire(ExpireJob {
+            attempt,
+            lease_secs,
+            now: Utc::now(),
+            jitter_seed: rand::random(),
+        });
+        let mut meta = Metadata::new();
+        meta.insert("actor".into(), "lease-sweep".into());
+        match store
+            .execute::<Job>(&l.job_id.to_string(), command, &meta)
+            .await?
+        {
+            Ok(_) => {
+                expired += 1;
+                metrics::counter!("runledger_leases_expired_total").increment(1);
+                tracing::warn!(message = "Expired a silent attempt.", job_id = %l.job_id, attempt = l.attempt);
+            }
+            Err(
+                JobError::LeaseAlive { .. }
+                | JobError::StaleAttempt { .. }
+                | JobError::NotRunning { .. }
+                | JobError::Finished { .. },
+            ) => {}
+            Err(e) => {
+                tracing::warn!(message = "Lease expiry refused.", job_id = %l.job_id, error = %e)
+            }
+        }
+    }
+    Ok(expired)
 }
 
 /// The correlation id of the event that caused a command goes along with it.

@@ -149,6 +149,20 @@ pub struct FailJob {
     pub jitter_seed: u64,
 }
 
+/// The process manager expires an attempt whose heartbeats stopped: its worker is presumed
+/// dead or cut off, so the attempt fails as retryable and every job still ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExpireJob {
+    /// The attempt the process manager saw running.
+    pub attempt: Attempt,
+    /// How long an attempt may go without a start or heartbeat, in seconds.
+    pub lease_secs: u32,
+    /// When.
+    pub now: DateTime<Utc>,
+    /// Randomness for the backoff jitter, drawn by the caller.
+    pub jitter_seed: u64,
+}
+
 /// The owner cancels the job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelJob {
@@ -165,6 +179,7 @@ pub enum JobCommand {
     Heartbeat(HeartbeatJob),
     Complete(CompleteJob),
     Fail(FailJob),
+    Expire(ExpireJob),
     Cancel(CancelJob),
 }
 
@@ -323,6 +338,12 @@ pub enum JobError {
         /// Its final status.
         status: JobStatus,
     },
+    /// The attempt was seen alive within its lease: it is not expired.
+    #[error("attempt {attempt} was seen alive within its lease")]
+    LeaseAlive {
+        /// The attempt.
+        attempt: u32,
+    },
 }
 
 /// The state of a submitted job.
@@ -354,6 +375,9 @@ pub struct JobState {
     pub not_before: Option<DateTime<Utc>>,
     /// The last failure.
     pub last_error: Option<ErrorText>,
+    /// When the running attempt was last seen (its start or latest heartbeat).
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 /// The Job aggregate; its default is a job not yet submitted.
@@ -489,30 +513,32 @@ impl Decider for Job {
             }
             JobCommand::Fail(c) => {
                 let s = self.running(c.attempt)?;
-                let failed = JobFailed {
-                    attempt: c.attempt,
-                    error: c.error.clone(),
-                    retryable: c.retryable,
-                    failed_at: c.now,
-                };
-                let next = if c.retryable && s.max_attempts.allows_retry_after(c.attempt) {
-                    let delay = s.retry.delay(c.attempt, c.jitter_seed);
-                    let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                    JobRetryScheduled {
-                        next_attempt: c.attempt.next(),
-                        not_before: c.now.checked_add_signed(delay).unwrap_or(c.now),
-                    }
-                    .into()
-                } else {
-                    JobDeadLettered {
-                        attempts: c.attempt,
-                        error: c.error,
-                        usage: s.usage.clone(),
-                        dead_lettered_at: c.now,
-                    }
-                    .into()
-                };
-                Ok(vec![failed.into(), next])
+                Ok(failure(s, c))
+            }
+            JobCommand::Expire(c) => {
+                let s = self.running(c.attempt)?;
+                let lease = chrono::Duration::seconds(i64::from(c.lease_secs));
+                let seen = s.last_seen.unwrap_or(c.now);
+                if c.now.signed_duration_since(seen) < lease {
+                    return Err(JobError::LeaseAlive {
+                        attempt: c.attempt.get(),
+                    });
+                }
+                let error = format!(
+                    "lease expired: attempt {} sent no heartbeat for {} s",
+                    c.attempt.get(),
+                    c.lease_secs
+                );
+                Ok(failure(
+                    s,
+                    FailJob {
+                        attempt: c.attempt,
+                        error: ErrorText::truncated(&error),
+                        retryable: true,
+                        now: c.now,
+                        jitter_seed: c.jitter_seed,
+                    },
+                ))
             }
             JobCommand::Cancel(c) => {
                 let s = self.live()?;
@@ -544,16 +570,19 @@ impl Decider for Job {
                 worker_id: None,
                 not_before: e.run_at,
                 last_error: None,
+                last_seen: None,
             });
             return;
         }
         let Some(s) = self.state.as_mut() else { return };
         match event {
-            JobEvent::JobSubmitted(_) | JobEvent::JobHeartbeat(_) => {}
+            JobEvent::JobSubmitted(_) => {}
+            JobEvent::JobHeartbeat(e) => s.last_seen = Some(e.at),
             JobEvent::JobStarted(e) => {
                 s.status = JobStatus::Running;
                 s.worker_id = Some(e.worker_id.clone());
                 s.not_before = None;
+                s.last_seen = Some(e.started_at);
             }
             JobEvent::JobCompleted(_) => s.status = JobStatus::Completed,
             JobEvent::JobFailed(e) => s.last_error = Some(e.error.clone()),
@@ -562,9 +591,39 @@ impl Decider for Job {
                 s.attempt = e.next_attempt;
                 s.worker_id = None;
                 s.not_before = Some(e.not_before);
+                s.last_seen = None;
             }
             JobEvent::JobDeadLettered(_) => s.status = JobStatus::Failed,
             JobEvent::JobCanceled(_) => s.status = JobStatus::Canceled,
         }
     }
+}
+
+/// A failed attempt, then its retry after a backoff or, with no attempt left or a fatal
+/// error, the dead letter.
+fn failure(s: &JobState, c: FailJob) -> Vec<JobEvent> {
+    let failed = JobFailed {
+        attempt: c.attempt,
+        error: c.error.clone(),
+        retryable: c.retryable,
+        failed_at: c.now,
+    };
+    let next = if c.retryable && s.max_attempts.allows_retry_after(c.attempt) {
+        let delay = s.retry.delay(c.attempt, c.jitter_seed);
+        let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        JobRetryScheduled {
+            next_attempt: c.attempt.next(),
+            not_before: c.now.checked_add_signed(delay).unwrap_or(c.now),
+        }
+        .into()
+    } else {
+        JobDeadLettered {
+            attempts: c.attempt,
+            error: c.error,
+            usage: s.usage.clone(),
+            dead_lettered_at: c.now,
+        }
+        .into()
+    };
+    vec![failed.into(), next]
 }

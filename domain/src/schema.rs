@@ -53,6 +53,7 @@ pub fn all() -> Vec<SchemaFile> {
     let mut out = vec![file::<JobEnvelope>("envelope.json".to_owned())];
     out.extend(files!("commands":
         job::SubmitJob, job::StartJob, job::HeartbeatJob, job::CompleteJob, job::FailJob,
+        job::ExpireJob,
         job::CancelJob, usage::ReserveUnit, usage::CommitUnit, usage::ReleaseUnit,
         usage::ClosePeriod, subscription::ApplyStripeEvent,
     ));

@@ -45,9 +45,34 @@ pub enum DbError {
 /// # Errors
 /// [`DbError::BadUrl`] or [`DbError::Connect`].
 pub async fn connect(url: &Secret, max: u32) -> Result<PgPool, DbError> {
+    // Nothing waits for ever: a lock held by a stuck session, a runaway statement, or a
+    // transaction left open by a dead task (it would also hold back every reader's snapshot).
+    connect_with(
+        url,
+        max,
+        &[
+            ("lock_timeout", "10s"),
+            ("statement_timeout", "120s"),
+            ("idle_in_transaction_session_timeout", "60s"),
+        ],
+    )
+    .await
+}
+
+/// Connects for `runledger migrate`: a migration may rewrite a large table, so statements
+/// are not cut short; locks still time out.
+///
+/// # Errors
+/// [`DbError::BadUrl`] or [`DbError::Connect`].
+pub async fn connect_for_migrations(url: &Secret) -> Result<PgPool, DbError> {
+    connect_with(url, 2, &[("lock_timeout", "60s")]).await
+}
+
+async fn connect_with(url: &Secret, max: u32, session: &[(&str, &str)]) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(url.expose())
         .map_err(|_| DbError::BadUrl)?
-        .application_name("runledger");
+        .application_name("runledger")
+        .options(session.iter().copied());
     // One connection first, for the real reason when it fails (a pool only says it timed out).
     let first = tokio::time::timeout(Duration::from_secs(5), options.connect())
         .await

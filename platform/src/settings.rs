@@ -60,6 +60,12 @@ pub struct Settings {
     pub body_limit: usize,
     /// `RUNLEDGER_RESERVATION_TIMEOUT_SECS` (default 300): the sweeper's cutoff.
     pub reservation_timeout: Duration,
+    /// `RUNLEDGER_JOB_LEASE_SECS` (default 60, 5 to 86400): a running attempt with no start
+    /// or heartbeat for this long is failed as retryable by the process manager.
+    pub job_lease: Duration,
+    /// `RUNLEDGER_RECONCILE_GRACE_SECS` (default 30, 1 to 3600): a waiting job that no queue
+    /// has held for this long is pushed again by the dispatcher.
+    pub reconcile_grace: Duration,
     /// `RUNLEDGER_LOG` (default `info`): a tracing filter.
     pub log_filter: String,
     /// `RUNLEDGER_SSE_HEARTBEAT_SECS` (default 15): comment lines that keep idle streams open.
@@ -253,6 +259,24 @@ impl Settings {
                 "RUNLEDGER_RESERVATION_TIMEOUT_SECS",
                 300,
             )?),
+            job_lease: Duration::from_secs(within(
+                number(
+                    get("RUNLEDGER_JOB_LEASE_SECS"),
+                    "RUNLEDGER_JOB_LEASE_SECS",
+                    60,
+                )?,
+                "RUNLEDGER_JOB_LEASE_SECS",
+                5..=86_400,
+            )?),
+            reconcile_grace: Duration::from_secs(within(
+                number(
+                    get("RUNLEDGER_RECONCILE_GRACE_SECS"),
+                    "RUNLEDGER_RECONCILE_GRACE_SECS",
+                    30,
+                )?,
+                "RUNLEDGER_RECONCILE_GRACE_SECS",
+                1..=3_600,
+            )?),
             log_filter: get("RUNLEDGER_LOG").unwrap_or("info").to_owned(),
             sse_heartbeat: Duration::from_secs(
                 number(
@@ -324,6 +348,21 @@ fn number(v: Option<&str>, var: &'static str, default: u64) -> Result<u64, Setti
             .parse()
             .map_err(|_| bad(var, "must be a whole number"))
     })
+}
+
+fn within(
+    n: u64,
+    var: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, SettingsError> {
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(bad(
+            var,
+            &format!("must be between {} and {}", range.start(), range.end()),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! notices, resumed after `Last-Event-ID` from the `job_changes` read model, without gap or
 //! duplicate. A notice names the user's previous change; when that is not the last one this
 //! stream sent (a notice was lost, or this stream fell behind), the gap is read from the
-//! read model.
+//! read model. Notices are at most once, so each stream also reads the read model every
+//! heartbeat interval: a change reaches its open streams within that time even if every
+//! notice is lost. Streams end when the server shuts down.
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
@@ -32,6 +34,8 @@ use crate::{
 #[derive(Default)]
 pub struct Hub {
     users: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Arc<Notice>>>>,
+    /// Fires when the hub stops: streams end.
+    closed: CancellationToken,
 }
 
 impl Hub {
@@ -56,6 +60,12 @@ impl Hub {
                     },
                 }
             }
+            // Dropping the senders ends every stream, so a graceful shutdown is not held
+            // open by connected clients (they resume with Last-Event-ID elsewhere).
+            if let Ok(mut users) = h.users.lock() {
+                users.clear();
+            }
+            h.closed.cancel();
         });
         Ok(hub)
     }
@@ -127,33 +137,39 @@ pub async fn stream(
         None => 0,
     };
     let (tx, rx) = mpsc::channel(64);
+    let now = state
+        .views
+        .stream_position(user)
+        .await
+        .map_err(|e| internal(&e))?;
     let (start, backlog) = match resume {
-        Some(p) if p >= trimmed => (p, true),
-        _ => {
-            let now = state
-                .views
-                .stream_position(user)
-                .await
-                .map_err(|e| internal(&e))?;
-            if resume.is_some() {
-                // The changes after Last-Event-ID may be gone: the client reloads its jobs,
-                // and the stream goes on from now (the reset's id moves Last-Event-ID there).
-                let reset = Event::default().id(now.to_string()).event("reset").data(
-                    json!({"reason": "history-trimmed", "trimmed_through": trimmed}).to_string(),
-                );
-                let _ = tx.try_send(reset);
-            }
+        Some(p) if p >= trimmed && p <= now => (p, true),
+        Some(p) => {
+            // The changes after Last-Event-ID may be gone, or the id is beyond anything this
+            // store holds (it was restored or reset): the client reloads its jobs, and the
+            // stream goes on from now (the reset's id moves Last-Event-ID there).
+            let data = if p > now {
+                json!({"reason": "ahead-of-store", "position": now})
+            } else {
+                json!({"reason": "history-trimmed", "trimmed_through": trimmed})
+            };
+            let reset = Event::default()
+                .id(now.to_string())
+                .event("reset")
+                .data(data.to_string());
+            let _ = tx.try_send(reset);
             (now, false)
         }
+        None => (now, false),
     };
-    tokio::spawn(follow(
-        state.views.clone(),
-        user,
-        start,
-        backlog,
-        notices,
-        tx,
-    ));
+    let poll = state.settings.sse_heartbeat;
+    let closed = state.hub.closed.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow(state.views.clone(), user, start, backlog, notices, tx, poll) => {}
+            () = closed.cancelled() => {}
+        }
+    });
     Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(
         KeepAlive::new()
             .interval(state.settings.sse_heartbeat)
@@ -179,6 +195,7 @@ async fn follow(
     backlog: bool,
     mut notices: broadcast::Receiver<Arc<Notice>>,
     tx: mpsc::Sender<Event>,
+    poll: std::time::Duration,
 ) {
     if backlog {
         match catch_up(views.as_ref(), user, last, &tx).await {
@@ -186,10 +203,23 @@ async fn follow(
             None => return,
         }
     }
+    // Users poll at their own phase, so many streams do not read at once.
+    let phase = poll.mul_f64((user.as_u128() % 1_000) as f64 / 1_000.0);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + poll + phase, poll);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let received = tokio::select! {
             () = tx.closed() => return,
-            r = notices.recv() => r,
+            r = notices.recv() => Some(r),
+            _ = ticks.tick() => None,
+        };
+        let Some(received) = received else {
+            // Whatever the notices missed.
+            match catch_up(views.as_ref(), user, last, &tx).await {
+                Some(p) => last = p,
+                None => return,
+            }
+            continue;
         };
         let caught_up = match received {
             Ok(n) if n.prev <= last => {

@@ -87,7 +87,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
     let command = command_api::build_on(store.clone(), s.clone());
     tasks.push(tokio::spawn(command_api::process::run(
         store.clone(),
-        s.reservation_timeout,
+        command_api::process::Timeouts::of(&s),
         shutdown.clone(),
     )));
     let read = read_api::build_on(store.clone(), views, s.clone(), &bus, shutdown.clone()).await?;
@@ -233,7 +233,8 @@ async fn start_workers(
                 .await
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: cannot connect: {e}"))?;
             let dispatcher =
-                Dispatcher::new(store.clone(), RedisQueue { conn }, NamespaceMap::default());
+                Dispatcher::new(store.clone(), RedisQueue { conn }, NamespaceMap::default())
+                    .with_reconcile_grace(s.reconcile_grace);
             tasks.push(tokio::spawn(
                 dispatcher.run(namespaces.clone(), shutdown.clone()),
             ));

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_settings;
+mod disk_full;
 mod helpers;
 mod openapi;
 mod readme;

@@ -29,6 +29,9 @@ pub struct Stack {
     pub client: reqwest::Client,
     pub command: command_api::AppState,
     pub shutdown: CancellationToken,
+    /// Stops the command side alone (HTTP and process manager).
+    write_stop: CancellationToken,
+    write_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Stack {
@@ -39,6 +42,11 @@ impl Drop for Stack {
 
 impl Stack {
     pub async fn start(free_limit: &str) -> Self {
+        Self::start_with(free_limit, &[]).await
+    }
+
+    /// With extra settings, e.g. `RUNLEDGER_JOB_LEASE_SECS`.
+    pub async fn start_with(free_limit: &str, extra: &[(&str, &str)]) -> Self {
         platform::install_crypto();
         let db = TestDb::create().await;
         let redis = RedisServer::start().await;
@@ -47,8 +55,11 @@ impl Stack {
             ("RUNLEDGER_JWT_SECRET", SECRET),
             ("RUNLEDGER_FREE_LIMIT", free_limit),
             ("RUNLEDGER_DB_MAX_CONNECTIONS", "16"),
+            ("RUNLEDGER_JOB_LEASE_SECS", "5"),
+            ("RUNLEDGER_RECONCILE_GRACE_SECS", "2"),
         ]
         .into_iter()
+        .chain(extra.iter().copied())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let command = command_api::build(Settings::from_vars(&vars).unwrap())
@@ -57,12 +68,7 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let write = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        tokio::spawn(command_api::run(
-            listener,
-            command.clone(),
-            shutdown.clone(),
-        ));
-        Self {
+        let mut stack = Self {
             db,
             redis,
             write,
@@ -72,7 +78,47 @@ impl Stack {
                 .unwrap(),
             command,
             shutdown,
+            write_stop: CancellationToken::new(),
+            write_task: None,
+        };
+        stack.serve_write(listener);
+        stack
+    }
+
+    fn serve_write(&mut self, listener: tokio::net::TcpListener) {
+        self.write_stop = self.shutdown.child_token();
+        let (command, stop) = (self.command.clone(), self.write_stop.clone());
+        self.write_task = Some(tokio::spawn(async move {
+            command_api::run(listener, command, stop).await.unwrap();
+        }));
+    }
+
+    /// Stops the command side (its HTTP server and process manager), as a crash would.
+    pub async fn stop_write(&mut self) {
+        self.write_stop.cancel();
+        if let Some(t) = self.write_task.take() {
+            t.abort();
+            let _ = t.await;
         }
+    }
+
+    /// Starts the command side again on the same address.
+    pub async fn restart_write(&mut self) {
+        let addr = self.write.trim_start_matches("http://").to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "rebinding {addr}: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        self.serve_write(listener);
     }
 
     pub fn redis_client(&self) -> redis::Client {
@@ -86,6 +132,7 @@ impl Stack {
             RedisQueue { conn },
             NamespaceMap::default(),
         )
+        .with_reconcile_grace(Duration::from_secs(2))
     }
 
     pub async fn start_dispatcher(&self) {
@@ -206,6 +253,29 @@ impl Stack {
             .unwrap()
             > 0
         {}
+    }
+
+    /// Units reserved and not settled, per user, from the usage events.
+    pub async fn reserved(&self) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE event_type = 'UnitReserved') \
+                  - count(*) FILTER (WHERE event_type IN ('UnitConsumed', 'UnitReleased')) \
+               FROM events WHERE aggregate_type = 'usage'",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap();
+        n
+    }
+
+    /// The dispatch markers left in Redis.
+    pub async fn markers(&self) -> Vec<String> {
+        let mut conn = workers::queue::connect(&self.redis_client()).await.unwrap();
+        redis::cmd("KEYS")
+            .arg("*:dispatched:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap()
     }
 
     /// Units consumed per user, from the usage events.

@@ -94,6 +94,12 @@ impl Stack {
     }
 
     pub fn start_projections(&mut self) {
+        let bus = self.bus.clone();
+        self.start_projections_on(&bus);
+    }
+
+    /// The projections, sending their change notices on `bus`.
+    pub fn start_projections_on(&mut self, bus: &NoticeBus) {
         // The jobs projection alone, and the other two together: both ways of running.
         for set in [
             vec![Projection::Jobs],
@@ -102,7 +108,7 @@ impl Stack {
             self.projections.push(tokio::spawn(projections::runner::run(
                 self.db.pool.clone(),
                 set,
-                self.bus.clone(),
+                bus.clone(),
                 None,
                 self.shutdown.clone(),
             )));
@@ -229,11 +235,7 @@ impl Stack {
         let res = req.send().await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["content-type"], "text/event-stream");
-        Sse {
-            res,
-            buf: String::new(),
-            raw: String::new(),
-        }
+        Sse::from(res)
     }
 }
 
@@ -266,6 +268,16 @@ pub struct Sse {
     buf: String,
     /// Every byte received, for assertions on the wire.
     pub raw: String,
+}
+
+impl From<reqwest::Response> for Sse {
+    fn from(res: reqwest::Response) -> Self {
+        Self {
+            res,
+            buf: String::new(),
+            raw: String::new(),
+        }
+    }
 }
 
 impl Sse {
@@ -311,6 +323,18 @@ impl Sse {
             let text = String::from_utf8_lossy(&chunk).into_owned();
             self.raw.push_str(&text);
             self.buf.push_str(&text);
+        }
+    }
+
+    /// Whether the server ended the stream within `wait` (events before the end are dropped).
+    pub async fn ended(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.res.chunk()).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None) | Err(_)) => return true,
+                Err(_) => return false,
+            }
         }
     }
 

@@ -8,3 +8,4 @@ mod helpers;
 mod read;
 mod recovery;
 mod retention;
+mod streams;

@@ -5,7 +5,13 @@
 //! Each (job, attempt) is pushed at most once: a marker in the target's slot is set by the
 //! same script that pushes. Promotion pushes first (the marker is the claim, so two
 //! dispatchers cannot both push), then ZREMs; a crash in between leaves the entry to be
-//! removed by the next round, never lost and never doubled.
+//! removed by the next round, never lost and never doubled. When an attempt ends, its
+//! markers go.
+//!
+//! Redis holds no truth: every few seconds the dispatcher compares the jobs waiting in the
+//! log (the process manager's `live_jobs`) with what the queues hold, and pushes again a job
+//! that nothing has held for the grace period (Redis restarted empty, `FLUSHDB`, a failover,
+//! a worker that popped it and died before reporting its start).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -13,13 +19,14 @@ use chrono::Utc;
 use domain::{
     Decider,
     envelope::JobEnvelope,
+    ids::JobId,
     job::{FailJob, Job, JobCommand, JobEvent, JobStatus},
     task::{Namespace, NamespaceMap},
 };
 use platform::store::{EventStore, Metadata, StoreError, reader::RecordedEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::JobQueue;
+use crate::queue::{Ended, JobQueue};
 
 /// The checkpoint's name.
 pub const CHECKPOINT: &str = "dispatcher";
@@ -52,6 +59,10 @@ pub struct Dispatcher<Q> {
     pub namespaces: NamespaceMap,
     /// The position reached, for a volatile queue (its checkpoint is not stored).
     position: Option<i64>,
+    /// The namespaces it serves (markers to delete, queues to reconcile).
+    served: Vec<Namespace>,
+    /// How long a waiting job may go unheld before it is pushed again.
+    grace: Duration,
 }
 
 impl<Q: JobQueue> Dispatcher<Q> {
@@ -62,7 +73,16 @@ impl<Q: JobQueue> Dispatcher<Q> {
             queue,
             namespaces,
             position: None,
+            served: vec![Namespace::default_ns(), Namespace::browser()],
+            grace: Duration::from_secs(30),
         }
+    }
+
+    /// Pushes again a waiting job that no queue has held for `grace`.
+    #[must_use]
+    pub fn with_reconcile_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Refills a volatile queue from the log: jobs waiting to run are queued or scheduled
@@ -137,23 +157,39 @@ impl<Q: JobQueue> Dispatcher<Q> {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(0);
         };
+        let mut ended = Vec::new();
         for e in events.iter().filter(|e| e.aggregate_type == "job") {
-            self.handle(e).await?;
+            if let Some(end) = self.handle(e).await? {
+                ended.push(end);
+            }
         }
         match self.position {
             Some(_) => self.position = Some(last),
             None => self.store.save_checkpoint(CHECKPOINT, last).await?,
         }
+        // After the checkpoint: a batch redone after a crash must find its markers. A crash
+        // here leaves them to their TTL.
+        if let Err(e) = self.queue.forget(&self.served, &ended).await {
+            tracing::warn!(message = "Deleting the markers of ended attempts failed; they expire by themselves.", error = %e);
+        }
         Ok(events.len())
     }
 
-    async fn handle(&mut self, e: &RecordedEvent) -> Result<(), DispatchError> {
+    /// Enqueues what `e` calls for; returns the attempt it ended, if any.
+    async fn handle(&mut self, e: &RecordedEvent) -> Result<Option<Ended>, DispatchError> {
         let event: JobEvent = decode(e)?;
+        let ended = |attempt, job_over| {
+            JobId::parse(&e.aggregate_id).ok().map(|job| Ended {
+                job,
+                attempt,
+                job_over,
+            })
+        };
         match &event {
             JobEvent::JobSubmitted(s) => {
                 let job = Job::replay([&event]);
                 let Some(env) = job.envelope() else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 let ns = self.namespaces.route(&s.task_type);
                 match s.run_at {
@@ -167,7 +203,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             JobEvent::JobRetryScheduled(r) => {
                 let job = self.store.load_fresh::<Job>(&e.aggregate_id).await?.state;
                 let (Some(mut env), Some(state)) = (job.envelope(), job.state()) else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 env.attempt = r.next_attempt;
                 let ns = self.namespaces.route(&state.task_type);
@@ -179,21 +215,78 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 // refused at start (job-finished) or stopped at its next heartbeat.
                 let job = self.store.load_fresh::<Job>(&e.aggregate_id).await?.state;
                 let (Some(env), Some(state)) = (job.envelope(), job.state()) else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 let ns = self.namespaces.route(&state.task_type);
                 let bytes = serde_json::to_string(&env).unwrap_or_default();
                 self.queue.withdraw(&ns, &env, &bytes).await?;
-                self.queue.forget(env.job_id);
+                return Ok(ended(env.attempt, true));
             }
-            JobEvent::JobCompleted(_) | JobEvent::JobDeadLettered(_) => {
-                if let Ok(id) = domain::ids::JobId::parse(&e.aggregate_id) {
-                    self.queue.forget(id);
-                }
-            }
-            _ => {}
+            JobEvent::JobFailed(f) => return Ok(ended(f.attempt, false)),
+            JobEvent::JobCompleted(c) => return Ok(ended(c.attempt, true)),
+            JobEvent::JobDeadLettered(d) => return Ok(ended(d.attempts, true)),
+            JobEvent::JobStarted(_) | JobEvent::JobHeartbeat(_) => {}
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Pushes again each job the log says is waiting (since before the grace period) that
+    /// no structure of the queue holds; returns how many. The live-job index may lag behind
+    /// the log, so each job's own events decide.
+    ///
+    /// # Errors
+    /// [`DispatchError`]; the next round tries again.
+    pub async fn reconcile(&mut self) -> Result<usize, DispatchError> {
+        let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX);
+        let waiting = self
+            .store
+            .live_before(
+                &["queued", "scheduled", "retrying"],
+                Utc::now() - grace,
+                1_000,
+            )
+            .await?;
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let Some(held) = self.queue.held(&self.served).await? else {
+            return Ok(0);
+        };
+        let mut repushed = 0;
+        for l in waiting {
+            let job = JobId::from_uuid(l.job_id);
+            if held.contains(&(job, u32::try_from(l.attempt).unwrap_or(0))) {
+                continue;
+            }
+            let loaded = self
+                .store
+                .load_fresh::<Job>(&l.job_id.to_string())
+                .await?
+                .state;
+            let (Some(env), Some(state)) = (loaded.envelope(), loaded.state()) else {
+                continue;
+            };
+            let waits = matches!(
+                state.status,
+                JobStatus::Queued | JobStatus::Scheduled | JobStatus::Retrying
+            );
+            if !waits || held.contains(&(job, env.attempt.get())) {
+                continue;
+            }
+            let ns = self.namespaces.route(&state.task_type);
+            let now = Utc::now().timestamp_millis();
+            let due = state
+                .not_before
+                .map(|t| t.timestamp_millis())
+                .filter(|d| *d > now);
+            let bytes = serde_json::to_string(&env).unwrap_or_default();
+            self.queue.repush(&ns, &env, &bytes, due).await?;
+            repushed += 1;
+            metrics::counter!("runledger_queue_repushed_total", "namespace" => ns.as_str().to_owned())
+                .increment(1);
+            tracing::warn!(message = "Pushed again a waiting job no queue held.", job_id = %job, attempt = env.attempt.get());
+        }
+        Ok(repushed)
     }
 
     async fn enqueue_ready(
@@ -241,6 +334,10 @@ impl<Q: JobQueue> Dispatcher<Q> {
     /// Runs until `shutdown`: the log, and promotion of `namespaces` every 100 ms.
     /// A volatile queue is refilled first (see [`Dispatcher::refill`]).
     pub async fn run(mut self, promote: Vec<Namespace>, shutdown: CancellationToken) {
+        self.served.clone_from(&promote);
+        let reconcile_every =
+            (self.grace / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let mut last_reconcile = tokio::time::Instant::now();
         if !self.queue.durable() && self.position.is_none() {
             while let Err(e) = self.refill().await {
                 tracing::error!(message = "Refilling the job queue failed; retrying.", error = %e);
@@ -268,6 +365,12 @@ impl<Q: JobQueue> Dispatcher<Q> {
                     self.gauge_depth(ns).await;
                 }
                 last_promotion = tokio::time::Instant::now();
+            }
+            if self.queue.durable() && last_reconcile.elapsed() >= reconcile_every {
+                if let Err(e) = self.reconcile().await {
+                    tracing::warn!(message = "Reconciling the queues failed.", error = %e);
+                }
+                last_reconcile = tokio::time::Instant::now();
             }
             if read == 0 {
                 tokio::select! {

@@ -10,7 +10,7 @@ use std::{
 use domain::{envelope::JobEnvelope, ids::JobId, task::Namespace};
 use tokio::sync::Notify;
 
-use crate::queue::JobQueue;
+use crate::queue::{Ended, Held, JobQueue};
 
 #[derive(Default)]
 struct Inner {
@@ -173,11 +173,44 @@ impl JobQueue for Arc<LocalQueue> {
         Ok(due.iter().filter(|env| self.push(ns, env)).count())
     }
 
-    fn forget(&mut self, job: JobId) {
+    async fn forget(
+        &mut self,
+        _namespaces: &[Namespace],
+        ended: &[Ended],
+    ) -> redis::RedisResult<()> {
         let mut inner = self.inner();
-        inner.pushed.remove(&job);
-        if let Some((_, key)) = inner.waiting.remove(&job) {
-            inner.scheduled.remove(&key);
+        // Only a job that is over: a failed attempt's record keeps an older attempt from
+        // being pushed after its retry.
+        for e in ended.iter().filter(|e| e.job_over) {
+            inner.pushed.remove(&e.job);
+            if let Some((_, key)) = inner.waiting.remove(&e.job) {
+                inner.scheduled.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn held(&mut self, _namespaces: &[Namespace]) -> redis::RedisResult<Option<Held>> {
+        Ok(None)
+    }
+
+    async fn repush(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+        due_ms: Option<i64>,
+    ) -> redis::RedisResult<()> {
+        {
+            let mut inner = self.inner();
+            inner.pushed.remove(&env.job_id);
+            if let Some((_, key)) = inner.waiting.remove(&env.job_id) {
+                inner.scheduled.remove(&key);
+            }
+        }
+        match due_ms {
+            Some(due) => self.schedule(ns, env, bytes, due).await,
+            None => self.push_ready(ns, env, bytes).await.map(|_| ()),
         }
     }
 

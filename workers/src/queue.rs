@@ -2,9 +2,9 @@
 //! most once. Every script touches keys of one cluster slot only: our own keys carry the
 //! contract key as a hash tag (`{jobs:default:queue}:…` hashes like `jobs:default:queue`).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
-use domain::{envelope::JobEnvelope, task::Namespace};
+use domain::{envelope::JobEnvelope, ids::JobId, retry::Attempt, task::Namespace};
 use redis::{
     Client, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -45,6 +45,25 @@ pub fn ready_key(ns: &Namespace) -> String {
 /// Marks (job, attempt) as handed to `base`; in `base`'s slot.
 pub fn dedup_key(base: &str, env: &JobEnvelope) -> String {
     format!("{{{base}}}:dispatched:{}:{}", env.job_id, env.attempt.get())
+}
+
+/// The marker of (job, attempt) in `base`'s slot.
+fn marker(base: &str, job: JobId, attempt: Attempt) -> String {
+    format!("{{{base}}}:dispatched:{job}:{}", attempt.get())
+}
+
+/// A (job, attempt) some structure holds.
+pub type Held = HashSet<(JobId, u32)>;
+
+/// An attempt that ended, so its at-most-once records may go; `job_over`: no attempt follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The job.
+    pub job: JobId,
+    /// The attempt that ended.
+    pub attempt: Attempt,
+    /// Whether the job is over.
+    pub job_over: bool,
 }
 
 /// A worker's in-flight list, in the queue's slot so BLMOVE is single-slot.
@@ -194,9 +213,29 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Moves due envelopes of `ns` to ready; how many.
     fn promote(&mut self, ns: &Namespace)
     -> impl Future<Output = redis::RedisResult<usize>> + Send;
-    /// The job is over: nothing of it will be pushed again, so its at-most-once records may
-    /// go (Redis markers expire by themselves).
-    fn forget(&mut self, _job: domain::ids::JobId) {}
+    /// These attempts ended: nothing of them will be pushed again, so their at-most-once
+    /// records go (in Redis, the markers of each namespace of `namespaces`).
+    fn forget(
+        &mut self,
+        namespaces: &[Namespace],
+        ended: &[Ended],
+    ) -> impl Future<Output = redis::RedisResult<()>> + Send;
+    /// The (job, attempt)s that the structures of `namespaces` hold now (scheduled, ready,
+    /// handed to a worker and not acknowledged), or `None` for a queue that cannot lose an
+    /// entry while the process lives.
+    fn held(
+        &mut self,
+        namespaces: &[Namespace],
+    ) -> impl Future<Output = redis::RedisResult<Option<Held>>> + Send;
+    /// Puts `env` back though it was pushed before (the queue lost it): ready, or scheduled
+    /// at `due_ms` when that is in the future.
+    fn repush(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+        due_ms: Option<i64>,
+    ) -> impl Future<Output = redis::RedisResult<()>> + Send;
     /// Ready and scheduled envelopes of `ns`.
     fn depth(
         &mut self,
@@ -209,6 +248,60 @@ pub trait JobQueue: Send + Sync + 'static {
 pub struct RedisQueue {
     /// The connection.
     pub conn: Conn,
+}
+
+fn repush_script() -> Script {
+    Script::new(
+        r"redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+          if ARGV[3] == 'stream' then
+            redis.call('XADD', KEYS[1], '*', 'envelope', ARGV[1])
+          elseif ARGV[3] == 'list' then
+            redis.call('LPUSH', KEYS[1], ARGV[1])
+          else
+            redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+          end
+          return 1",
+    )
+}
+
+/// Adds the (job, attempt) of each envelope in `raw` to `held`.
+fn hold_all(held: &mut Held, raw: impl IntoIterator<Item = String>) {
+    for bytes in raw {
+        if let Ok(env) = serde_json::from_str::<JobEnvelope>(&bytes) {
+            held.insert((env.job_id, env.attempt.get()));
+        }
+    }
+}
+
+impl RedisQueue {
+    /// Every processing list of `ns` (of live and dead workers alike).
+    async fn processing_lists(&mut self, ns: &Namespace) -> redis::RedisResult<Vec<String>> {
+        let prefix = processing_key(ns, "");
+        let pattern = format!(
+            "{}*",
+            prefix
+                .replace('[', "\\[")
+                .replace('?', "\\?")
+                .replace('*', "\\*")
+        );
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut self.conn)
+                .await?;
+            keys.extend(found);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
 }
 
 impl JobQueue for RedisQueue {
@@ -286,6 +379,108 @@ impl JobQueue for RedisQueue {
                 .await?;
         }
         Ok(promoted)
+    }
+
+    async fn forget(
+        &mut self,
+        namespaces: &[Namespace],
+        ended: &[Ended],
+    ) -> redis::RedisResult<()> {
+        if ended.is_empty() {
+            return Ok(());
+        }
+        // One round trip; each DEL names one key, so it holds on Redis Cluster too.
+        let mut pipe = redis::pipe();
+        for ns in namespaces {
+            for base in [ready_key(ns), ns.scheduled_key()] {
+                for e in ended {
+                    pipe.cmd("UNLINK")
+                        .arg(marker(&base, e.job, e.attempt))
+                        .ignore();
+                }
+            }
+        }
+        pipe.query_async(&mut self.conn).await
+    }
+
+    async fn held(&mut self, namespaces: &[Namespace]) -> redis::RedisResult<Option<Held>> {
+        let mut held = Held::new();
+        // In the order envelopes move (scheduled → ready → processing), so one that moves
+        // while we read is seen in its later place.
+        for ns in namespaces {
+            let scheduled: Vec<String> = redis::cmd("ZRANGE")
+                .arg(ns.scheduled_key())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut self.conn)
+                .await?;
+            hold_all(&mut held, scheduled);
+            match transport(ns) {
+                Transport::List => {
+                    let ready: Vec<String> = redis::cmd("LRANGE")
+                        .arg(ns.queue_key())
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut self.conn)
+                        .await?;
+                    hold_all(&mut held, ready);
+                    for key in self.processing_lists(ns).await? {
+                        let taken: Vec<String> = redis::cmd("LRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(-1)
+                            .query_async(&mut self.conn)
+                            .await?;
+                        hold_all(&mut held, taken);
+                    }
+                }
+                Transport::Stream => {
+                    // Entries stay in the stream until acknowledged (then deleted), so the
+                    // stream holds both the new and the pending ones.
+                    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                        .arg(ns.stream_key())
+                        .arg("-")
+                        .arg("+")
+                        .query_async(&mut self.conn)
+                        .await?;
+                    hold_all(
+                        &mut held,
+                        reply
+                            .ids
+                            .into_iter()
+                            .filter_map(|e| e.get::<String>("envelope")),
+                    );
+                }
+            }
+        }
+        Ok(Some(held))
+    }
+
+    async fn repush(
+        &mut self,
+        ns: &Namespace,
+        env: &JobEnvelope,
+        bytes: &str,
+        due_ms: Option<i64>,
+    ) -> redis::RedisResult<()> {
+        let (key, kind) = match (due_ms, transport(ns)) {
+            (Some(_), _) => (ns.scheduled_key(), "zset"),
+            (None, Transport::List) => (ns.queue_key(), "list"),
+            (None, Transport::Stream) => {
+                ensure_group(&mut self.conn, ns).await?;
+                (ns.stream_key(), "stream")
+            }
+        };
+        let _: i64 = repush_script()
+            .key(&key)
+            .key(dedup_key(&key, env))
+            .arg(bytes)
+            .arg(DEDUP_TTL_SECS)
+            .arg(kind)
+            .arg(due_ms.unwrap_or(0))
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(())
     }
 
     async fn depth(&mut self, ns: &Namespace) -> redis::RedisResult<(i64, i64)> {

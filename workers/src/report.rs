@@ -60,20 +60,98 @@ pub trait Reporter: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ReportError>> + Send;
 }
 
+/// The worker's service token: given (`RUNLEDGER_WORKER_TOKEN`, renewed by whoever issued
+/// it), or minted from the HS256 secret and minted again at half its lifetime, so a worker
+/// that runs for months never reports with an expired token.
+pub enum Credentials {
+    /// A token from configuration.
+    Fixed(platform::settings::Secret),
+    /// Minted for `sub` with role `worker`.
+    Minted {
+        /// The HS256 secret.
+        secret: platform::settings::Secret,
+        /// The `aud` claim.
+        audience: String,
+        /// The worker's identity.
+        sub: domain::ids::UserId,
+        /// Each token's lifetime.
+        ttl: Duration,
+        /// The token in use and when it was minted.
+        current: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+    },
+}
+
+impl Credentials {
+    /// Mints tokens of `ttl` for a new worker identity.
+    pub fn minted(secret: platform::settings::Secret, audience: &str, ttl: Duration) -> Self {
+        Self::Minted {
+            secret,
+            audience: audience.to_owned(),
+            sub: domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
+            ttl,
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The token to send now.
+    ///
+    /// # Errors
+    /// When minting fails.
+    pub fn token(&self) -> Result<String, ReportError> {
+        match self {
+            Self::Fixed(t) => Ok(t.expose().to_owned()),
+            Self::Minted {
+                secret,
+                audience,
+                sub,
+                ttl,
+                current,
+            } => {
+                let mut current = match current.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                if let Some((token, at)) = current.as_ref()
+                    && at.elapsed() < *ttl / 2
+                {
+                    return Ok(token.clone());
+                }
+                let token = platform::auth::mint(
+                    secret,
+                    audience,
+                    *sub,
+                    platform::auth::Role::Worker,
+                    *ttl,
+                )
+                .map_err(|_| ReportError::Transport("cannot mint a worker token".into()))?;
+                *current = Some((token.clone(), std::time::Instant::now()));
+                Ok(token)
+            }
+        }
+    }
+}
+
 /// Reports over HTTP with a worker token, retrying transport failures a few times.
-#[derive(Clone)]
 pub struct HttpReporter {
     base: String,
-    token: String,
+    credentials: Credentials,
     client: reqwest::Client,
 }
 
 impl HttpReporter {
     /// Reports to `base` (the command API) with `token`.
     pub fn new(base: &str, token: String) -> Self {
+        Self::with_credentials(
+            base,
+            Credentials::Fixed(platform::settings::Secret::new(token)),
+        )
+    }
+
+    /// Reports to `base` with the tokens of `credentials`.
+    pub fn with_credentials(base: &str, credentials: Credentials) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            token,
+            credentials,
             client: platform::http_client()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -83,6 +161,7 @@ impl HttpReporter {
 
     async fn post(&self, job: JobId, op: &str, body: Value) -> Result<(), ReportError> {
         let url = format!("{}/v1/worker/jobs/{job}/{op}", self.base);
+        let token = self.credentials.token()?;
         let mut last = String::new();
         for attempt in 0..4u32 {
             if attempt > 0 {
@@ -91,7 +170,7 @@ impl HttpReporter {
             let res = match self
                 .client
                 .post(&url)
-                .bearer_auth(&self.token)
+                .bearer_auth(&token)
                 .json(&body)
                 .send()
                 .await
@@ -167,5 +246,22 @@ impl Reporter for HttpReporter {
             json!({"attempt": attempt, "error": error, "retryable": retryable}),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minted_token_is_renewed_at_half_its_lifetime() {
+        let secret = platform::settings::Secret::new("worker-test-secret-0123456789abcdef");
+        let c = Credentials::minted(secret, "authenticated", Duration::from_secs(2));
+        let first = c.token().unwrap();
+        assert_eq!(c.token().unwrap(), first, "reused while young");
+        std::thread::sleep(Duration::from_millis(1_100));
+        let second = c.token().unwrap();
+        assert_ne!(second, first, "minted anew, with a later expiry");
     }
 }

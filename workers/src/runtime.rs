@@ -181,6 +181,13 @@ async fn slot<R: Reporter, E: Executor>(
                 handle(&ctx, &mut conn, &bytes, ack).await;
             }
             Ok(None) => {}
+            // The server restarted empty (or was flushed): the group is gone with it.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                if let Err(e) = queue::ensure_group(&mut conn, &ctx.cfg.namespace).await {
+                    tracing::warn!(message = "Creating the consumer group failed.", error = %e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
             Err(e) => {
                 tracing::warn!(message = "Pull failed.", error = %e);
                 tokio::select! {
@@ -298,14 +305,20 @@ async fn handle<R: Reporter, E: Executor>(ctx: &Ctx<R, E>, conn: &mut Conn, byte
             give_back(ctx, conn, bytes, &a).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Attempted::Ran | Attempted::NotOurs => ack(ctx, conn, &a).await,
+        Attempted::Ran { taken: true } | Attempted::NotOurs => ack(ctx, conn, &a).await,
+        // The outcome never reached the command side before the process stopped: the entry
+        // stays, so the reaper (or the lease) ends the attempt.
+        Attempted::Ran { taken: false } => {}
     }
 }
 
 /// How an attempt at an envelope went.
 enum Attempted {
-    /// Started, run, outcome reported.
-    Ran,
+    /// Started and run; `taken`: the command side took its outcome.
+    Ran {
+        /// Whether the outcome was taken (or is moot: the job moved on).
+        taken: bool,
+    },
     /// The command side was unreachable at start: hand the envelope back.
     HandBack,
     /// Finished, canceled, stale or running elsewhere: not ours to run.
@@ -334,16 +347,16 @@ async fn attempt<R: Reporter, E: Executor>(
             return Attempted::NotOurs;
         }
     }
-    execute(ctx, env, claim).await;
-    Attempted::Ran
+    let taken = execute(ctx, env, claim).await;
+    Attempted::Ran { taken }
 }
 
-/// Runs a started attempt and reports its outcome.
+/// Runs a started attempt and reports its outcome; whether the command side took it.
 async fn execute<R: Reporter, E: Executor>(
     ctx: &Ctx<R, E>,
     env: &JobEnvelope,
     claim: Option<(Conn, String)>,
-) {
+) -> bool {
     let cancel = CancellationToken::new();
     let beating = heartbeat(ctx, env, claim, cancel.clone());
     let timeout = ctx.executor.timeout(env.task_type.as_str());
@@ -353,26 +366,67 @@ async fn execute<R: Reporter, E: Executor>(
     };
     cancel.cancel();
     let _ = beating.await;
-    let (job, attempt) = (env.job_id, env.attempt);
-    let reported = match outcome {
-        Some(Ok(Ok(result))) => ctx.reporter.complete(job, attempt, result).await,
+    let outcome = match outcome {
+        Some(Ok(Ok(result))) => Outcome::Complete(result),
         // Canceled by its owner: the job is over, nothing to report.
-        Some(Ok(Err(_))) if cancel_reason_is_job_over(ctx, env).await => Ok(()),
-        Some(Ok(Err(e))) => {
-            ctx.reporter
-                .fail(job, attempt, &e.message, e.retryable)
-                .await
-        }
-        Some(Err(_)) => ctx.reporter.fail(job, attempt, "timed out", true).await,
-        None => {
-            ctx.reporter
-                .fail(job, attempt, "worker stopped", true)
-                .await
-        }
+        Some(Ok(Err(_))) if cancel_reason_is_job_over(ctx, env).await => return true,
+        Some(Ok(Err(e))) => Outcome::Fail(e.message, e.retryable),
+        Some(Err(_)) => Outcome::Fail("timed out".into(), true),
+        None => Outcome::Fail("worker stopped".into(), true),
     };
-    match reported {
-        Ok(()) => metrics::counter!("runledger_job_outcomes_total", "task_type" => env.task_type.to_string()).increment(1),
-        Err(e) => tracing::warn!(message = "Outcome not taken.", job_id = %job, error = %e),
+    match deliver(ctx, env, &outcome).await {
+        Ok(()) => {
+            metrics::counter!("runledger_job_outcomes_total", "task_type" => env.task_type.to_string()).increment(1);
+            true
+        }
+        Err(Some(e)) => {
+            // The job moved on (canceled, or its attempt expired): nothing left to report.
+            tracing::info!(message = "Outcome not taken: the job moved on.", job_id = %env.job_id, reason = %e);
+            true
+        }
+        Err(None) => {
+            tracing::warn!(message = "Outcome not delivered before the worker stopped; the attempt will be expired.", job_id = %env.job_id);
+            false
+        }
+    }
+}
+
+/// What an attempt came to.
+enum Outcome {
+    Complete(serde_json::Value),
+    Fail(String, bool),
+}
+
+/// Reports `outcome` until the command side takes it: a transport failure (the command side
+/// down, restarting or overloaded) is retried with backoff for as long as the worker runs.
+/// `Err(Some)`: refused for good (the job moved on); `Err(None)`: the worker stopped first.
+async fn deliver<R: Reporter, E>(
+    ctx: &Ctx<R, E>,
+    env: &JobEnvelope,
+    outcome: &Outcome,
+) -> Result<(), Option<ReportError>> {
+    let (job, attempt) = (env.job_id, env.attempt);
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let reported = match outcome {
+            Outcome::Complete(result) => ctx.reporter.complete(job, attempt, result.clone()).await,
+            Outcome::Fail(message, retryable) => {
+                ctx.reporter.fail(job, attempt, message, *retryable).await
+            }
+        };
+        match reported {
+            Ok(()) => return Ok(()),
+            Err(ReportError::Transport(e)) => {
+                tracing::warn!(message = "Outcome not delivered; retrying.", job_id = %job, error = %e);
+                metrics::counter!("runledger_outcome_retries_total").increment(1);
+            }
+            Err(e) => return Err(Some(e)),
+        }
+        tokio::select! {
+            () = ctx.stop.cancelled() => return Err(None),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 

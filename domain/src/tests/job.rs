@@ -431,3 +431,83 @@ fn the_process_manager_commits_completions_and_releases_the_rest() {
     assert!(usage_reaction(job_id(1), &failed(1, true), later(6)).is_none());
     assert!(usage_reaction(job_id(1), &started(1), later(6)).is_none());
 }
+
+fn expire(n: u32, now: i64) -> JobCommand {
+    JobCommand::Expire(ExpireJob {
+        attempt: a(n),
+        lease_secs: 30,
+        now: later(now),
+        jitter_seed: 42,
+    })
+}
+
+fn heartbeat_at(n: u32, secs: i64) -> JobEvent {
+    JobHeartbeat {
+        attempt: a(n),
+        at: later(secs),
+    }
+    .into()
+}
+
+#[test]
+fn an_attempt_silent_past_its_lease_fails_as_retryable() {
+    // Started at +1 s, never heard of again: at +31 s the lease (30 s) is over.
+    let events = given::<Job>([submitted(None, 3), started(1)])
+        .when(expire(1, 31))
+        .events();
+    assert!(
+        matches!(&events[0], JobEvent::JobFailed(f) if f.retryable && f.attempt == a(1)
+        && f.error.as_str().contains("lease expired"))
+    );
+    assert!(matches!(&events[1], JobEvent::JobRetryScheduled(r) if r.next_attempt == a(2)));
+}
+
+#[test]
+fn a_heartbeat_renews_the_lease() {
+    given::<Job>([submitted(None, 3), started(1), heartbeat_at(1, 20)])
+        .when(expire(1, 31))
+        .then_err(JobError::LeaseAlive { attempt: 1 });
+    given::<Job>([submitted(None, 3), started(1), heartbeat_at(1, 20)])
+        .when(expire(1, 49))
+        .then_err(JobError::LeaseAlive { attempt: 1 });
+    let events = given::<Job>([submitted(None, 3), started(1), heartbeat_at(1, 20)])
+        .when(expire(1, 50))
+        .events();
+    assert!(matches!(&events[0], JobEvent::JobFailed(_)));
+}
+
+#[test]
+fn the_last_attempt_expired_is_dead_lettered_so_its_unit_is_released() {
+    let events = given::<Job>([
+        submitted(None, 2),
+        started(1),
+        failed(1, true),
+        retry_scheduled(2),
+        started(2),
+    ])
+    .when(expire(2, 60))
+    .events();
+    assert!(matches!(&events[1], JobEvent::JobDeadLettered(d) if d.usage == usage_key()));
+}
+
+#[test]
+fn expiring_an_attempt_that_is_not_running_changes_nothing() {
+    given::<Job>([submitted(None, 3)])
+        .when(expire(1, 600))
+        .then_err(JobError::NotRunning {
+            status: JobStatus::Queued,
+        });
+    given::<Job>([
+        submitted(None, 3),
+        started(1),
+        failed(1, true),
+        retry_scheduled(2),
+    ])
+    .when(expire(1, 600))
+    .then_err(JobError::StaleAttempt { current: 2, got: 1 });
+    given::<Job>([submitted(None, 3), started(1), completed(1)])
+        .when(expire(1, 600))
+        .then_err(JobError::Finished {
+            status: JobStatus::Completed,
+        });
+}

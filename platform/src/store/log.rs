@@ -13,6 +13,32 @@ use super::{reader::RecordedEvent, writer::Reply};
 /// A reservation the process manager has seen: job, ledger, when.
 pub type Pending = (Uuid, String, DateTime<Utc>);
 
+/// A job not yet over, as the process manager last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveJob {
+    /// The job.
+    pub job_id: Uuid,
+    /// `scheduled`, `queued`, `running` or `retrying`.
+    pub status: String,
+    /// Its current attempt.
+    pub attempt: i32,
+    /// The time of its latest event (for a running job, its start or latest heartbeat).
+    pub since: DateTime<Utc>,
+}
+
+/// What a follower of the log saves with its checkpoint, in one transaction.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Reservations seen, not yet settled.
+    pub reserved: Vec<Pending>,
+    /// Reservations no longer pending.
+    pub settled: Vec<Uuid>,
+    /// Jobs whose latest event leaves them live.
+    pub live: Vec<LiveJob>,
+    /// Jobs now over.
+    pub ended: Vec<Uuid>,
+}
+
 /// An aggregate's stored snapshot (sequence, JSON) and later events (sequence, JSON).
 pub type Rows = (Option<(i64, String)>, Vec<(i64, String)>);
 
@@ -48,14 +74,23 @@ pub trait EventLog: Send + Sync + 'static {
     /// A reader's checkpoint (0 when it never ran).
     async fn checkpoint(&self, name: &str) -> Result<i64, sqlx::Error>;
 
-    /// Checkpoint `name` with reservations `added` and `settled`, in one transaction.
+    /// Checkpoint `name` with the reservations and live jobs of `progress`, in one
+    /// transaction.
     async fn save_progress(
         &self,
         name: &str,
         position: i64,
-        added: Vec<Pending>,
-        settled: Vec<Uuid>,
+        progress: Progress,
     ) -> Result<(), sqlx::Error>;
+
+    /// Up to `limit` live jobs in one of `statuses` whose latest event is older than
+    /// `cutoff`, oldest first.
+    async fn live_before(
+        &self,
+        statuses: &[&str],
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<LiveJob>, sqlx::Error>;
 
     /// The response kept for `(user, key)`: request hash, status, body.
     async fn stored_response(

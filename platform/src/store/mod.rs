@@ -16,7 +16,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::Decider;
-pub use log::{EventLog, Pending};
+pub use log::{EventLog, LiveJob, Pending, Progress};
 pub use postgres::Postgres;
 use rand::Rng;
 use serde_json::Value;
@@ -80,6 +80,12 @@ pub enum StoreError {
     /// The writer task is gone (shutting down).
     #[error("the event writer has stopped")]
     WriterStopped,
+    /// The store's disk is full: nothing was saved.
+    #[error("the event store's disk is full")]
+    StorageFull,
+    /// The connection broke during COMMIT: the command may or may not have been saved.
+    #[error("the commit's outcome is unknown")]
+    OutcomeUnknown,
 }
 
 /// String metadata carried with every event (`correlation_id`, `actor`, ...).
@@ -360,6 +366,8 @@ impl From<CommitError> for StoreError {
         match e {
             CommitError::Database(e) => Self::Database(e),
             CommitError::Stopped => Self::WriterStopped,
+            CommitError::StorageFull => Self::StorageFull,
+            CommitError::OutcomeUnknown => Self::OutcomeUnknown,
             CommitError::Conflict | CommitError::DuplicateKey => {
                 Self::Contention("unexpected commit outcome".to_owned())
             }

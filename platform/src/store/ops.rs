@@ -5,7 +5,11 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{EventStore, log::Pending, reader::RecordedEvent};
+use super::{
+    EventStore,
+    log::{LiveJob, Progress},
+    reader::RecordedEvent,
+};
 
 impl EventStore {
     /// Up to `limit` events after `position`, in global order.
@@ -53,7 +57,9 @@ impl EventStore {
     /// # Errors
     /// Database errors.
     pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), sqlx::Error> {
-        self.log.save_progress(name, position, vec![], vec![]).await
+        self.log
+            .save_progress(name, position, Progress::default())
+            .await
     }
 
     /// Whether the database answers.
@@ -76,8 +82,8 @@ impl EventStore {
         self.log.stored_response(user, key).await
     }
 
-    /// Saves checkpoint `name` together with reservations `added` (not yet settled) and
-    /// `settled` (no longer pending), in one transaction.
+    /// Saves checkpoint `name` together with the reservations and live jobs of `progress`,
+    /// in one transaction.
     ///
     /// # Errors
     /// Database errors; nothing is saved.
@@ -85,10 +91,23 @@ impl EventStore {
         &self,
         name: &str,
         position: i64,
-        added: Vec<Pending>,
-        settled: Vec<Uuid>,
+        progress: Progress,
     ) -> Result<(), sqlx::Error> {
-        self.log.save_progress(name, position, added, settled).await
+        self.log.save_progress(name, position, progress).await
+    }
+
+    /// Up to `limit` live jobs in one of `statuses` whose latest event is older than
+    /// `cutoff`, oldest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn live_before(
+        &self,
+        statuses: &[&str],
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<LiveJob>, sqlx::Error> {
+        self.log.live_before(statuses, cutoff, limit).await
     }
 
     /// Up to `limit` reservations pending since before `cutoff`, oldest first.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     WriteUnit,
-    log::{EventLog, Pending, Rows},
+    log::{EventLog, LiveJob, Progress, Rows},
     reader::{self, RecordedEvent},
     writer::{self, Reply},
 };
@@ -77,19 +77,24 @@ impl EventLog for Postgres {
         &self,
         name: &str,
         position: i64,
-        added: Vec<Pending>,
-        settled: Vec<Uuid>,
+        progress: Progress,
     ) -> Result<(), sqlx::Error> {
+        let Progress {
+            reserved,
+            settled,
+            live,
+            ended,
+        } = progress;
         let mut tx = self.0.begin().await?;
         // Redone after a lost commit, what led here is a no-op: no need to wait for the WAL
         // flush.
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        if !added.is_empty() {
-            let jobs: Vec<Uuid> = added.iter().map(|(j, _, _)| *j).collect();
-            let usages: Vec<&str> = added.iter().map(|(_, u, _)| u.as_str()).collect();
-            let ats: Vec<DateTime<Utc>> = added.iter().map(|(_, _, a)| *a).collect();
+        if !reserved.is_empty() {
+            let jobs: Vec<Uuid> = reserved.iter().map(|(j, _, _)| *j).collect();
+            let usages: Vec<&str> = reserved.iter().map(|(_, u, _)| u.as_str()).collect();
+            let ats: Vec<DateTime<Utc>> = reserved.iter().map(|(_, _, a)| *a).collect();
             sqlx::query(
                 "INSERT INTO pending_reservations (job_id, usage_id, reserved_at) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) \
@@ -110,8 +115,60 @@ impl EventLog for Postgres {
             .execute(&mut *tx)
             .await?;
         }
+        if !live.is_empty() {
+            let jobs: Vec<Uuid> = live.iter().map(|l| l.job_id).collect();
+            let statuses: Vec<&str> = live.iter().map(|l| l.status.as_str()).collect();
+            let attempts: Vec<i32> = live.iter().map(|l| l.attempt).collect();
+            let since: Vec<DateTime<Utc>> = live.iter().map(|l| l.since).collect();
+            sqlx::query(
+                "INSERT INTO live_jobs (job_id, status, attempt, since) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[]) \
+                 ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, \
+                 attempt = excluded.attempt, since = excluded.since",
+            )
+            .bind(&jobs)
+            .bind(&statuses)
+            .bind(&attempts)
+            .bind(&since)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !ended.is_empty() {
+            sqlx::query(
+                "DELETE FROM live_jobs l USING UNNEST($1::uuid[]) AS g(id) WHERE l.job_id = g.id",
+            )
+            .bind(&ended)
+            .execute(&mut *tx)
+            .await?;
+        }
         reader::save_checkpoint(&mut *tx, name, position).await?;
         tx.commit().await
+    }
+
+    async fn live_before(
+        &self,
+        statuses: &[&str],
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<LiveJob>, sqlx::Error> {
+        let rows: Vec<(Uuid, String, i32, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT job_id, status, attempt, since FROM live_jobs \
+             WHERE status = ANY($1) AND since < $2 ORDER BY since LIMIT $3",
+        )
+        .bind(statuses)
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&self.0)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(job_id, status, attempt, since)| LiveJob {
+                job_id,
+                status,
+                attempt,
+                since,
+            })
+            .collect())
     }
 
     async fn stored_response(

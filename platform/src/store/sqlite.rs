@@ -11,7 +11,7 @@ use sqlx::{Sqlite as Driver, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{
-    log::{EventLog, Pending, Rows},
+    log::{EventLog, LiveJob, Progress, Rows},
     reader::RecordedEvent,
     writer::{CommitError, Reply, WriteUnit},
 };
@@ -80,11 +80,10 @@ impl EventLog for Sqlite {
         &self,
         name: &str,
         position: i64,
-        added: Vec<Pending>,
-        settled: Vec<Uuid>,
+        progress: Progress,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.0.begin().await?;
-        for (job, usage, at) in &added {
+        for (job, usage, at) in &progress.reserved {
             sqlx::query(
                 "INSERT OR IGNORE INTO pending_reservations (job_id, usage_id, reserved_at) \
                  VALUES (?1, ?2, ?3)",
@@ -95,8 +94,27 @@ impl EventLog for Sqlite {
             .execute(&mut *tx)
             .await?;
         }
-        for job in &settled {
+        for job in &progress.settled {
             sqlx::query("DELETE FROM pending_reservations WHERE job_id = ?1")
+                .bind(job.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for l in &progress.live {
+            sqlx::query(
+                "INSERT INTO live_jobs (job_id, status, attempt, since) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, \
+                 attempt = excluded.attempt, since = excluded.since",
+            )
+            .bind(l.job_id.to_string())
+            .bind(&l.status)
+            .bind(l.attempt)
+            .bind(l.since.timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for job in &progress.ended {
+            sqlx::query("DELETE FROM live_jobs WHERE job_id = ?1")
                 .bind(job.to_string())
                 .execute(&mut *tx)
                 .await?;
@@ -110,6 +128,43 @@ impl EventLog for Sqlite {
         .execute(&mut *tx)
         .await?;
         tx.commit().await
+    }
+
+    async fn live_before(
+        &self,
+        statuses: &[&str],
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<LiveJob>, sqlx::Error> {
+        let mut out = Vec::new();
+        for status in statuses {
+            let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
+                "SELECT job_id, status, attempt, since FROM live_jobs \
+                 WHERE status = ?1 AND since < ?2 ORDER BY since LIMIT ?3",
+            )
+            .bind(status)
+            .bind(cutoff.timestamp_micros())
+            .bind(limit)
+            .fetch_all(&self.0)
+            .await?;
+            for (job, status, attempt, since) in rows {
+                let (Ok(job_id), Some(since)) = (
+                    Uuid::parse_str(&job),
+                    DateTime::from_timestamp_micros(since),
+                ) else {
+                    continue;
+                };
+                out.push(LiveJob {
+                    job_id,
+                    status,
+                    attempt,
+                    since,
+                });
+            }
+        }
+        out.sort_by_key(|l| l.since);
+        out.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(out)
     }
 
     async fn stored_response(
@@ -219,7 +274,8 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
                 let _ = replies.remove(index).send(Err(refusal));
             }
             Err(e) => {
-                super::writer::fail_all(&e, replies);
+                // SQLite answers COMMIT itself: an error means it rolled back.
+                super::writer::fail_all(super::writer::Failure::before_commit(&e), &e, replies);
                 return;
             }
         }
@@ -231,8 +287,23 @@ async fn try_commit(
     pool: &SqlitePool,
     units: &[WriteUnit],
 ) -> Result<Option<(usize, CommitError)>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let result = try_commit_on(&mut conn, units).await;
+    if result.is_err() {
+        // A connection whose write failed (a full disk, say) may be left inside a
+        // transaction SQLite already rolled back, holding the write lock or taking later
+        // writes into a transaction never committed: it is closed, never reused.
+        conn.close_on_drop();
+    }
+    result
+}
+
+async fn try_commit_on(
+    conn: &mut sqlx::pool::PoolConnection<Driver>,
+    units: &[WriteUnit],
+) -> Result<Option<(usize, CommitError)>, sqlx::Error> {
     // The first write takes SQLite's write lock, held to commit.
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut **conn).await?;
     for (i, unit) in units.iter().enumerate() {
         if let Some(refusal) = write_unit(&mut tx, unit).await? {
             tx.rollback().await?;

@@ -87,6 +87,12 @@ pub enum CommitError {
     /// The database failed; nothing of the unit was committed.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// The store's disk is full; nothing of the unit was committed.
+    #[error("the event store's disk is full")]
+    StorageFull,
+    /// The connection broke during COMMIT: the unit may or may not be saved.
+    #[error("the commit's outcome is unknown")]
+    OutcomeUnknown,
     /// The writer is shutting down.
     #[error("writer stopped")]
     Stopped,
@@ -134,20 +140,74 @@ async fn run(
 }
 
 /// Answers every unit of a batch the database failed: nothing of it was committed.
-pub(super) fn fail_all(e: &sqlx::Error, replies: Vec<Reply>) {
-    tracing::error!(message = "Event batch failed.", error = %e, units = replies.len());
+/// How a batch failed as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Nothing was committed.
+    NothingSaved,
+    /// Nothing was committed: the disk is full.
+    DiskFull,
+    /// The connection broke during COMMIT.
+    Unknown,
+}
+
+impl Failure {
+    /// A failure before COMMIT was answered: nothing was saved.
+    pub(super) fn before_commit(e: &sqlx::Error) -> Self {
+        if is_disk_full(e) {
+            Self::DiskFull
+        } else {
+            Self::NothingSaved
+        }
+    }
+
+    /// A failure of COMMIT itself: when the server answered with an error, it rolled back;
+    /// when the connection broke, the transaction may or may not have committed.
+    pub(super) fn at_commit(e: &sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(_) => Self::before_commit(e),
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// SQLITE_FULL (13), or Postgres's disk_full (53100).
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "13" || c == "53100")
+}
+
+pub(super) fn fail_all(failure: Failure, e: &sqlx::Error, replies: Vec<Reply>) {
+    match failure {
+        Failure::DiskFull => {
+            tracing::error!(message = "Event batch failed: disk full; nothing was saved.", error = %e, units = replies.len());
+        }
+        Failure::Unknown => {
+            tracing::error!(message = "Event batch outcome unknown: the connection broke during COMMIT.", error = %e, units = replies.len());
+        }
+        Failure::NothingSaved => {
+            tracing::error!(message = "Event batch failed; nothing was saved.", error = %e, units = replies.len());
+        }
+    }
     let text = e.to_string();
     for r in replies {
-        let _ = r.send(Err(CommitError::Database(sqlx::Error::Protocol(
-            text.clone(),
-        ))));
+        let _ = r.send(Err(match failure {
+            Failure::DiskFull => CommitError::StorageFull,
+            Failure::Unknown => CommitError::OutcomeUnknown,
+            Failure::NothingSaved => CommitError::Database(sqlx::Error::Protocol(text.clone())),
+        }));
     }
 }
 
 /// Units refused by a batch attempt, by index.
 enum Refusal {
     Units(Vec<(usize, CommitError)>),
-    Database(sqlx::Error),
+    Database(Failure, sqlx::Error),
+}
+
+fn before_commit(e: sqlx::Error) -> Refusal {
+    Refusal::Database(Failure::before_commit(&e), e)
 }
 
 pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) {
@@ -192,8 +252,8 @@ pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) 
                     let _ = replies.remove(idx).send(Err(err));
                 }
             }
-            Err(Refusal::Database(e)) => {
-                fail_all(&e, replies);
+            Err(Refusal::Database(failure, e)) => {
+                fail_all(failure, &e, replies);
                 break;
             }
         }
@@ -204,10 +264,10 @@ pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) 
 }
 
 async fn try_commit(pool: &PgPool, units: &[WriteUnit]) -> Result<(), Refusal> {
-    let mut tx = pool.begin().await.map_err(Refusal::Database)?;
+    let mut tx = pool.begin().await.map_err(before_commit)?;
     let duplicates = insert_idempotency(&mut tx, units)
         .await
-        .map_err(Refusal::Database)?;
+        .map_err(before_commit)?;
     if !duplicates.is_empty() {
         let _ = tx.rollback().await;
         return Err(Refusal::Units(
@@ -219,11 +279,9 @@ async fn try_commit(pool: &PgPool, units: &[WriteUnit]) -> Result<(), Refusal> {
     }
     write_snapshots(&mut tx, units)
         .await
-        .map_err(Refusal::Database)?;
+        .map_err(before_commit)?;
     // Events last: the position lock is taken at the first event row and held to commit.
-    let conflicts = insert_events(&mut tx, units)
-        .await
-        .map_err(Refusal::Database)?;
+    let conflicts = insert_events(&mut tx, units).await.map_err(before_commit)?;
     if !conflicts.is_empty() {
         let _ = tx.rollback().await;
         return Err(Refusal::Units(
@@ -233,7 +291,9 @@ async fn try_commit(pool: &PgPool, units: &[WriteUnit]) -> Result<(), Refusal> {
                 .collect(),
         ));
     }
-    tx.commit().await.map_err(Refusal::Database)
+    tx.commit()
+        .await
+        .map_err(|e| Refusal::Database(Failure::at_commit(&e), e))
 }
 
 /// Inserts the idempotency records; returns the indexes of units whose key already exists.

@@ -266,3 +266,36 @@ async fn postgres_es_appends_take_global_positions() {
         .unwrap();
     assert_eq!(loaded.state.plan_at(now), Plan::Pro);
 }
+
+#[tokio::test]
+async fn pool_sessions_bound_locks_statements_and_idle_transactions() {
+    let db = TestDb::create().await;
+    let (lock, statement, idle): (String, String, String) = sqlx::query_as(
+        "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), \
+                current_setting('idle_in_transaction_session_timeout')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (lock.as_str(), statement.as_str(), idle.as_str()),
+        ("10s", "2min", "1min")
+    );
+    // A lock held by a stuck session is given up on, not waited for.
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let waited = sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let code = waited
+        .as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("55P03"), "lock_not_available");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -1,0 +1,198 @@
+//! Every job ends and every unit counts when a part of the stack fails: the command side
+//! goes away while outcomes are due, a worker vanishes after starting an attempt, Redis
+//! restarts empty or a legacy worker drops an envelope.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outcomes_wait_out_a_command_side_outage_and_are_taken_once_it_is_back() {
+    // A lease longer than the outage: the outcomes themselves must arrive, not a retry.
+    let mut stack = Stack::start_with("1000", &[("RUNLEDGER_JOB_LEASE_SECS", "60")]).await;
+    stack.start_dispatcher().await;
+    let _w = stack.start_worker(4, &[]);
+    let (user, t) = new_user();
+    let jobs = join_all(
+        (0..4).map(|_| stack.submit(&t, json!({"task_type": "sleep", "payload": {"ms": 1500}}))),
+    )
+    .await;
+    stack.wait_started(4).await;
+    stack.stop_write().await;
+    // The sleeps end during the outage; their outcomes wait in the worker.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stack.restart_write().await;
+    stack.wait_final(&jobs, Duration::from_secs(30)).await;
+    for j in &jobs {
+        assert_eq!(stack.status(j).await, "completed");
+        assert_eq!(
+            stack.attempt(j).await,
+            1,
+            "the first attempt's outcome was kept"
+        );
+    }
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&4));
+    assert_eq!(stack.reserved().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_whose_worker_vanished_after_start_is_expired_and_retried() {
+    let stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let (user, t) = new_user();
+    let job = stack.noop(&t).await;
+    // A worker in another language pops the envelope, reports the start, and dies: no
+    // processing list, no liveness key, nothing for a reaper to find.
+    let mut conn = workers::queue::connect(&stack.redis_client())
+        .await
+        .unwrap();
+    let (_, envelope): (String, String) = redis::cmd("BRPOP")
+        .arg("jobs:default:queue")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(envelope.contains(&job));
+    let r = stack
+        .client
+        .post(format!("{}/v1/worker/jobs/{job}/start", stack.write))
+        .bearer_auth(worker_token())
+        .json(&json!({"attempt": 1, "worker_id": "gone"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The lease (5 s here) runs out; the process manager fails the attempt as retryable and
+    // the next attempt reaches a live worker.
+    let _w = stack.start_worker(2, &[]);
+    stack
+        .wait_final(std::slice::from_ref(&job), Duration::from_secs(30))
+        .await;
+    assert_eq!(stack.status(&job).await, "completed");
+    assert_eq!(stack.attempt(&job).await, 2);
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&1));
+    assert_eq!(stack.reserved().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restarted_empty_is_refilled_from_the_log() {
+    let mut stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let (user, t) = new_user();
+    let mut jobs = join_all((0..20).map(|_| stack.noop(&t))).await;
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc3339();
+    jobs.push(
+        stack
+            .submit(
+                &t,
+                json!({"task_type": "noop", "payload": {}, "run_at": later}),
+            )
+            .await,
+    );
+    let mut conn = workers::queue::connect(&stack.redis_client())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ready, scheduled): (i64, i64) = redis::pipe()
+            .cmd("LLEN")
+            .arg("jobs:default:queue")
+            .cmd("ZCARD")
+            .arg("jobs:default:scheduled")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if ready == 20 && scheduled == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{ready} ready, {scheduled} scheduled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Redis without persistence restarts: every queue and marker is gone.
+    stack.redis.stop();
+    stack.redis.resume().await;
+    let _w = stack.start_worker(4, &[]);
+    stack.wait_final(&jobs, Duration::from_secs(60)).await;
+    for j in &jobs {
+        assert_eq!(stack.status(j).await, "completed");
+        assert_eq!(stack.attempt(j).await, 1);
+    }
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&21));
+    assert_eq!(stack.reserved().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_envelope_a_legacy_worker_dropped_before_start_is_pushed_again() {
+    let stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let (_, t) = new_user();
+    let job = stack.noop(&t).await;
+    let mut conn = workers::queue::connect(&stack.redis_client())
+        .await
+        .unwrap();
+    // Popped and lost: its dispatch marker still says it was pushed.
+    let _: (String, String) = redis::cmd("BRPOP")
+        .arg("jobs:default:queue")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _w = stack.start_worker(2, &[]);
+    stack
+        .wait_final(std::slice::from_ref(&job), Duration::from_secs(30))
+        .await;
+    assert_eq!(stack.status(&job).await, "completed");
+    assert_eq!(stack.attempt(&job).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dispatch_markers_go_when_their_attempts_end() {
+    let stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let _w = stack.start_worker(4, &["127.0.0.1/32".to_owned()]);
+    let (_, t) = new_user();
+    let target = target(1).await;
+    let mut jobs = join_all((0..30).map(|_| stack.noop(&t))).await;
+    // One retried once (two attempts), one run later (scheduled, then ready).
+    jobs.push(
+        stack
+            .submit(
+                &t,
+                json!({"task_type": "http.request", "payload": {"url": format!("{target}/flaky")},
+                       "max_attempts": 3}),
+            )
+            .await,
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    jobs.push(
+        stack
+            .submit(
+                &t,
+                json!({"task_type": "noop", "payload": {}, "run_at": later}),
+            )
+            .await,
+    );
+    stack.wait_final(&jobs, Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = stack.markers().await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} markers left: {left:?}",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

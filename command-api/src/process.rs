@@ -23,6 +23,8 @@ pub const CHECKPOINT: &str = "process-manager";
 const LEADER_LOCK: i64 = 7_245_037_262;
 const BATCH: i64 = 500;
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How often the leader checks that its lock connection is still alive.
+const LEADER_CHECK: Duration = Duration::from_secs(1);
 
 /// The process manager's timeouts.
 #[derive(Debug, Clone, Copy)]
@@ -83,9 +85,27 @@ async fn lead(
     let sweep_every = (timeouts.reservation.min(timeouts.lease) / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut last_sweep = tokio::time::Instant::now();
+    let mut last_check = tokio::time::Instant::now();
     let result = loop {
         if shutdown.is_cancelled() {
             break Ok(());
+        }
+        // The lock lives as long as its connection: once that is gone (terminated, a
+        // network cut) another instance may lead, so this one stops. Until it notices, the
+        // forward-only checkpoint keeps its writes out.
+        if let Some(conn) = leader.as_mut()
+            && last_check.elapsed() >= LEADER_CHECK
+        {
+            let alive = tokio::time::timeout(
+                Duration::from_secs(5),
+                sqlx::query("SELECT 1").execute(&mut *conn),
+            )
+            .await;
+            if !matches!(alive, Ok(Ok(_))) {
+                tracing::warn!(message = "Process manager lost its leader lock; standing down.");
+                break Ok(());
+            }
+            last_check = tokio::time::Instant::now();
         }
         match step(store).await {
             Ok(0) => {

@@ -40,6 +40,9 @@ pub enum ProjectionError {
         /// Its position.
         position: i64,
     },
+    /// Another rebuild of the same projection is running.
+    #[error("a rebuild of {0} is already running")]
+    RebuildRunning(&'static str),
 }
 
 /// The events of `aggregate_type` in `events`, each with its aggregate id as a UUID (jobs and
@@ -99,6 +102,12 @@ impl Projection {
             Self::Usage => usage::TABLES,
             Self::Subscriptions => subscriptions::TABLES,
         }
+    }
+
+    /// The advisory lock a rebuild of this projection holds from start to swap: one at a
+    /// time.
+    pub const fn rebuild_lock_key(self) -> i64 {
+        self.lock_key() + 100
     }
 
     /// The advisory lock that one batch of it holds (so a swap or a second runner waits).

@@ -95,6 +95,28 @@ pub async fn rebuild(
     mut progress: impl FnMut(i64),
 ) -> Result<Rebuilt, ProjectionError> {
     let started = Instant::now();
+    // One rebuild of a projection at a time: two would build the same copies and swap in
+    // tables at different positions. The lock lives on a connection of its own, released
+    // when the rebuild ends or its process dies.
+    let mut fence = pool.acquire().await?.detach();
+    let (won,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(projection.rebuild_lock_key())
+        .fetch_one(&mut fence)
+        .await?;
+    if !won {
+        return Err(ProjectionError::RebuildRunning(projection.name()));
+    }
+    let result = rebuild_alone(pool, projection, &mut progress, started).await;
+    let _ = sqlx::Connection::close(fence).await;
+    result
+}
+
+async fn rebuild_alone(
+    pool: &PgPool,
+    projection: Projection,
+    progress: &mut impl FnMut(i64),
+    started: Instant,
+) -> Result<Rebuilt, ProjectionError> {
     let cp_name = format!("{}@rebuild", projection.name());
     let mut tx = pool.begin().await?;
     let indexes = indexes(&mut tx, projection).await?;

@@ -45,6 +45,8 @@ enum RelayError {
     Db(#[from] sqlx::Error),
     #[error("nats: {0}")]
     Nats(String),
+    #[error(transparent)]
+    Store(#[from] platform::store::StoreError),
 }
 
 /// Publishes one batch after the checkpoint; returns how many events (0: caught up).

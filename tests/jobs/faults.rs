@@ -196,3 +196,57 @@ async fn dispatch_markers_go_when_their_attempts_end() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The process manager's leader lock lives on one connection: when that connection is
+/// terminated, the leader stands down and an instance takes the lock again, so units still
+/// count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_manager_that_lost_its_lock_stands_down_and_one_leads_again() {
+    let stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let _w = stack.start_worker(2, &[]);
+    let (user, t) = new_user();
+    let first = stack.noop(&t).await;
+    stack
+        .wait_final(std::slice::from_ref(&first), Duration::from_secs(30))
+        .await;
+    let holder = || async {
+        sqlx::query_as::<_, (i32,)>(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+               AND ((classid::int8 << 32) | objid::int8) = 7245037262",
+        )
+        .fetch_optional(&stack.db.pool)
+        .await
+        .unwrap()
+        .map(|(p,)| p)
+    };
+    let before = holder().await.expect("a leader holds the lock");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(before)
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if holder().await.is_some_and(|p| p != before) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no instance leads again after the lock was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = stack.noop(&t).await;
+    stack
+        .wait_final(std::slice::from_ref(&second), Duration::from_secs(30))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stack.consumed().await.get(&user.to_string()) != Some(&2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second unit was not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

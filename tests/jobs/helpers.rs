@@ -248,11 +248,14 @@ impl Stack {
 
     /// Runs the process manager to the head of the log.
     pub async fn settle(&self) {
-        while command_api::process::step(&self.command.store)
-            .await
-            .unwrap()
-            > 0
-        {}
+        loop {
+            match command_api::process::step(&self.command.store).await {
+                Ok(0) => break,
+                // The running process manager got further: go on from its checkpoint.
+                Ok(_) | Err(platform::store::StoreError::Fenced(_)) => {}
+                Err(e) => panic!("process manager step: {e}"),
+            }
+        }
     }
 
     /// Units reserved and not settled, per user, from the usage events.

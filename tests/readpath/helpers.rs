@@ -216,11 +216,14 @@ impl Stack {
 
     /// Runs the process manager to the head, then waits for the projections.
     pub async fn settle(&self) {
-        while command_api::process::step(&self.command.store)
-            .await
-            .unwrap()
-            > 0
-        {}
+        loop {
+            match command_api::process::step(&self.command.store).await {
+                Ok(0) => break,
+                // The running process manager got further: go on from its checkpoint.
+                Ok(_) | Err(platform::store::StoreError::Fenced(_)) => {}
+                Err(e) => panic!("process manager step: {e}"),
+            }
+        }
         self.caught_up().await;
     }
 

@@ -113,3 +113,48 @@ async fn with_nats_down_commands_succeed_and_the_relay_catches_up() {
     relay_caught_up(&stack).await;
     assert_eq!(stream_messages(&stack).await, event_count(&stack).await);
 }
+
+/// Two rebuilds of one projection at once: the second is refused while the first runs, the
+/// first swaps in complete tables, and a later rebuild runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_rebuild_of_a_projection_at_a_time() {
+    let stack = Stack::start().await;
+    let (_, t) = new_user();
+    let jobs = join_all((0..30).map(|_| stack.submit(&t))).await;
+    join_all(jobs.iter().map(|j| stack.run_job(j))).await;
+    stack.settle().await;
+    let views = dump(&stack, VIEWS).await;
+    // Hold the first rebuild inside its progress callback, so the second surely overlaps.
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let pool = stack.db.pool.clone();
+    let first = tokio::spawn(async move {
+        let mut once = Some((entered_tx, release_rx));
+        projections::rebuild::rebuild(&pool, projections::Projection::Jobs, move |_| {
+            if let Some((tx, rx)) = once.take() {
+                tx.send(()).unwrap();
+                rx.recv().unwrap();
+            }
+        })
+        .await
+    });
+    tokio::task::spawn_blocking(move || entered.recv().unwrap())
+        .await
+        .unwrap();
+    let second =
+        projections::rebuild::rebuild(&stack.db.pool, projections::Projection::Jobs, |_| {}).await;
+    assert!(
+        matches!(
+            second,
+            Err(projections::ProjectionError::RebuildRunning("jobs"))
+        ),
+        "{second:?}"
+    );
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(dump(&stack, VIEWS).await, views);
+    projections::rebuild::rebuild(&stack.db.pool, projections::Projection::Jobs, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(dump(&stack, VIEWS).await, views);
+}

@@ -75,13 +75,14 @@ pub trait EventLog: Send + Sync + 'static {
     async fn checkpoint(&self, name: &str) -> Result<i64, sqlx::Error>;
 
     /// Checkpoint `name` with the reservations and live jobs of `progress`, in one
-    /// transaction.
+    /// transaction; `false`, with nothing saved, when the checkpoint is already past
+    /// `position` (a stale instance of the reader: it must not move it back).
     async fn save_progress(
         &self,
         name: &str,
         position: i64,
         progress: Progress,
-    ) -> Result<(), sqlx::Error>;
+    ) -> Result<bool, sqlx::Error>;
 
     /// Up to `limit` live jobs in one of `statuses` whose latest event is older than
     /// `cutoff`, oldest first.

@@ -83,6 +83,10 @@ pub enum StoreError {
     /// The store's disk is full: nothing was saved.
     #[error("the event store's disk is full")]
     StorageFull,
+    /// Another instance of this reader moved its checkpoint further: this one is stale
+    /// and saved nothing.
+    #[error("checkpoint {0} is ahead of this reader: another instance runs")]
+    Fenced(String),
     /// The connection broke during COMMIT: the command may or may not have been saved.
     #[error("the commit's outcome is unknown")]
     OutcomeUnknown,

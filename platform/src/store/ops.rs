@@ -6,7 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    EventStore,
+    EventStore, StoreError,
     log::{LiveJob, Progress},
     reader::RecordedEvent,
 };
@@ -52,13 +52,13 @@ impl EventStore {
         self.log.checkpoint(name).await
     }
 
-    /// Stores a reader's checkpoint on its own.
+    /// Moves a reader's checkpoint forward on its own.
     ///
     /// # Errors
-    /// Database errors.
-    pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), sqlx::Error> {
-        self.log
-            .save_progress(name, position, Progress::default())
+    /// Database errors; [`StoreError::Fenced`] when another instance of the reader got
+    /// further.
+    pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), StoreError> {
+        self.save_progress(name, position, Progress::default())
             .await
     }
 
@@ -83,17 +83,22 @@ impl EventStore {
     }
 
     /// Saves checkpoint `name` together with the reservations and live jobs of `progress`,
-    /// in one transaction.
+    /// in one transaction. Checkpoints only move forward: a stale instance of a reader (a
+    /// former leader that has not noticed yet) saves nothing.
     ///
     /// # Errors
-    /// Database errors; nothing is saved.
+    /// Database errors, or [`StoreError::Fenced`]; nothing is saved.
     pub async fn save_progress(
         &self,
         name: &str,
         position: i64,
         progress: Progress,
-    ) -> Result<(), sqlx::Error> {
-        self.log.save_progress(name, position, progress).await
+    ) -> Result<(), StoreError> {
+        if self.log.save_progress(name, position, progress).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced(name.to_owned()))
+        }
     }
 
     /// Up to `limit` live jobs in one of `statuses` whose latest event is older than

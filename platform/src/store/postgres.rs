@@ -78,7 +78,7 @@ impl EventLog for Postgres {
         name: &str,
         position: i64,
         progress: Progress,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let Progress {
             reserved,
             settled,
@@ -141,8 +141,12 @@ impl EventLog for Postgres {
             .execute(&mut *tx)
             .await?;
         }
-        reader::save_checkpoint(&mut *tx, name, position).await?;
-        tx.commit().await
+        if !reader::advance_checkpoint(&mut *tx, name, position).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn live_before(

@@ -104,6 +104,28 @@ pub async fn checkpoint<'e>(db: impl PgExecutor<'e>, name: &str) -> Result<i64, 
     Ok(row.map_or(0, |(p,)| p))
 }
 
+/// Moves checkpoint `name` forward to `position`; `false` (and nothing changed) when it is
+/// already past it: another instance of the reader got further, and this one is stale.
+///
+/// # Errors
+/// Database errors.
+pub async fn advance_checkpoint<'e>(
+    db: impl PgExecutor<'e>,
+    name: &str,
+    position: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now() \
+         WHERE checkpoints.position <= EXCLUDED.position",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Stores a reader's checkpoint; call it in the transaction that applied the events.
 ///
 /// # Errors

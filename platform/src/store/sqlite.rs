@@ -81,7 +81,7 @@ impl EventLog for Sqlite {
         name: &str,
         position: i64,
         progress: Progress,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let mut tx = self.0.begin().await?;
         for (job, usage, at) in &progress.reserved {
             sqlx::query(
@@ -119,15 +119,21 @@ impl EventLog for Sqlite {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        let advanced = sqlx::query(
             "INSERT INTO checkpoints (name, position) VALUES (?1, ?2) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position \
+             WHERE checkpoints.position <= excluded.position",
         )
         .bind(name)
         .bind(position)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await
+        if advanced.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn live_before(

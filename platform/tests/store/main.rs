@@ -299,3 +299,39 @@ async fn pool_sessions_bound_locks_statements_and_idle_transactions() {
     assert_eq!(code.as_deref(), Some("55P03"), "lock_not_available");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+/// Checkpoints only move forward: a stale instance of a reader (a former leader that has
+/// not noticed yet) saves nothing, on either backend.
+#[tokio::test]
+async fn a_stale_reader_cannot_move_its_checkpoint_back_or_write_its_progress() {
+    let db = TestDb::create().await;
+    let sqlite = platform::db::open_embedded(None).await.unwrap();
+    for store in [EventStore::new(db.pool.clone()), EventStore::sqlite(sqlite)] {
+        store.save_checkpoint("pm", 50).await.unwrap();
+        let job = uuid::Uuid::new_v4();
+        let stale = platform::store::Progress {
+            live: vec![platform::store::LiveJob {
+                job_id: job,
+                status: "running".into(),
+                attempt: 1,
+                since: Utc::now() - chrono::Duration::hours(1),
+            }],
+            ..Default::default()
+        };
+        let refused = store.save_progress("pm", 40, stale).await.unwrap_err();
+        assert!(
+            matches!(refused, platform::store::StoreError::Fenced(ref n) if n == "pm"),
+            "{refused}"
+        );
+        assert_eq!(store.checkpoint("pm").await.unwrap(), 50);
+        let live = store
+            .live_before(&["running"], Utc::now(), 10)
+            .await
+            .unwrap();
+        assert!(live.is_empty(), "nothing of the stale batch was saved");
+        // Forward (or the same position, a batch redone) is fine.
+        store.save_checkpoint("pm", 50).await.unwrap();
+        store.save_checkpoint("pm", 60).await.unwrap();
+        assert_eq!(store.checkpoint("pm").await.unwrap(), 60);
+    }
+}

@@ -4,6 +4,7 @@
 mod audit;
 mod bench;
 mod dev;
+mod events;
 mod roles;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -46,6 +47,15 @@ enum Action {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Events a consumer could not read and skipped (parked), and another try at them.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+        /// Without DATABASE_URL: the data directory of `runledger dev` (default:
+        /// RUNLEDGER_DATA_DIR, else ./.runledger).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
     },
     /// Serve the write side: job submission, cancel, worker reports; runs the process manager.
     CommandApi,
@@ -123,6 +133,26 @@ enum AuditAction {
 }
 
 #[derive(Subcommand)]
+enum EventsAction {
+    /// List the parked events.
+    Parked {
+        /// Only this consumer's: process-manager, dispatcher, jobs, usage, subscriptions,
+        /// projections (runledger dev).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the process manager and the dispatcher to try their parked events again.
+    Retry {
+        /// Only this consumer's.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenAction {
     /// Print a signed token.
     Mint {
@@ -192,6 +222,20 @@ fn main() -> ExitCode {
                 &to,
                 format,
             ))
+        }),
+        Action::Events { action, data_dir } => runtime().and_then(|rt| {
+            let s = settings()?;
+            let dir = data_dir_or_default(data_dir);
+            rt.block_on(async {
+                match action {
+                    EventsAction::Parked { consumer, json } => {
+                        events::parked(&s, &dir, consumer.as_deref(), json).await
+                    }
+                    EventsAction::Retry { consumer } => {
+                        events::retry(&s, &dir, consumer.as_deref()).await
+                    }
+                }
+            })
         }),
         Action::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
         Action::CommandApi => runtime().and_then(|rt| rt.block_on(command_api())),

@@ -14,7 +14,9 @@ use domain::{
     process::usage_reaction,
     usage::{ReleaseReason, ReleaseUnit, Usage, UsageCommand, UsageError, UsageEvent},
 };
-use platform::store::{EventStore, LiveJob, Metadata, Progress, StoreError, reader::RecordedEvent};
+use platform::store::{
+    EventStore, LiveJob, Metadata, Progress, StoreError, poison, reader::RecordedEvent,
+};
 use tokio_util::sync::CancellationToken;
 
 /// The checkpoint's name.
@@ -116,6 +118,9 @@ async fn lead(
                     if let Err(e) = expire_leases(store, timeouts.lease).await {
                         break Err(e);
                     }
+                    if let Err(e) = retry_parked(store).await {
+                        break Err(e);
+                    }
                     last_sweep = tokio::time::Instant::now();
                 }
                 tokio::select! {
@@ -143,14 +148,51 @@ async fn lead(
 /// Store failures; the checkpoint then stays where it was and the batch is redone.
 pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
     let from = store.checkpoint(CHECKPOINT).await?;
-    let events = store.read_from(from, BATCH).await?;
-    let Some(last) = events.last().map(|e| e.position) else {
+    let read = store.read_from(from, BATCH).await?;
+    let Some(last) = read.last().map(|e| e.position) else {
         return Ok(0);
     };
+    let count = read.len();
+    let (events, poison) = poison::split(CHECKPOINT, read);
+    store.park(CHECKPOINT, &poison).await?;
+    react_all(store, &events, last).await?;
+    Ok(count)
+}
+
+/// Another try at the parked events an operator asked to retry (`runledger events
+/// retry`): those that can be read now are processed, out of log order (usage commands are
+/// idempotent and keyed by job); returns how many.
+///
+/// # Errors
+/// Store failures.
+pub async fn retry_parked(store: &EventStore) -> Result<usize, StoreError> {
+    let events = store.take_retries(CHECKPOINT).await?;
+    let mut done = 0;
+    for e in events {
+        let mut pending = PendingChanges::default();
+        if let Some(r) = react(&e, &mut pending)?
+            && let Err(refused) = store
+                .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
+                .await?
+        {
+            tracing::warn!(message = "Usage command refused.", job_id = %r.job_id, error = %refused);
+        }
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Applies what `events` call for, then saves the checkpoint at `last` with the batch's
+/// reservations and live jobs.
+async fn react_all(
+    store: &EventStore,
+    events: &[RecordedEvent],
+    last: i64,
+) -> Result<(), StoreError> {
     let mut pending = PendingChanges::default();
     let mut by_ledger: std::collections::HashMap<String, Vec<Reaction>> =
         std::collections::HashMap::new();
-    for event in &events {
+    for event in events {
         if let Some(r) = react(event, &mut pending)? {
             by_ledger.entry(r.usage_id.clone()).or_default().push(r);
         }
@@ -169,8 +211,7 @@ pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
         Ok::<_, StoreError>(())
     }))
     .await?;
-    store.save_progress(CHECKPOINT, last, pending.net()).await?;
-    Ok(events.len())
+    store.save_progress(CHECKPOINT, last, pending.net()).await
 }
 
 /// Changes to `pending_reservations` and `live_jobs`, committed with the checkpoint.

@@ -17,17 +17,19 @@ use crate::{ProjectionError, jobs, subscriptions, usage};
 
 const BATCH: i64 = 2_000;
 
-/// Applies `events` (all after the tables' position) to `views`; returns the notices.
+/// The consumer name the in-memory projections park under.
+pub const CONSUMER: &str = "projections";
+
+/// Applies `events` (all after the tables' position, none unreadable) to `views` and moves
+/// them to `last`; returns the notices.
 ///
 /// # Errors
 /// An event that does not decode; nothing of the batch is applied.
 pub fn apply(
     views: &MemoryViews,
     events: &[RecordedEvent],
+    last: i64,
 ) -> Result<Vec<Notice>, ProjectionError> {
-    let Some(last) = events.last().map(|e| e.position) else {
-        return Ok(vec![]);
-    };
     let usage = usage::deltas(events)?;
     let decoded_jobs: Vec<DecodedJob<'_>> = crate::decode(events, "job")?;
     let subs: Vec<(_, Uuid, SubscriptionEvent)> = crate::decode(events, "subscription")?;
@@ -158,21 +160,15 @@ pub async fn run(
         let woken = appended.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let read = match store.read_from(views.position(), BATCH).await {
-            Ok(events) => match apply(&views, &events) {
-                Ok(notices) => {
-                    for n in notices {
-                        bus.publish(n).await;
-                    }
-                    events.len()
+        let read = match next_batch(&store, &views).await {
+            Ok(n) => {
+                for n in n.1 {
+                    bus.publish(n).await;
                 }
-                Err(e) => {
-                    tracing::error!(message = "Projection batch failed; retrying.", error = %e);
-                    0
-                }
-            },
+                n.0
+            }
             Err(e) => {
-                tracing::error!(message = "Reading the log failed; retrying.", error = %e);
+                tracing::error!(message = "Projection batch failed; retrying.", error = %e);
                 0
             }
         };
@@ -191,13 +187,35 @@ pub async fn run(
 /// # Errors
 /// Database errors, or an event that does not decode.
 pub async fn catch_up(store: &EventStore, views: &MemoryViews) -> Result<i64, ProjectionError> {
-    loop {
-        let events = store.read_from(views.position(), BATCH).await?;
-        if events.is_empty() {
-            return Ok(views.position());
-        }
-        apply(views, &events)?;
+    // Every event is read again: what was parked and reads now is applied, what still does
+    // not is parked again.
+    if views.position() == 0 {
+        let parked: Vec<i64> = store
+            .parked(Some(CONSUMER))
+            .await?
+            .iter()
+            .map(|p| p.position)
+            .collect();
+        store.unpark_all(CONSUMER, &parked).await?;
     }
+    while next_batch(store, views).await?.0 > 0 {}
+    Ok(views.position())
+}
+
+/// Reads and applies the next batch, parking what cannot be read; returns how many events
+/// it read, and the notices.
+async fn next_batch(
+    store: &EventStore,
+    views: &MemoryViews,
+) -> Result<(usize, Vec<Notice>), ProjectionError> {
+    let read = store.read_from(views.position(), BATCH).await?;
+    let Some(last) = read.last().map(|e| e.position) else {
+        return Ok((0, vec![]));
+    };
+    let count = read.len();
+    let (events, poison) = platform::store::poison::split(CONSUMER, read);
+    store.park(CONSUMER, &poison).await?;
+    Ok((count, apply(views, &events, last)?))
 }
 
 /// Drops the in-memory changes older than `keep` every minute until `shutdown`.

@@ -8,7 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use platform::store::reader::{read_from, save_checkpoint};
+use platform::store::{
+    poison,
+    reader::{read_from, save_checkpoint},
+};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{Projection, ProjectionError};
@@ -137,18 +140,22 @@ async fn rebuild_alone(
     tx.commit().await?;
 
     let mut events = 0u64;
+    let mut still_parked: Vec<i64> = Vec::new();
     let mut reading = Duration::ZERO;
     let mut position = 0;
     // The next batch is read while this one is applied.
     let mut buffer = crate::jobs::Buffer::default();
     let mut next = Some(tokio::spawn(timed_read(pool.clone(), position)));
     while let Some(reading_batch) = next.take() {
-        let (batch, took) = reading_batch.await.map_err(|_| sqlx::Error::PoolClosed)??;
+        let (read, took) = reading_batch.await.map_err(|_| sqlx::Error::PoolClosed)??;
         reading += took;
-        let Some(last) = batch.last().map(|e| e.position) else {
+        let Some(last) = read.last().map(|e| e.position) else {
             break;
         };
-        let full = batch.len() as i64 == BATCH;
+        let full = read.len() as i64 == BATCH;
+        let read_count = read.len() as u64;
+        let (batch, poison) = poison::split(projection.name(), read);
+        still_parked.extend(poison.iter().map(|(e, _)| e.position));
         if full {
             next = Some(tokio::spawn(timed_read(pool.clone(), last)));
         }
@@ -165,10 +172,11 @@ async fn rebuild_alone(
         } else {
             projection.apply(&mut tx, &batch, SUFFIX).await?;
         }
+        poison::park_pg(&mut *tx, projection.name(), &poison).await?;
         // A crash loses the held rows with the checkpoint: the copies are built anew.
         save_checkpoint(&mut *tx, &cp_name, last).await?;
         tx.commit().await?;
-        events += batch.len() as u64;
+        events += read_count;
         position = last;
         progress(last);
     }
@@ -191,14 +199,23 @@ async fn rebuild_alone(
         .execute(&mut *tx)
         .await?;
     loop {
-        let batch = read_from(pool, position, BATCH).await?;
-        let Some(last) = batch.last().map(|e| e.position) else {
+        let read = read_from(pool, position, BATCH).await?;
+        let Some(last) = read.last().map(|e| e.position) else {
             break;
         };
+        events += read.len() as u64;
+        let (batch, poison) = poison::split(projection.name(), read);
+        still_parked.extend(poison.iter().map(|(e, _)| e.position));
+        poison::park_pg(&mut *tx, projection.name(), &poison).await?;
         projection.apply(&mut tx, &batch, SUFFIX).await?;
-        events += batch.len() as u64;
         position = last;
     }
+    // What was parked and reads now is in the new tables.
+    sqlx::query("DELETE FROM parked_events WHERE consumer = $1 AND NOT (position = ANY($2))")
+        .bind(projection.name())
+        .bind(&still_parked)
+        .execute(&mut *tx)
+        .await?;
     for t in projection.tables() {
         sqlx::query(&format!("DROP TABLE {t}"))
             .execute(&mut *tx)

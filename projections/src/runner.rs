@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use platform::{
     notice::NoticeBus,
-    store::reader::{checkpoint, head, read_from, save_checkpoint},
+    store::{
+        poison,
+        reader::{checkpoint, head, read_from, save_checkpoint},
+    },
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -42,17 +45,26 @@ pub async fn step(
         from.push(checkpoint(&mut *tx, p.name()).await?);
     }
     let start = from.iter().copied().min().unwrap_or(0);
-    let events = read_from(pool, start, BATCH).await?;
-    let Some(last) = events.last().map(|e| e.position) else {
+    let read = read_from(pool, start, BATCH).await?;
+    let Some(last) = read.last().map(|e| e.position) else {
         tx.rollback().await?;
         return Ok(0);
     };
+    let count = read.len();
+    let (events, poison) = poison::split("projections", read);
     let mut notices = Vec::new();
     for (p, cp) in projections.iter().zip(&from) {
         let newer = &events[events.partition_point(|e| e.position <= *cp)..];
-        if newer.is_empty() {
+        let skipped: Vec<_> = poison
+            .iter()
+            .filter(|(e, _)| e.position > *cp)
+            .cloned()
+            .collect();
+        if newer.is_empty() && skipped.is_empty() {
             continue;
         }
+        // Parked with the checkpoint: `runledger projections rebuild` reads them again.
+        poison::park_pg(&mut *tx, p.name(), &skipped).await?;
         notices.extend(p.apply(&mut tx, newer, "").await?);
         save_checkpoint(&mut *tx, p.name(), last).await?;
         metrics::counter!("runledger_projection_events_total", "projection" => p.name())
@@ -63,7 +75,7 @@ pub async fn step(
         bus.publish(n).await;
     }
     // The lag is measured when a batch came back full, i.e. when there may be one.
-    let lag = if events.len() as i64 == BATCH {
+    let lag = if count as i64 == BATCH {
         head(pool).await.map_or(0, |h| h - last)
     } else {
         0
@@ -72,7 +84,7 @@ pub async fn step(
         metrics::gauge!("runledger_projection_lag_events", "projection" => p.name())
             .set(lag as f64);
     }
-    Ok(events.len())
+    Ok(count)
 }
 
 /// Runs `projections` until `shutdown`, waking early on `appended` (commits in this process).

@@ -518,3 +518,57 @@ fn audit_replay(dir: &str, format: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// An event the embedded read models cannot read does not keep `runledger dev` from
+/// starting: it is parked, listed by `runledger events parked`, and the rest is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_event_is_parked_and_dev_still_starts() {
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap().to_owned();
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    let (_, body) = submit(&dev, "noop", json!({})).await;
+    let job = body["job_id"].as_str().unwrap().to_owned();
+    eventually(30, "the job to complete", || async {
+        get(&dev, &dev.token, &format!("/v1/jobs/{job}")).await.1["status"] == "completed"
+    })
+    .await;
+    assert!(dev.interrupt().success());
+
+    let pool = platform::db::open_embedded(Some(&dir)).await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                             payload, metadata) \
+         VALUES ('job', ?1, 1000, 'JobExploded', '1.0', '{\"JobExploded\": {}}', '{}')",
+    )
+    .bind(&job)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    let (status, body) = submit(&dev, "noop", json!({})).await;
+    assert_eq!(status, 202);
+    let next = format!("/v1/jobs/{}", body["job_id"].as_str().unwrap());
+    eventually(30, "a later job to complete", || async {
+        get(&dev, &dev.token, &next).await.1["status"] == "completed"
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["events", "parked", "--json", "--data-dir", &d])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let parked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        parked
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["consumer"] == "projections" && p["event_type"] == "JobExploded"),
+        "{parked}"
+    );
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}

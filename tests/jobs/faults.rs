@@ -250,3 +250,84 @@ async fn a_process_manager_that_lost_its_lock_stands_down_and_one_leads_again() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An event this build cannot read is parked by each consumer that meets it; every other
+/// job still runs and counts. Once it can be read (here: rewritten to a known shape, as a
+/// fixed build would read it), `runledger events retry` has it processed and unparked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_event_is_parked_and_everyone_else_goes_on() {
+    let stack = Stack::start("1000").await;
+    stack.start_dispatcher().await;
+    let _w = stack.start_worker(2, &[]);
+    let (user, t) = new_user();
+    let first = stack.noop(&t).await;
+    stack
+        .wait_final(std::slice::from_ref(&first), Duration::from_secs(30))
+        .await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                             payload, metadata) \
+         VALUES ('job', $1, 1000, 'JobExploded', '1.0', '{\"JobExploded\": {}}', '{}')",
+    )
+    .bind(&first)
+    .execute(&stack.db.pool)
+    .await
+    .unwrap();
+    let later = join_all((0..5).map(|_| stack.noop(&t))).await;
+    stack.wait_final(&later, Duration::from_secs(30)).await;
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&6));
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", &stack.db.url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let parked: serde_json::Value =
+            serde_json::from_str(&cli(&["events", "parked", "--json"])).unwrap();
+        let consumers: Vec<&str> = parked
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["consumer"].as_str().unwrap())
+            .collect();
+        if consumers.contains(&"process-manager") && consumers.contains(&"dispatcher") {
+            assert!(
+                parked
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["event_type"] == "JobExploded")
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "parked: {parked}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    sqlx::query(
+        "UPDATE events SET event_type = 'JobHeartbeat', \
+                payload = json_build_object('JobHeartbeat', \
+                  json_build_object('attempt', 1, 'at', '2026-12-01T00:00:00Z')) \
+          WHERE event_type = 'JobExploded'",
+    )
+    .execute(&stack.db.pool)
+    .await
+    .unwrap();
+    assert!(cli(&["events", "retry"]).starts_with("2 parked event(s)"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !stack.command.store.parked(None).await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retries were not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

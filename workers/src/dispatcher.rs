@@ -23,7 +23,7 @@ use domain::{
     job::{FailJob, Job, JobCommand, JobEvent, JobStatus},
     task::{Namespace, NamespaceMap},
 };
-use platform::store::{EventStore, Metadata, StoreError, reader::RecordedEvent};
+use platform::store::{EventStore, Metadata, StoreError, poison, reader::RecordedEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Ended, JobQueue};
@@ -95,10 +95,12 @@ impl<Q: JobQueue> Dispatcher<Q> {
         let mut jobs: HashMap<String, Job> = HashMap::new();
         let mut position = 0;
         loop {
-            let events = self.store.read_from(position, 5_000).await?;
-            let Some(last) = events.last().map(|e| e.position) else {
+            let read = self.store.read_from(position, 5_000).await?;
+            let Some(last) = read.last().map(|e| e.position) else {
                 break;
             };
+            let (events, poison) = poison::split(CHECKPOINT, read);
+            self.store.park(CHECKPOINT, &poison).await?;
             for e in events.iter().filter(|e| e.aggregate_type == "job") {
                 let event: JobEvent = decode(e)?;
                 jobs.entry(e.aggregate_id.clone())
@@ -153,10 +155,13 @@ impl<Q: JobQueue> Dispatcher<Q> {
             Some(p) => p,
             None => self.store.checkpoint(CHECKPOINT).await?,
         };
-        let events = self.store.read_from(from, BATCH).await?;
-        let Some(last) = events.last().map(|e| e.position) else {
+        let read = self.store.read_from(from, BATCH).await?;
+        let Some(last) = read.last().map(|e| e.position) else {
             return Ok(0);
         };
+        let count = read.len();
+        let (events, poison) = poison::split(CHECKPOINT, read);
+        self.store.park(CHECKPOINT, &poison).await?;
         let mut ended = Vec::new();
         for e in events.iter().filter(|e| e.aggregate_type == "job") {
             if let Some(end) = self.handle(e).await? {
@@ -172,6 +177,24 @@ impl<Q: JobQueue> Dispatcher<Q> {
         if let Err(e) = self.queue.forget(&self.served, &ended).await {
             tracing::warn!(message = "Deleting the markers of ended attempts failed; they expire by themselves.", error = %e);
         }
+        Ok(count)
+    }
+
+    /// Another try at the parked events an operator asked to retry (`runledger events
+    /// retry`): those that can be read now are handled, out of log order (pushes are at
+    /// most once per attempt, and a worker's start refuses a job that moved on).
+    ///
+    /// # Errors
+    /// [`DispatchError`].
+    pub async fn retry_parked(&mut self) -> Result<usize, DispatchError> {
+        let events = self.store.take_retries(CHECKPOINT).await?;
+        let mut ended = Vec::new();
+        for e in events.iter().filter(|e| e.aggregate_type == "job") {
+            if let Some(end) = self.handle(e).await? {
+                ended.push(end);
+            }
+        }
+        self.queue.forget(&self.served, &ended).await?;
         Ok(events.len())
     }
 
@@ -366,9 +389,14 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 }
                 last_promotion = tokio::time::Instant::now();
             }
-            if self.queue.durable() && last_reconcile.elapsed() >= reconcile_every {
-                if let Err(e) = self.reconcile().await {
+            if last_reconcile.elapsed() >= reconcile_every {
+                if self.queue.durable()
+                    && let Err(e) = self.reconcile().await
+                {
                     tracing::warn!(message = "Reconciling the queues failed.", error = %e);
+                }
+                if let Err(e) = self.retry_parked().await {
+                    tracing::warn!(message = "Retrying parked events failed.", error = %e);
                 }
                 last_reconcile = tokio::time::Instant::now();
             }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{reader::RecordedEvent, writer::Reply};
+use super::{poison::Parked, reader::RecordedEvent, writer::Reply};
 
 /// A reservation the process manager has seen: job, ledger, when.
 pub type Pending = (Uuid, String, DateTime<Utc>);
@@ -109,6 +109,26 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Takes one reservation off the pending list.
     async fn drop_pending(&self, job: Uuid) -> Result<(), sqlx::Error>;
+
+    /// Parks `poison` for `consumer` (again: the error is updated, the retry request
+    /// cleared).
+    async fn park(
+        &self,
+        consumer: &str,
+        poison: &[(RecordedEvent, String)],
+    ) -> Result<(), sqlx::Error>;
+
+    /// The parked events, of `consumer` or of all, in position order.
+    async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, sqlx::Error>;
+
+    /// Asks for another try at the parked events of `consumer` (or all); how many.
+    async fn ask_retry(&self, consumer: Option<&str>) -> Result<u64, sqlx::Error>;
+
+    /// The events parked for `consumer` with a retry asked for, in position order.
+    async fn retries(&self, consumer: &str) -> Result<Vec<RecordedEvent>, sqlx::Error>;
+
+    /// Takes the events at `positions` off `consumer`'s parked list.
+    async fn unpark(&self, consumer: &str, positions: &[i64]) -> Result<(), sqlx::Error>;
 
     /// Whether the aggregate has any event.
     async fn exists(&self, aggregate_type: &str, id: &str) -> Result<bool, sqlx::Error>;

@@ -7,6 +7,7 @@ mod cache;
 mod locks;
 pub mod log;
 mod ops;
+pub mod poison;
 mod postgres;
 pub mod reader;
 mod sqlite;

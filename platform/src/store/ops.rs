@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{
     EventStore, StoreError,
     log::{LiveJob, Progress},
+    poison::Parked,
     reader::RecordedEvent,
 };
 
@@ -99,6 +100,66 @@ impl EventStore {
         } else {
             Err(StoreError::Fenced(name.to_owned()))
         }
+    }
+
+    /// Parks `poison` for `consumer`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn park(
+        &self,
+        consumer: &str,
+        poison: &[(RecordedEvent, String)],
+    ) -> Result<(), sqlx::Error> {
+        if poison.is_empty() {
+            return Ok(());
+        }
+        self.log.park(consumer, poison).await
+    }
+
+    /// The parked events, of `consumer` or of all.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, sqlx::Error> {
+        self.log.parked(consumer).await
+    }
+
+    /// Asks for another try at the parked events of `consumer` (or all); how many.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn ask_retry(&self, consumer: Option<&str>) -> Result<u64, sqlx::Error> {
+        self.log.ask_retry(consumer).await
+    }
+
+    /// Takes the events at `positions` off `consumer`'s parked list.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn unpark_all(&self, consumer: &str, positions: &[i64]) -> Result<(), sqlx::Error> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        self.log.unpark(consumer, positions).await
+    }
+
+    /// Another try at `consumer`'s parked events with a retry asked for: returns those it
+    /// can read now (taken off the list: the caller processes them), and parks the others
+    /// again with their current error.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn take_retries(&self, consumer: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let asked = self.log.retries(consumer).await?;
+        if asked.is_empty() {
+            return Ok(asked);
+        }
+        let (good, still) = super::poison::split(consumer, asked);
+        self.log.park(consumer, &still).await?;
+        let positions: Vec<i64> = good.iter().map(|e| e.position).collect();
+        self.log.unpark(consumer, &positions).await?;
+        Ok(good)
     }
 
     /// Up to `limit` live jobs in one of `statuses` whose latest event is older than

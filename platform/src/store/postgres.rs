@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{
     WriteUnit,
     log::{EventLog, LiveJob, Progress, Rows},
+    poison::{self, Parked},
     reader::{self, RecordedEvent},
     writer::{self, Reply},
 };
@@ -147,6 +148,83 @@ impl EventLog for Postgres {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn park(
+        &self,
+        consumer: &str,
+        poison: &[(RecordedEvent, String)],
+    ) -> Result<(), sqlx::Error> {
+        poison::park_pg(&self.0, consumer, poison).await
+    }
+
+    async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, sqlx::Error> {
+        type Row = (
+            String,
+            i64,
+            Uuid,
+            String,
+            String,
+            String,
+            String,
+            DateTime<Utc>,
+            bool,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT consumer, position, event_id, aggregate_type, aggregate_id, event_type, \
+                    error, parked_at, retry \
+               FROM parked_events WHERE $1::text IS NULL OR consumer = $1 \
+              ORDER BY position, consumer",
+        )
+        .bind(consumer)
+        .fetch_all(&self.0)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Parked {
+                consumer: r.0,
+                position: r.1,
+                event_id: r.2,
+                aggregate_type: r.3,
+                aggregate_id: r.4,
+                event_type: r.5,
+                error: r.6,
+                parked_at: r.7,
+                retry: r.8,
+            })
+            .collect())
+    }
+
+    async fn ask_retry(&self, consumer: Option<&str>) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE parked_events SET retry = true WHERE $1::text IS NULL OR consumer = $1",
+        )
+        .bind(consumer)
+        .execute(&self.0)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn retries(&self, consumer: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT e.position, e.event_id, e.recorded_at, e.aggregate_type, e.aggregate_id, \
+                    e.sequence, e.event_type, e.event_version, e.payload::text AS payload, \
+                    e.metadata::jsonb AS metadata \
+               FROM parked_events p JOIN events e ON e.position = p.position \
+              WHERE p.consumer = $1 AND p.retry ORDER BY e.position",
+        )
+        .bind(consumer)
+        .fetch_all(&self.0)
+        .await
+    }
+
+    async fn unpark(&self, consumer: &str, positions: &[i64]) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM parked_events WHERE consumer = $1 AND position = ANY($2)")
+            .bind(consumer)
+            .bind(positions)
+            .execute(&self.0)
+            .await?;
+        Ok(())
     }
 
     async fn live_before(

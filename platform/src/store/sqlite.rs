@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{
     log::{EventLog, LiveJob, Progress, Rows},
+    poison::Parked,
     reader::RecordedEvent,
     writer::{CommitError, Reply, WriteUnit},
 };
@@ -134,6 +135,106 @@ impl EventLog for Sqlite {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn park(
+        &self,
+        consumer: &str,
+        poison: &[(RecordedEvent, String)],
+    ) -> Result<(), sqlx::Error> {
+        let now = Utc::now().timestamp_micros();
+        for (e, error) in poison {
+            sqlx::query(
+                "INSERT INTO parked_events (consumer, position, event_id, aggregate_type, \
+                   aggregate_id, event_type, error, parked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (consumer, position) DO UPDATE SET error = excluded.error, retry = 0",
+            )
+            .bind(consumer)
+            .bind(e.position)
+            .bind(e.event_id.simple().to_string())
+            .bind(&e.aggregate_type)
+            .bind(&e.aggregate_id)
+            .bind(&e.event_type)
+            .bind(error)
+            .bind(now)
+            .execute(&self.0)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, sqlx::Error> {
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            bool,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT consumer, position, event_id, aggregate_type, aggregate_id, event_type, \
+                    error, parked_at, retry \
+               FROM parked_events WHERE ?1 IS NULL OR consumer = ?1 \
+              ORDER BY position, consumer",
+        )
+        .bind(consumer)
+        .fetch_all(&self.0)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Parked {
+                consumer: r.0,
+                position: r.1,
+                event_id: Uuid::parse_str(&r.2).unwrap_or_default(),
+                aggregate_type: r.3,
+                aggregate_id: r.4,
+                event_type: r.5,
+                error: r.6,
+                parked_at: DateTime::from_timestamp_micros(r.7).unwrap_or_default(),
+                retry: r.8,
+            })
+            .collect())
+    }
+
+    async fn ask_retry(&self, consumer: Option<&str>) -> Result<u64, sqlx::Error> {
+        let done =
+            sqlx::query("UPDATE parked_events SET retry = 1 WHERE ?1 IS NULL OR consumer = ?1")
+                .bind(consumer)
+                .execute(&self.0)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn retries(&self, consumer: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let columns = COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {columns} FROM parked_events p JOIN events e ON e.position = p.position \
+              WHERE p.consumer = ?1 AND p.retry = 1 ORDER BY e.position"
+        ))
+        .bind(consumer)
+        .fetch_all(&self.0)
+        .await?;
+        rows.into_iter().map(recorded).collect()
+    }
+
+    async fn unpark(&self, consumer: &str, positions: &[i64]) -> Result<(), sqlx::Error> {
+        for p in positions {
+            sqlx::query("DELETE FROM parked_events WHERE consumer = ?1 AND position = ?2")
+                .bind(consumer)
+                .bind(p)
+                .execute(&self.0)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn live_before(

@@ -424,3 +424,34 @@ async fn insert_events(
     conflicts.dedup();
     Ok(conflicts)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_at_commit_leaves_the_outcome_unknown() {
+        let broken = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(Failure::at_commit(&broken), Failure::Unknown);
+        // Before COMMIT was sent, nothing can have been saved.
+        assert_eq!(Failure::before_commit(&broken), Failure::NothingSaved);
+        assert_eq!(
+            Failure::at_commit(&sqlx::Error::PoolTimedOut),
+            Failure::Unknown
+        );
+    }
+
+    #[test]
+    fn each_failure_answers_its_own_commit_error() {
+        for (failure, expected) in [
+            (Failure::Unknown, "the commit's outcome is unknown"),
+            (Failure::DiskFull, "the event store's disk is full"),
+        ] {
+            let (tx, rx) = oneshot::channel();
+            fail_all(failure, &sqlx::Error::PoolClosed, vec![tx]);
+            let got = rx.blocking_recv().unwrap().unwrap_err();
+            assert_eq!(got.to_string(), expected);
+        }
+    }
+}

@@ -108,7 +108,8 @@ pub async fn relay(s: Settings) -> anyhow::Result<ExitCode> {
 pub async fn dispatcher(s: Settings) -> anyhow::Result<ExitCode> {
     platform::telemetry::init(&s.log_filter);
     let pool = pool(&s).await?;
-    let client = redis::Client::open(s.require_redis()?).context("REDIS_URL does not parse")?;
+    let client = workers::queue::Target::open(s.require_redis()?, s.redis_cluster)
+        .context("REDIS_URL does not parse")?;
     let redis = workers::queue::connect(&client)
         .await
         .context("connecting to Redis")?;
@@ -147,7 +148,8 @@ pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow:
             anyhow::bail!("set RUNLEDGER_WORKER_TOKEN (or RUNLEDGER_JWT_SECRET to mint one)")
         }
     };
-    let client = redis::Client::open(s.require_redis()?).context("REDIS_URL does not parse")?;
+    let client = workers::queue::Target::open(s.require_redis()?, s.redis_cluster)
+        .context("REDIS_URL does not parse")?;
     let reporter = std::sync::Arc::new(workers::report::HttpReporter::with_credentials(
         &command_url,
         credentials,

@@ -78,8 +78,12 @@ pub struct Settings {
     /// `RUNLEDGER_NATS_PREFIX`: prepended to subjects and stream names (empty by default),
     /// so several deployments or tests can share one server.
     pub nats_prefix: String,
-    /// `REDIS_URL`: the job queues.
+    /// `REDIS_URL`: the job queues; several comma-separated URLs name a Redis Cluster's
+    /// seed nodes.
     pub redis_url: Option<String>,
+    /// `RUNLEDGER_REDIS_CLUSTER` (default false): `REDIS_URL` is a cluster even with one
+    /// seed node.
+    pub redis_cluster: bool,
     /// `RUNLEDGER_COMMAND_URL`: where a worker reports outcomes.
     pub command_url: Option<String>,
     /// `RUNLEDGER_WORKER_TOKEN`: the worker's service token (else minted from the secret).
@@ -205,11 +209,27 @@ impl Settings {
             }
         };
         let redis_url = match get("REDIS_URL") {
-            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+            Some(u)
+                if u.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .all(|n| n.starts_with("redis://") || n.starts_with("rediss://"))
+                    && !u.trim().is_empty() =>
+            {
                 Some(u.to_owned())
             }
-            Some(_) => return Err(bad("REDIS_URL", "must start with redis:// or rediss://")),
+            Some(_) => {
+                return Err(bad(
+                    "REDIS_URL",
+                    "must be redis:// or rediss:// URLs (several, comma-separated: a cluster's nodes)",
+                ));
+            }
             None => None,
+        };
+        let redis_cluster = match get("RUNLEDGER_REDIS_CLUSTER") {
+            None | Some("" | "0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(_) => return Err(bad("RUNLEDGER_REDIS_CLUSTER", "must be true or false")),
         };
         let command_url = match get("RUNLEDGER_COMMAND_URL") {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
@@ -238,6 +258,7 @@ impl Settings {
         }
         Ok(Self {
             redis_url,
+            redis_cluster,
             command_url,
             worker_token: get("RUNLEDGER_WORKER_TOKEN").map(Secret::new),
             http_allow,

@@ -80,6 +80,18 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A free port whose cluster bus port (+10000) is free too.
+#[allow(clippy::panic)]
+fn cluster_port() -> u16 {
+    for _ in 0..1_000 {
+        let p = free_port();
+        if p <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node")
+}
+
 /// Whether something listens on `port` within five seconds.
 async fn listening(port: u16) -> bool {
     for _ in 0..100 {
@@ -244,5 +256,98 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A three-node Redis Cluster (three primaries, no replica) of `redis-server` child
+/// processes on free ports, each with its own temporary directory, for one test.
+pub struct RedisCluster {
+    /// The nodes' URLs, comma-separated (what `REDIS_URL` takes for a cluster).
+    pub urls: String,
+    children: Vec<std::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts the nodes and joins them into a cluster with `redis-cli --cluster create`.
+    ///
+    /// # Panics
+    /// When `redis-server` or `redis-cli` is missing, or the cluster does not form.
+    #[allow(clippy::expect_used, clippy::panic)]
+    pub async fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("rl-cluster-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let mut cluster = Self {
+            urls: ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            children: Vec::new(),
+            dir,
+        };
+        for port in &ports {
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .current_dir(&cluster.dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/services installs it)");
+            cluster.children.push(child);
+            assert!(listening(*port).await, "cluster node {port} did not start");
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli (scripts/services installs it)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        // Every node must see every slot served before the cluster takes commands.
+        for port in &ports {
+            let mut ok = false;
+            for _ in 0..100 {
+                let info = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert!(ok, "cluster node {port} never reported cluster_state:ok");
+        }
+        cluster
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

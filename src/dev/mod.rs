@@ -227,7 +227,7 @@ async fn start_workers(
     )));
     match &s.redis_url {
         Some(url) => {
-            let client = redis::Client::open(url.as_str())
+            let client = workers::queue::Target::open(url, s.redis_cluster)
                 .map_err(|_| anyhow::anyhow!("REDIS_URL does not parse as a Redis URL"))?;
             let conn = workers::queue::connect(&client)
                 .await

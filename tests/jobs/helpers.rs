@@ -29,6 +29,8 @@ pub struct Stack {
     pub client: reqwest::Client,
     pub command: command_api::AppState,
     pub shutdown: CancellationToken,
+    /// A Redis Cluster the queues use instead of `redis`, when started on one.
+    pub cluster: Option<platform::testing::RedisCluster>,
     /// Stops the command side alone (HTTP and process manager).
     write_stop: CancellationToken,
     write_task: Option<tokio::task::JoinHandle<()>>,
@@ -78,6 +80,7 @@ impl Stack {
                 .unwrap(),
             command,
             shutdown,
+            cluster: None,
             write_stop: CancellationToken::new(),
             write_task: None,
         };
@@ -121,8 +124,22 @@ impl Stack {
         self.serve_write(listener);
     }
 
-    pub fn redis_client(&self) -> redis::Client {
-        redis::Client::open(self.redis.url.as_str()).unwrap()
+    /// On a three-node Redis Cluster instead of one server.
+    pub async fn start_on_cluster(free_limit: &str) -> Self {
+        let mut stack = Self::start(free_limit).await;
+        stack.cluster = Some(platform::testing::RedisCluster::start().await);
+        stack
+    }
+
+    /// What `REDIS_URL` would say.
+    pub fn redis_url(&self) -> String {
+        self.cluster
+            .as_ref()
+            .map_or_else(|| self.redis.url.clone(), |c| c.urls.clone())
+    }
+
+    pub fn redis_client(&self) -> workers::queue::Target {
+        workers::queue::Target::open(&self.redis_url(), false).unwrap()
     }
 
     pub async fn dispatcher(&self) -> Dispatcher<RedisQueue> {
@@ -308,7 +325,7 @@ impl Stack {
             ])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("REDIS_URL", &self.redis.url)
+            .env("REDIS_URL", self.redis_url())
             .env("RUNLEDGER_COMMAND_URL", &self.write)
             .env("RUNLEDGER_JWT_SECRET", SECRET)
             .env("RUNLEDGER_LOG", "warn")

@@ -63,6 +63,8 @@ pub struct Dispatcher<Q> {
     served: Vec<Namespace>,
     /// How long a waiting job may go unheld before it is pushed again.
     grace: Duration,
+    /// Redis writes that succeeded in the current batch.
+    pushed: usize,
 }
 
 impl<Q: JobQueue> Dispatcher<Q> {
@@ -75,6 +77,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             position: None,
             served: vec![Namespace::default_ns(), Namespace::browser()],
             grace: Duration::from_secs(30),
+            pushed: 0,
         }
     }
 
@@ -163,10 +166,28 @@ impl<Q: JobQueue> Dispatcher<Q> {
         let (events, poison) = poison::split(CHECKPOINT, read);
         self.store.park(CHECKPOINT, &poison).await?;
         let mut ended = Vec::new();
+        self.pushed = 0;
+        let mut failed = None;
         for e in events.iter().filter(|e| e.aggregate_type == "job") {
-            if let Some(end) = self.handle(e).await? {
-                ended.push(end);
+            match self.handle(e).await {
+                Ok(Some(end)) => ended.push(end),
+                Ok(None) => {}
+                // One failing push (a cluster node down, say) does not hold back the other
+                // jobs: the reconciler pushes it again once it is reachable.
+                Err(DispatchError::Redis(err)) => {
+                    metrics::counter!("runledger_dispatch_failures_total").increment(1);
+                    tracing::warn!(message = "Push failed; the reconciler will push it again.", position = e.position, error = %err);
+                    failed.get_or_insert(err);
+                }
+                Err(other) => return Err(other),
             }
+        }
+        // Nothing reached Redis at all: it is down, so the batch is redone from the
+        // checkpoint rather than left to the (slower) reconciler.
+        if let Some(err) = failed
+            && self.pushed == 0
+        {
+            return Err(err.into());
         }
         match self.position {
             Some(_) => self.position = Some(last),
@@ -243,6 +264,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 let ns = self.namespaces.route(&state.task_type);
                 let bytes = serde_json::to_string(&env).unwrap_or_default();
                 self.queue.withdraw(&ns, &env, &bytes).await?;
+                self.pushed += 1;
                 return Ok(ended(env.attempt, true));
             }
             JobEvent::JobFailed(f) => return Ok(ended(f.attempt, false)),
@@ -318,7 +340,9 @@ impl<Q: JobQueue> Dispatcher<Q> {
         env: &JobEnvelope,
     ) -> Result<(), DispatchError> {
         let bytes = serde_json::to_string(env).unwrap_or_default();
-        if self.queue.push_ready(ns, env, &bytes).await? {
+        let pushed = self.queue.push_ready(ns, env, &bytes).await?;
+        self.pushed += 1;
+        if pushed {
             metrics::counter!("runledger_dispatched_total", "namespace" => ns.as_str().to_owned())
                 .increment(1);
         }
@@ -333,6 +357,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
     ) -> Result<(), DispatchError> {
         let bytes = serde_json::to_string(env).unwrap_or_default();
         self.queue.schedule(ns, env, &bytes, due_ms).await?;
+        self.pushed += 1;
         Ok(())
     }
 

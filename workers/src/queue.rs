@@ -6,12 +6,92 @@ use std::{collections::HashSet, time::Duration};
 
 use domain::{envelope::JobEnvelope, ids::JobId, retry::Attempt, task::Namespace};
 use redis::{
-    Client, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, Cmd, RedisFuture, Script, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
 };
 
-/// A Redis connection that reconnects by itself after the server went away.
-pub type Conn = ConnectionManager;
+/// Where the queues live: one Redis-compatible server, or a Redis Cluster.
+#[derive(Clone)]
+pub enum Target {
+    /// One server.
+    Single(Client),
+    /// A cluster, from its seed nodes.
+    Cluster(Box<ClusterClient>),
+}
+
+impl Target {
+    /// `url`: one server, or the seed nodes of a cluster, comma-separated; `cluster`: a
+    /// single seed names a cluster too.
+    ///
+    /// # Errors
+    /// When a URL does not parse.
+    pub fn open(url: &str, cluster: bool) -> redis::RedisResult<Self> {
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        if cluster || nodes.len() > 1 {
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(Duration::from_secs(2))
+                .response_timeout(Duration::from_secs(10))
+                .build()?;
+            return Ok(Self::Cluster(Box::new(client)));
+        }
+        Ok(Self::Single(Client::open(url)?))
+    }
+
+    /// Whether this is a cluster (commands of one call may not span slots).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// A Redis connection that reconnects by itself after the server went away; on a cluster,
+/// it follows the slots (MOVED, ASK, failover).
+#[derive(Clone)]
+pub enum Conn {
+    /// To one server.
+    Single(ConnectionManager),
+    /// To a cluster.
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// How long the "already dispatched" markers live.
 const DEDUP_TTL_SECS: u64 = 7 * 24 * 3_600;
@@ -71,6 +151,12 @@ pub fn processing_key(ns: &Namespace, worker: &str) -> String {
     format!("{{{}}}:processing:{worker}", ns.queue_key())
 }
 
+/// The set of workers of `ns` that may hold a processing list, in the queue's slot: reapers
+/// and the reconciler read it instead of scanning keys (a scan sees one node of a cluster).
+pub fn workers_key(ns: &Namespace) -> String {
+    format!("{{{}}}:workers", ns.queue_key())
+}
+
 /// A worker's liveness key; its in-flight list is reaped when this expires.
 pub fn alive_key(ns: &Namespace, worker: &str) -> String {
     format!("{{{}}}:alive:{worker}", ns.queue_key())
@@ -81,12 +167,19 @@ pub fn alive_key(ns: &Namespace, worker: &str) -> String {
 ///
 /// # Errors
 /// When the server cannot be reached now.
-pub async fn connect(client: &Client) -> redis::RedisResult<Conn> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(3);
-    client.get_connection_manager_with_config(config).await
+pub async fn connect(target: &Target) -> redis::RedisResult<Conn> {
+    match target {
+        Target::Single(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10)))
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(3);
+            Ok(Conn::Single(
+                client.get_connection_manager_with_config(config).await?,
+            ))
+        }
+        Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+    }
 }
 
 fn push_script() -> Script {
@@ -276,31 +369,11 @@ fn hold_all(held: &mut Held, raw: impl IntoIterator<Item = String>) {
 impl RedisQueue {
     /// Every processing list of `ns` (of live and dead workers alike).
     async fn processing_lists(&mut self, ns: &Namespace) -> redis::RedisResult<Vec<String>> {
-        let prefix = processing_key(ns, "");
-        let pattern = format!(
-            "{}*",
-            prefix
-                .replace('[', "\\[")
-                .replace('?', "\\?")
-                .replace('*', "\\*")
-        );
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut self.conn)
-                .await?;
-            keys.extend(found);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(workers_key(ns))
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(workers.iter().map(|w| processing_key(ns, w)).collect())
     }
 }
 
@@ -389,16 +462,29 @@ impl JobQueue for RedisQueue {
         if ended.is_empty() {
             return Ok(());
         }
-        // One round trip; each DEL names one key, so it holds on Redis Cluster too.
-        let mut pipe = redis::pipe();
-        for ns in namespaces {
-            for base in [ready_key(ns), ns.scheduled_key()] {
-                for e in ended {
-                    pipe.cmd("UNLINK")
-                        .arg(marker(&base, e.job, e.attempt))
-                        .ignore();
+        let keys: Vec<String> = namespaces
+            .iter()
+            .flat_map(|ns| [ready_key(ns), ns.scheduled_key()])
+            .flat_map(|base| ended.iter().map(move |e| marker(&base, e.job, e.attempt)))
+            .collect();
+        if self.conn.is_cluster() {
+            // The keys live in different slots: one command each, sent together.
+            let sent = futures::future::join_all(keys.iter().map(|k| {
+                let mut conn = self.conn.clone();
+                async move {
+                    redis::cmd("UNLINK")
+                        .arg(k)
+                        .query_async::<i64>(&mut conn)
+                        .await
                 }
-            }
+            }))
+            .await;
+            return sent.into_iter().find_map(Result::err).map_or(Ok(()), Err);
+        }
+        // One round trip.
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("UNLINK").arg(k).ignore();
         }
         pipe.query_async(&mut self.conn).await
     }

@@ -9,10 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use domain::{envelope::JobEnvelope, task::Namespace};
-use redis::{
-    Client,
-    streams::{StreamAutoClaimReply, StreamReadReply},
-};
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -73,13 +70,13 @@ struct Ctx<R, E> {
 /// # Errors
 /// When Redis cannot be reached at start.
 pub async fn run<R: Reporter, E: Executor>(
-    client: Client,
+    target: queue::Target,
     reporter: Arc<R>,
     executor: Arc<E>,
     cfg: WorkerConfig,
     shutdown: CancellationToken,
 ) -> redis::RedisResult<()> {
-    let mut conn = queue::connect(&client).await?;
+    let mut conn = queue::connect(&target).await?;
     if queue::transport(&cfg.namespace) == Transport::Stream {
         queue::ensure_group(&mut conn, &cfg.namespace).await?;
     }
@@ -92,6 +89,12 @@ pub async fn run<R: Reporter, E: Executor>(
         .arg(cfg.lease.as_millis() as u64)
         .query_async(&mut conn)
         .await?;
+    // Registered before the first pull, so reapers and the reconciler find our list.
+    let _: i64 = redis::cmd("SADD")
+        .arg(queue::workers_key(&cfg.namespace))
+        .arg(&cfg.worker_id)
+        .query_async(&mut conn)
+        .await?;
     let ctx = Arc::new(Ctx {
         cfg,
         reporter,
@@ -100,7 +103,7 @@ pub async fn run<R: Reporter, E: Executor>(
     });
     let mut slots = Vec::new();
     for _ in 0..ctx.cfg.concurrency {
-        let conn = queue::connect(&client).await?;
+        let conn = queue::connect(&target).await?;
         slots.push(tokio::spawn(slot(ctx.clone(), conn, shutdown.clone())));
     }
     let maintenance = tokio::spawn(maintain(ctx.clone(), conn, shutdown.clone()));
@@ -109,11 +112,12 @@ pub async fn run<R: Reporter, E: Executor>(
     }
     maintenance.abort();
     // Leave no liveness behind: our processing list is empty or will be reaped.
-    if let Ok(mut c) = queue::connect(&client).await {
+    if let Ok(mut c) = queue::connect(&target).await {
         let _: redis::RedisResult<i64> = redis::cmd("DEL")
             .arg(queue::alive_key(&ctx.cfg.namespace, &ctx.cfg.worker_id))
             .query_async(&mut c)
             .await;
+        let _ = forget_worker(&mut c, &ctx.cfg.namespace, &ctx.cfg.worker_id).await;
     }
     Ok(())
 }
@@ -494,6 +498,12 @@ async fn maintain<R: Reporter, E: Executor>(
             .arg(ctx.cfg.lease.as_millis() as u64)
             .query_async(&mut conn)
             .await;
+        // Again each round: a Redis that restarted empty forgot us.
+        let _: redis::RedisResult<i64> = redis::cmd("SADD")
+            .arg(queue::workers_key(ns))
+            .arg(&ctx.cfg.worker_id)
+            .query_async(&mut conn)
+            .await;
         let recovered = match queue::transport(ns) {
             Transport::List => reap_lists(&ctx, &mut conn).await,
             Transport::Stream => claim_idle(&ctx, &mut conn).await,
@@ -533,72 +543,76 @@ enum Recovery {
 
 async fn reap_lists<R: Reporter, E>(ctx: &Ctx<R, E>, conn: &mut Conn) -> redis::RedisResult<()> {
     let ns = &ctx.cfg.namespace;
-    let prefix = queue::processing_key(ns, "");
-    let pattern = format!(
-        "{}*",
-        prefix
-            .replace('[', "\\[")
-            .replace('?', "\\?")
-            .replace('*', "\\*")
-    );
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(200)
+    let workers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(queue::workers_key(ns))
+        .query_async(conn)
+        .await?;
+    for worker in workers {
+        if worker == ctx.cfg.worker_id {
+            continue;
+        }
+        let alive: bool = redis::cmd("EXISTS")
+            .arg(queue::alive_key(ns, &worker))
             .query_async(conn)
             .await?;
-        for key in keys {
-            let worker = key.trim_start_matches(&prefix).to_owned();
-            if worker == ctx.cfg.worker_id {
-                continue;
-            }
-            let alive: bool = redis::cmd("EXISTS")
-                .arg(queue::alive_key(ns, &worker))
-                .query_async(conn)
-                .await?;
-            if alive {
-                continue;
-            }
-            let held: Vec<String> = redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async(conn)
-                .await?;
-            for bytes in held {
-                let action = match serde_json::from_str::<JobEnvelope>(&bytes) {
-                    Ok(env) => recover(ctx, &env).await,
-                    Err(_) => Recovery::Settled,
-                };
-                match action {
-                    Recovery::Settled => {}
-                    Recovery::RunAgain => {
-                        let _: i64 = redis::cmd("RPUSH")
-                            .arg(ns.queue_key())
-                            .arg(&bytes)
-                            .query_async(conn)
-                            .await?;
-                    }
-                    Recovery::Later => continue,
+        if alive {
+            continue;
+        }
+        let key = queue::processing_key(ns, &worker);
+        let held: Vec<String> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await?;
+        let mut left = held.len();
+        for bytes in held {
+            let action = match serde_json::from_str::<JobEnvelope>(&bytes) {
+                Ok(env) => recover(ctx, &env).await,
+                Err(_) => Recovery::Settled,
+            };
+            match action {
+                Recovery::Settled => {}
+                Recovery::RunAgain => {
+                    let _: i64 = redis::cmd("RPUSH")
+                        .arg(ns.queue_key())
+                        .arg(&bytes)
+                        .query_async(conn)
+                        .await?;
                 }
-                let _: i64 = redis::cmd("LREM")
-                    .arg(&key)
-                    .arg(1)
-                    .arg(&bytes)
-                    .query_async(conn)
-                    .await?;
-                tracing::warn!(message = "Recovered a job from a dead worker.", worker = %worker);
+                Recovery::Later => continue,
             }
+            let _: i64 = redis::cmd("LREM")
+                .arg(&key)
+                .arg(1)
+                .arg(&bytes)
+                .query_async(conn)
+                .await?;
+            left -= 1;
+            tracing::warn!(message = "Recovered a job from a dead worker.", worker = %worker);
         }
-        if next == 0 {
-            return Ok(());
+        if left == 0 {
+            // Nothing of it is left: it leaves the registry (both keys in the queue's slot).
+            forget_worker(conn, ns, &worker).await?;
         }
-        cursor = next;
     }
+    Ok(())
+}
+
+/// Takes a worker that holds nothing off the registry.
+async fn forget_worker(conn: &mut Conn, ns: &Namespace, worker: &str) -> redis::RedisResult<()> {
+    let _: i64 = redis::Script::new(
+        r"if redis.call('LLEN', KEYS[1]) == 0 then
+            return redis.call('SREM', KEYS[2], ARGV[1])
+          end
+          return 0",
+    )
+    .key(queue::processing_key(ns, worker))
+    .key(queue::workers_key(ns))
+    .arg(worker)
+    .invoke_async(conn)
+    .await?;
+    Ok(())
 }
 
 async fn claim_idle<R: Reporter, E: Executor>(

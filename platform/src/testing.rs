@@ -264,7 +264,9 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     /// The nodes' URLs, comma-separated (what `REDIS_URL` takes for a cluster).
     pub urls: String,
-    children: Vec<std::process::Child>,
+    /// The nodes' ports.
+    pub ports: Vec<u16>,
+    children: Vec<Option<std::process::Child>>,
     dir: std::path::PathBuf,
 }
 
@@ -285,32 +287,12 @@ impl RedisCluster {
                 .map(|p| format!("redis://127.0.0.1:{p}"))
                 .collect::<Vec<_>>()
                 .join(","),
+            ports: ports.clone(),
             children: Vec::new(),
             dir,
         };
-        for port in &ports {
-            let child = std::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .current_dir(&cluster.dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server (scripts/services installs it)");
-            cluster.children.push(child);
-            assert!(listening(*port).await, "cluster node {port} did not start");
+        for i in 0..ports.len() {
+            cluster.start_node(i).await;
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = std::process::Command::new("redis-cli")
@@ -342,9 +324,76 @@ impl RedisCluster {
     }
 }
 
+impl RedisCluster {
+    /// Starts node `i` (again: it rejoins with its slots from its cluster config file, and
+    /// empty, as a node without persistence comes back). A node that is down leaves the
+    /// others serving their slots (`cluster-require-full-coverage no`).
+    ///
+    /// # Panics
+    /// When it does not come up.
+    #[allow(clippy::expect_used)]
+    pub async fn start_node(&mut self, i: usize) {
+        let port = self.ports[i];
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+                "--cluster-require-full-coverage",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services installs it)");
+        if self.children.len() <= i {
+            self.children.resize_with(i + 1, || None);
+        }
+        self.children[i] = Some(child);
+        assert!(listening(port).await, "cluster node {port} did not start");
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut c) = self.children.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The index of the node that serves `key`'s slot.
+    ///
+    /// # Panics
+    /// When no node claims it.
+    #[allow(clippy::expect_used, clippy::panic)]
+    pub fn owner(&self, key: &str) -> usize {
+        for (i, port) in self.ports.iter().enumerate() {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "EXISTS", key])
+                .output()
+                .expect("redis-cli");
+            // The owner answers; the others redirect with MOVED.
+            if !String::from_utf8_lossy(&out.stdout).contains("MOVED") {
+                return i;
+            }
+        }
+        panic!("no node serves {key}")
+    }
+}
+
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().filter_map(Option::as_mut) {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -71,3 +71,39 @@ async fn jobs_run_on_a_redis_cluster_and_survive_a_killed_worker() {
     );
     assert_eq!(stack.reserved().await, 0);
 }
+
+/// A cluster node down holds back only the jobs whose keys it serves: the others run, and
+/// the held-back one is pushed again by the reconciler once the node is back (empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_node_down_holds_back_only_its_own_jobs() {
+    let mut stack = Stack::start_on_cluster("100000").await;
+    let cluster = stack.cluster.as_ref().unwrap();
+    let scheduled = cluster.owner("jobs:default:scheduled");
+    assert_ne!(
+        scheduled,
+        cluster.owner("jobs:default:queue"),
+        "the contract's two keys hash to different nodes"
+    );
+    stack.start_dispatcher().await;
+    let _w = stack.start_worker(8, &[]);
+    let (user, t) = new_user();
+    stack.cluster.as_mut().unwrap().stop_node(scheduled);
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let held_back = stack
+        .submit(
+            &t,
+            json!({"task_type": "noop", "payload": {}, "run_at": later}),
+        )
+        .await;
+    let now = join_all((0..20).map(|_| stack.noop(&t))).await;
+    stack.wait_final(&now, Duration::from_secs(20)).await;
+    assert_eq!(stack.status(&held_back).await, "scheduled");
+
+    stack.cluster.as_mut().unwrap().start_node(scheduled).await;
+    stack
+        .wait_final(std::slice::from_ref(&held_back), Duration::from_secs(60))
+        .await;
+    assert_eq!(stack.status(&held_back).await, "completed");
+    stack.settle().await;
+    assert_eq!(stack.consumed().await.get(&user.to_string()), Some(&21));
+}

@@ -182,19 +182,12 @@ async fn dispatch_markers_go_when_their_attempts_end() {
             .await,
     );
     stack.wait_final(&jobs, Duration::from_secs(60)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = stack.markers().await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} markers left: {left:?}",
-            left.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "no dispatch marker left",
+        || async { stack.markers().await.is_empty() },
+    )
+    .await;
 }
 
 /// The process manager's leader lock lives on one connection: when that connection is
@@ -226,29 +219,22 @@ async fn a_process_manager_that_lost_its_lock_stands_down_and_one_leads_again() 
         .execute(&stack.db.pool)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if holder().await.is_some_and(|p| p != before) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no instance leads again after the lock was lost"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "an instance leads again after the lock was lost",
+        || async { holder().await.is_some_and(|p| p != before) },
+    )
+    .await;
     let second = stack.noop(&t).await;
     stack
         .wait_final(std::slice::from_ref(&second), Duration::from_secs(30))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stack.consumed().await.get(&user.to_string()) != Some(&2) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second unit was not committed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the second unit committed",
+        || async { stack.consumed().await.get(&user.to_string()) == Some(&2) },
+    )
+    .await;
 }
 
 /// An event this build cannot read is parked by each consumer that meets it; every other
@@ -322,12 +308,8 @@ async fn an_unreadable_event_is_parked_and_everyone_else_goes_on() {
     .await
     .unwrap();
     assert!(cli(&["events", "retry"]).starts_with("2 parked event(s)"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !stack.command.store.parked(None).await.unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retries were not taken"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(15), "the retries taken", || async {
+        stack.command.store.parked(None).await.unwrap().is_empty()
+    })
+    .await;
 }

@@ -356,6 +356,19 @@ impl Stack {
     }
 }
 
+/// Polls `check` every 100 ms until it holds; fails with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn worker_token() -> String {
     mint(
         &Secret::new(SECRET),

@@ -125,18 +125,27 @@ async fn one_rebuild_of_a_projection_at_a_time() {
     stack.settle().await;
     let views = dump(&stack, VIEWS).await;
     // Hold the first rebuild inside its progress callback, so the second surely overlaps.
+    // It blocks there, so it runs on a thread and runtime (and pool) of its own.
     let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
     let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let pool = stack.db.pool.clone();
-    let first = tokio::spawn(async move {
-        let mut once = Some((entered_tx, release_rx));
-        projections::rebuild::rebuild(&pool, projections::Projection::Jobs, move |_| {
-            if let Some((tx, rx)) = once.take() {
-                tx.send(()).unwrap();
-                rx.recv().unwrap();
-            }
+    let url = stack.db.url.clone();
+    let first = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let mut once = Some((entered_tx, release_rx));
+            projections::rebuild::rebuild(&pool, projections::Projection::Jobs, move |_| {
+                if let Some((tx, rx)) = once.take() {
+                    tx.send(()).unwrap();
+                    rx.recv().unwrap();
+                }
+            })
+            .await
+            .map(|_| ())
         })
-        .await
     });
     tokio::task::spawn_blocking(move || entered.recv().unwrap())
         .await
@@ -151,7 +160,10 @@ async fn one_rebuild_of_a_projection_at_a_time() {
         "{second:?}"
     );
     release.send(()).unwrap();
-    first.await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || first.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(dump(&stack, VIEWS).await, views);
     projections::rebuild::rebuild(&stack.db.pool, projections::Projection::Jobs, |_| {})
         .await

@@ -381,11 +381,11 @@ impl<Q: JobQueue> Dispatcher<Q> {
 
     /// Runs until `shutdown`: the log, and promotion of `namespaces` every 100 ms.
     /// A volatile queue is refilled first (see [`Dispatcher::refill`]).
-    pub async fn run(mut self, promote: Vec<Namespace>, shutdown: CancellationToken) {
+    pub async fn run(mut self, promote: Vec<Namespace>, shutdown: CancellationToken)
+    where
+        Q: Clone,
+    {
         self.served.clone_from(&promote);
-        let reconcile_every =
-            (self.grace / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
-        let mut last_reconcile = tokio::time::Instant::now();
         if !self.queue.durable() && self.position.is_none() {
             while let Err(e) = self.refill().await {
                 tracing::error!(message = "Refilling the job queue failed; retrying.", error = %e);
@@ -395,7 +395,20 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 }
             }
         }
-        let mut last_promotion = tokio::time::Instant::now();
+        // Promotion, reconciliation and parked retries run beside the log, on their own
+        // connection: a slow or unreachable node of theirs never holds back dispatch.
+        let maintenance = tokio::spawn(
+            Self {
+                store: self.store.clone(),
+                queue: self.queue.clone(),
+                namespaces: self.namespaces.clone(),
+                position: None,
+                served: self.served.clone(),
+                grace: self.grace,
+                pushed: 0,
+            }
+            .maintain(shutdown.clone()),
+        );
         while !shutdown.is_cancelled() {
             let read = match self.step().await {
                 Ok(n) => n,
@@ -405,14 +418,30 @@ impl<Q: JobQueue> Dispatcher<Q> {
                     continue;
                 }
             };
-            if last_promotion.elapsed() >= Duration::from_millis(100) {
-                for ns in &promote {
-                    if let Err(e) = self.promote(ns).await {
-                        tracing::warn!(message = "Promotion failed.", namespace = %ns, error = %e);
-                    }
-                    self.gauge_depth(ns).await;
+            if read == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = self.store.appended().notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
-                last_promotion = tokio::time::Instant::now();
+            }
+        }
+        let _ = maintenance.await;
+    }
+
+    /// Every 100 ms promotes due envelopes and gauges the queues; every third of the grace
+    /// period reconciles the queues with the log and retries parked events.
+    async fn maintain(mut self, shutdown: CancellationToken) {
+        let reconcile_every =
+            (self.grace / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let mut last_reconcile = tokio::time::Instant::now();
+        let served = self.served.clone();
+        while !shutdown.is_cancelled() {
+            for ns in &served {
+                if let Err(e) = self.promote(ns).await {
+                    tracing::warn!(message = "Promotion failed.", namespace = %ns, error = %e);
+                }
+                self.gauge_depth(ns).await;
             }
             if last_reconcile.elapsed() >= reconcile_every {
                 if self.queue.durable()
@@ -425,13 +454,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 }
                 last_reconcile = tokio::time::Instant::now();
             }
-            if read == 0 {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = self.store.appended().notified() => {}
-                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
-                }
-            }
+            wait(&shutdown, Duration::from_millis(100)).await;
         }
     }
 }

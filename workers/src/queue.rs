@@ -18,7 +18,7 @@ pub enum Target {
     /// One server.
     Single(Client),
     /// A cluster, from its seed nodes.
-    Cluster(Box<ClusterClient>),
+    Cluster(std::sync::Arc<ClusterClient>),
 }
 
 impl Target {
@@ -34,11 +34,18 @@ impl Target {
             .filter(|n| !n.is_empty())
             .collect();
         if cluster || nodes.len() > 1 {
+            // Redirections and failovers are retried; an unreachable node fails within
+            // about a second (the defaults wait minutes), so callers move on.
             let client = ClusterClient::builder(nodes)
                 .connection_timeout(Duration::from_secs(2))
-                .response_timeout(Duration::from_secs(10))
+                // Longer than a blocking pull (1 s), short enough that a request stuck on a
+                // node that died gives up soon.
+                .response_timeout(Duration::from_secs(3))
+                .retries(4)
+                .min_retry_wait(20)
+                .max_retry_wait(400)
                 .build()?;
-            return Ok(Self::Cluster(Box::new(client)));
+            return Ok(Self::Cluster(std::sync::Arc::new(client)));
         }
         Ok(Self::Single(Client::open(url)?))
     }
@@ -56,7 +63,27 @@ pub enum Conn {
     /// To one server.
     Single(ConnectionManager),
     /// To a cluster.
-    Cluster(ClusterConnection),
+    Cluster(ClusterConn),
+}
+
+/// A cluster connection that starts afresh after a timeout or a broken connection: the
+/// client's own repair can stay stuck on a node that died and came back on the same
+/// address (seen with redis 1.8), every request to its slots then timing out.
+#[derive(Clone)]
+pub struct ClusterConn {
+    client: std::sync::Arc<ClusterClient>,
+    conn: ClusterConnection,
+}
+
+impl ClusterConn {
+    /// After `e`, a fresh connection for the next request, when `e` says this one broke.
+    async fn renew_after(&mut self, e: &redis::RedisError) {
+        if (e.is_timeout() || e.is_io_error() || e.is_connection_dropped())
+            && let Ok(fresh) = self.client.get_async_connection().await
+        {
+            self.conn = fresh;
+        }
+    }
 }
 
 impl Conn {
@@ -69,7 +96,13 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => Box::pin(async move {
+                let r = c.conn.req_packed_command(cmd).await;
+                if let Err(e) = &r {
+                    c.renew_after(e).await;
+                }
+                r
+            }),
         }
     }
 
@@ -81,14 +114,20 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => Box::pin(async move {
+                let r = c.conn.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &r {
+                    c.renew_after(e).await;
+                }
+                r
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(c) => c.conn.get_db(),
         }
     }
 }
@@ -178,7 +217,10 @@ pub async fn connect(target: &Target) -> redis::RedisResult<Conn> {
                 client.get_connection_manager_with_config(config).await?,
             ))
         }
-        Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        Target::Cluster(client) => Ok(Conn::Cluster(ClusterConn {
+            conn: client.get_async_connection().await?,
+            client: client.clone(),
+        })),
     }
 }
 

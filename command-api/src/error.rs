@@ -149,3 +149,43 @@ impl IntoResponse for ApiError {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: StoreError) -> (u16, String) {
+        let p = ApiError::Store(e).problem();
+        (
+            p.status,
+            p.type_uri.rsplit(':').next().unwrap_or("").to_owned(),
+        )
+    }
+
+    #[test]
+    fn store_failures_say_whether_anything_was_saved() {
+        assert_eq!(
+            answer(StoreError::Invariant(
+                "job submission produced no event".into()
+            )),
+            (500, "internal".to_owned()),
+            "a broken invariant is opaque, not an invitation to retry"
+        );
+        assert_eq!(
+            answer(StoreError::StorageFull),
+            (507, "storage-full".to_owned())
+        );
+        assert_eq!(
+            answer(StoreError::OutcomeUnknown),
+            (503, "outcome-unknown".to_owned())
+        );
+        assert_eq!(
+            answer(StoreError::WriterStopped),
+            (503, "store-unavailable".to_owned())
+        );
+        assert_eq!(
+            answer(StoreError::Contention("usage/x".into())),
+            (503, "contention".to_owned())
+        );
+    }
+}

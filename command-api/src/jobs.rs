@@ -22,7 +22,13 @@ use platform::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{body::Json, error::ApiError, metadata, state::AppState};
+use crate::{
+    body::Json,
+    error::ApiError,
+    gates::{Owner, Worker},
+    metadata,
+    state::AppState,
+};
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
     // A malformed id cannot name anyone's job: 404, like another user's job.
@@ -90,7 +96,7 @@ async fn execute(
 /// 404, or 409 when the job is finished.
 pub async fn cancel(
     State(state): State<AppState>,
-    principal: Principal,
+    Owner(principal): Owner,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
@@ -203,7 +209,7 @@ impl WorkerReport {
 /// 403 without a worker token, 404, 409 on a stale attempt or a finished job.
 pub async fn start(
     State(state): State<AppState>,
-    principal: Principal,
+    Worker(principal): Worker,
     Path(id): Path<String>,
     body: Json<StartBody>,
 ) -> Result<Response, ApiError> {
@@ -216,7 +222,7 @@ pub async fn start(
 /// As [`start`].
 pub async fn heartbeat(
     State(state): State<AppState>,
-    principal: Principal,
+    Worker(principal): Worker,
     Path(id): Path<String>,
     body: Json<HeartbeatBody>,
 ) -> Result<Response, ApiError> {
@@ -229,7 +235,7 @@ pub async fn heartbeat(
 /// As [`start`].
 pub async fn complete(
     State(state): State<AppState>,
-    principal: Principal,
+    Worker(principal): Worker,
     Path(id): Path<String>,
     body: Json<CompleteBody>,
 ) -> Result<Response, ApiError> {
@@ -242,7 +248,7 @@ pub async fn complete(
 /// As [`start`].
 pub async fn fail(
     State(state): State<AppState>,
-    principal: Principal,
+    Worker(principal): Worker,
     Path(id): Path<String>,
     body: Json<FailBody>,
 ) -> Result<Response, ApiError> {

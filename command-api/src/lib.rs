@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod error;
+pub mod gates;
 pub mod jobs;
 pub mod process;
 pub mod state;

@@ -284,9 +284,8 @@ fn react(
     match event.aggregate_type.as_str() {
         "job" => {
             let job_event: JobEvent = event.decode().map_err(decode)?;
-            let job_id = JobId::parse(&event.aggregate_id).map_err(|_| {
-                StoreError::Contention(format!("bad job id {}", event.aggregate_id))
-            })?;
+            let job_id = JobId::parse(&event.aggregate_id)
+                .map_err(|_| StoreError::Invariant(format!("bad job id {}", event.aggregate_id)))?;
             if matches!(job_event, JobEvent::JobSubmitted(_)) {
                 pending.settled.push(job_id.as_uuid());
             }

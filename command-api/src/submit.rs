@@ -16,7 +16,7 @@ use domain::{
     usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
 };
 use platform::{
-    auth::{Principal, Role},
+    auth::Principal,
     problem::Problem,
     store::{
         CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError, WriteUnit,
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::{body::Json, error::ApiError, metadata, state::AppState};
+use crate::{body::Json, error::ApiError, gates::Customer, metadata, state::AppState};
 
 /// The body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -55,13 +55,10 @@ const MAX_KEY_LEN: usize = 255;
 /// 400 on a bad body, 402 past the plan's limit, 409 on a reused idempotency key.
 pub async fn submit(
     State(state): State<AppState>,
-    principal: Principal,
+    Customer(principal): Customer,
     headers: HeaderMap,
     body: Json<SubmitRequest>,
 ) -> Result<Response, ApiError> {
-    if principal.role != Role::Customer {
-        return Err(Problem::forbidden("jobs are submitted with a customer token").into());
-    }
     let now = Utc::now();
     let req = body.value;
     let task_type = state.settings.task_types.parse(&req.task_type)?;
@@ -130,7 +127,7 @@ pub async fn submit(
     }))?;
     let status = match job_events.first() {
         Some(JobEvent::JobSubmitted(e)) => e.status,
-        _ => return Err(StoreError::Contention("job submission produced no event".into()).into()),
+        _ => return Err(StoreError::Invariant("job submission produced no event".into()).into()),
     };
     let response = json!({"job_id": job_id, "status": status.as_str()});
     let job_id_text = job_id.to_string();

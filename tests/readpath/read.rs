@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use platform::auth::Role;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -227,4 +228,81 @@ async fn an_idle_stream_gets_heartbeat_comments() {
         !sse.raw.contains("event:"),
         "an idle stream carries no events"
     );
+}
+
+/// Every read route × every role × own and other user's job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_read_route_admits_only_its_roles() {
+    let stack = Stack::start().await;
+    let (owner, owner_token) = new_user();
+    let (_, other_token) = new_user();
+    let job = stack.submit(&owner_token).await;
+    stack.settle().await;
+    let worker = token(owner, Role::Worker);
+    let auditor = token(owner, Role::Auditor);
+    let admin = token(owner, Role::Admin);
+    let period = chrono::Utc::now().format("%Y-%m").to_string();
+    let customer_routes = [
+        "/v1/jobs".to_owned(),
+        format!("/v1/jobs/{job}"),
+        "/v1/jobs/stream".to_owned(),
+        "/v1/usage".to_owned(),
+        "/v1/usage/history".to_owned(),
+        "/v1/subscription".to_owned(),
+    ];
+    let audit_routes = [
+        format!("/v1/audit/usage/{owner}?period={period}"),
+        "/v1/audit/events".to_owned(),
+    ];
+    let status = |path: String, t: Option<String>| {
+        let (client, read) = (stack.client.clone(), stack.read.clone());
+        async move {
+            let mut req = client.get(format!("{read}{path}"));
+            if let Some(t) = t {
+                req = req.bearer_auth(t);
+            }
+            // Only the status line: a stream's body never ends.
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    for path in &customer_routes {
+        assert_eq!(
+            status(path.clone(), Some(owner_token.clone())).await,
+            200,
+            "owner {path}"
+        );
+        let other = if path.ends_with(&job) { 404 } else { 200 };
+        assert_eq!(
+            status(path.clone(), Some(other_token.clone())).await,
+            other,
+            "other {path}"
+        );
+        for (who, t) in [
+            ("worker", &worker),
+            ("auditor", &auditor),
+            ("admin", &admin),
+        ] {
+            assert_eq!(
+                status(path.clone(), Some(t.clone())).await,
+                403,
+                "{who} {path}"
+            );
+        }
+        assert_eq!(status(path.clone(), None).await, 401, "anonymous {path}");
+    }
+    for path in &audit_routes {
+        for (who, t, expected) in [
+            ("auditor", &auditor, 200),
+            ("admin", &admin, 200),
+            ("owner", &owner_token, 403),
+            ("worker", &worker, 403),
+        ] {
+            assert_eq!(
+                status(path.clone(), Some(t.clone())).await,
+                expected,
+                "{who} {path}"
+            );
+        }
+        assert_eq!(status(path.clone(), None).await, 401, "anonymous {path}");
+    }
 }

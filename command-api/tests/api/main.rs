@@ -6,4 +6,5 @@ mod auth;
 mod bodies;
 mod helpers;
 mod jobs;
+mod matrix;
 mod quota;

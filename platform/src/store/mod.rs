@@ -78,6 +78,9 @@ pub enum StoreError {
     /// Concurrent writers kept winning; the caller may retry later.
     #[error("too much contention on {0}")]
     Contention(String),
+    /// A rule the code relies on did not hold: a bug, not a reason to retry.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
     /// The writer task is gone (shutting down).
     #[error("the event writer has stopped")]
     WriterStopped,
@@ -374,7 +377,7 @@ impl From<CommitError> for StoreError {
             CommitError::StorageFull => Self::StorageFull,
             CommitError::OutcomeUnknown => Self::OutcomeUnknown,
             CommitError::Conflict | CommitError::DuplicateKey => {
-                Self::Contention("unexpected commit outcome".to_owned())
+                Self::Invariant("a conflict reached a caller that does not retry".to_owned())
             }
         }
     }

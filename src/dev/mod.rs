@@ -170,6 +170,13 @@ async fn storage(
                 Data::InMemory => None,
             })
             .await?;
+            if let Data::Dir(d) = data {
+                // The events name every customer and hold their payloads: the owner's only
+                // (SQLite gives its -wal and -shm files the database's mode).
+                for name in ["events.db", "events.db-wal", "events.db-shm"] {
+                    owner_only(&d.join(name), 0o600)?;
+                }
+            }
             let store = EventStore::sqlite(pool);
             let views = Arc::new(MemoryViews::default());
             projections::memory::catch_up(&store, &views).await?;
@@ -298,6 +305,7 @@ async fn claim_database(
 fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let fail = |what: &str| format!("cannot use data directory {}: {what}", dir.display());
     std::fs::create_dir_all(dir).with_context(|| fail("cannot create it"))?;
+    owner_only(dir, 0o700)?;
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -323,6 +331,13 @@ fn dev_secret(data: &Data) -> anyhow::Result<Secret> {
     if let Ok(s) = std::fs::read_to_string(&path)
         && s.trim().len() >= 32
     {
+        if exposed(&path) {
+            tracing::warn!(
+                message = "The dev JWT secret was readable by other users; it is now 0600. Delete it to have a new one minted (tokens made with the old one stop working).",
+                path = %path.display()
+            );
+        }
+        owner_only(&path, 0o600)?;
         return Ok(Secret::new(s.trim()));
     }
     let secret = fresh();
@@ -342,7 +357,38 @@ pub(crate) fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     let mut f = options
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // `mode` applies to a new file only: one that existed keeps its mode unless set here.
+    owner_only(path, 0o600)?;
     f.write_all(content.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Sets `path` (when it exists) to `mode`, so only its owner can read it, whatever it was.
+fn owner_only(path: &Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// Whether `path` is readable by its group or by others.
+fn exposed(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
 }

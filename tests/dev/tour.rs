@@ -572,3 +572,36 @@ async fn an_unreadable_event_is_parked_and_dev_still_starts() {
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The data directory and its files are the owner's only, whatever they were before: the
+/// events, the tokens in `env` and the JWT secret.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_its_secrets_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap().to_owned();
+    let open = std::fs::Permissions::from_mode;
+    std::fs::set_permissions(&dir, open(0o755)).unwrap();
+    std::fs::write(dir.join("jwt-secret"), "0123456789abcdef0123456789abcdef01").unwrap();
+    std::fs::set_permissions(dir.join("jwt-secret"), open(0o644)).unwrap();
+    std::fs::write(dir.join("env"), "URL=stale\n").unwrap();
+    std::fs::set_permissions(dir.join("env"), open(0o644)).unwrap();
+    let dev = Dev::start(&["--data-dir", &d], &[]);
+    let mode = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for name in ["jwt-secret", "env", "events.db"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}

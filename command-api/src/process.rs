@@ -15,7 +15,9 @@ use domain::{
     usage::{ReleaseReason, ReleaseUnit, Usage, UsageCommand, UsageError, UsageEvent},
 };
 use platform::store::{
-    EventStore, LiveJob, Metadata, Progress, StoreError, poison, reader::RecordedEvent,
+    EventStore, LiveJob, Metadata, Progress, StoreError,
+    poison::{self, Decoded},
+    reader::RecordedEvent,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -168,9 +170,9 @@ pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
 pub async fn retry_parked(store: &EventStore) -> Result<usize, StoreError> {
     let events = store.take_retries(CHECKPOINT).await?;
     let mut done = 0;
-    for e in events {
+    for (e, decoded) in events {
         let mut pending = PendingChanges::default();
-        if let Some(r) = react(&e, &mut pending)?
+        if let Some(r) = react(&e, &decoded, &mut pending)
             && let Err(refused) = store
                 .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
                 .await?
@@ -186,14 +188,14 @@ pub async fn retry_parked(store: &EventStore) -> Result<usize, StoreError> {
 /// reservations and live jobs.
 async fn react_all(
     store: &EventStore,
-    events: &[RecordedEvent],
+    events: &[(RecordedEvent, Decoded)],
     last: i64,
 ) -> Result<(), StoreError> {
     let mut pending = PendingChanges::default();
     let mut by_ledger: std::collections::HashMap<String, Vec<Reaction>> =
         std::collections::HashMap::new();
-    for event in events {
-        if let Some(r) = react(event, &mut pending)? {
+    for (event, decoded) in events {
+        if let Some(r) = react(event, decoded, &mut pending) {
             by_ledger.entry(r.usage_id.clone()).or_default().push(r);
         }
     }
@@ -274,35 +276,30 @@ struct Reaction {
 
 fn react(
     event: &RecordedEvent,
+    decoded: &Decoded,
     pending: &mut PendingChanges,
-) -> Result<Option<Reaction>, StoreError> {
-    let decode = |source| StoreError::Decode {
-        aggregate_type: "event",
-        aggregate_id: event.aggregate_id.clone(),
-        source,
-    };
-    match event.aggregate_type.as_str() {
-        "job" => {
-            let job_event: JobEvent = event.decode().map_err(decode)?;
-            let job_id = JobId::parse(&event.aggregate_id)
-                .map_err(|_| StoreError::Invariant(format!("bad job id {}", event.aggregate_id)))?;
+) -> Option<Reaction> {
+    match decoded {
+        Decoded::Job(job_id, job_event) => {
             if matches!(job_event, JobEvent::JobSubmitted(_)) {
                 pending.settled.push(job_id.as_uuid());
             }
-            if let Some(state) = liveness(&job_event, event, pending.jobs.get(&job_id.as_uuid())) {
+            if let Some(state) = liveness(
+                *job_id,
+                job_event,
+                event.recorded_at,
+                pending.jobs.get(&job_id.as_uuid()),
+            ) {
                 pending.jobs.insert(job_id.as_uuid(), state);
             }
-            return Ok(
-                usage_reaction(job_id, &job_event, Utc::now()).map(|(key, command)| Reaction {
-                    usage_id: key.aggregate_id(),
-                    command,
-                    metadata: inherited_metadata(event),
-                    job_id,
-                }),
-            );
+            usage_reaction(*job_id, job_event, Utc::now()).map(|(key, command)| Reaction {
+                usage_id: key.aggregate_id(),
+                command,
+                metadata: inherited_metadata(event),
+                job_id: *job_id,
+            })
         }
-        "usage" => {
-            let usage_event: UsageEvent = event.decode().map_err(decode)?;
+        Decoded::Usage(usage_event) => {
             match usage_event {
                 UsageEvent::UnitReserved(e) => {
                     pending.added.push((
@@ -315,49 +312,40 @@ fn react(
                 UsageEvent::UnitReleased(e) => pending.settled.push(e.job_id.as_uuid()),
                 UsageEvent::PeriodClosed(_) => {}
             }
+            None
         }
-        _ => {}
+        Decoded::Subscription(_) | Decoded::Other => None,
     }
-    Ok(None)
 }
 
 /// A job's state in `live_jobs` after `e`: live with its status and attempt, over (`None`),
 /// or unchanged (outer `None`: a failure, whose retry or dead letter follows).
 fn liveness(
+    job: JobId,
     e: &JobEvent,
-    event: &RecordedEvent,
+    at: chrono::DateTime<Utc>,
     before: Option<&Option<LiveJob>>,
 ) -> Option<Option<LiveJob>> {
     let live = |status: &str, attempt: domain::retry::Attempt| {
         Some(Some(LiveJob {
-            job_id: uuid::Uuid::nil(),
+            job_id: job.as_uuid(),
             status: status.to_owned(),
             attempt: i32::try_from(attempt.get()).unwrap_or(i32::MAX),
-            since: event.recorded_at,
+            since: at,
         }))
     };
-    let state = match e {
+    match e {
         JobEvent::JobSubmitted(s) => live(s.status.as_str(), domain::retry::Attempt::FIRST),
         JobEvent::JobStarted(s) => live("running", s.attempt),
-        JobEvent::JobHeartbeat(h) => {
-            // A heartbeat after the job ended in this batch changes nothing.
-            if matches!(before, Some(None)) {
-                return None;
-            }
-            live("running", h.attempt)
-        }
+        // A heartbeat after the job ended in this batch changes nothing.
+        JobEvent::JobHeartbeat(_) if matches!(before, Some(None)) => None,
+        JobEvent::JobHeartbeat(h) => live("running", h.attempt),
         JobEvent::JobRetryScheduled(r) => live("retrying", r.next_attempt),
         JobEvent::JobCompleted(_) | JobEvent::JobDeadLettered(_) | JobEvent::JobCanceled(_) => {
             Some(None)
         }
         JobEvent::JobFailed(_) => None,
-    };
-    state.map(|s| {
-        s.map(|mut l| {
-            l.job_id = uuid::Uuid::parse_str(&event.aggregate_id).unwrap_or_default();
-            l
-        })
-    })
+    }
 }
 
 /// Fails as retryable each running attempt silent for `lease` (its worker died, hung or was

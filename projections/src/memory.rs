@@ -213,7 +213,7 @@ async fn next_batch(
         return Ok((0, vec![]));
     };
     let count = read.len();
-    let (events, poison) = platform::store::poison::split(CONSUMER, read);
+    let (events, poison) = platform::store::poison::split_raw(CONSUMER, read);
     store.park(CONSUMER, &poison).await?;
     Ok((count, apply(views, &events, last)?))
 }

@@ -154,7 +154,7 @@ async fn rebuild_alone(
         };
         let full = read.len() as i64 == BATCH;
         let read_count = read.len() as u64;
-        let (batch, poison) = poison::split(projection.name(), read);
+        let (batch, poison) = poison::split_raw(projection.name(), read);
         still_parked.extend(poison.iter().map(|(e, _)| e.position));
         if full {
             next = Some(tokio::spawn(timed_read(pool.clone(), last)));
@@ -204,7 +204,7 @@ async fn rebuild_alone(
             break;
         };
         events += read.len() as u64;
-        let (batch, poison) = poison::split(projection.name(), read);
+        let (batch, poison) = poison::split_raw(projection.name(), read);
         still_parked.extend(poison.iter().map(|(e, _)| e.position));
         poison::park_pg(&mut *tx, projection.name(), &poison).await?;
         projection.apply(&mut tx, &batch, SUFFIX).await?;

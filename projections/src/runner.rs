@@ -51,7 +51,7 @@ pub async fn step(
         return Ok(0);
     };
     let count = read.len();
-    let (events, poison) = poison::split("projections", read);
+    let (events, poison) = poison::split_raw("projections", read);
     let mut notices = Vec::new();
     for (p, cp) in projections.iter().zip(&from) {
         let newer = &events[events.partition_point(|e| e.position <= *cp)..];

@@ -23,7 +23,11 @@ use domain::{
     job::{FailJob, Job, JobCommand, JobEvent, JobStatus},
     task::{Namespace, NamespaceMap},
 };
-use platform::store::{EventStore, Metadata, StoreError, poison, reader::RecordedEvent};
+use platform::store::{
+    EventStore, Metadata, StoreError,
+    poison::{self, Decoded},
+    reader::RecordedEvent,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Ended, JobQueue};
@@ -104,11 +108,12 @@ impl<Q: JobQueue> Dispatcher<Q> {
             };
             let (events, poison) = poison::split(CHECKPOINT, read);
             self.store.park(CHECKPOINT, &poison).await?;
-            for e in events.iter().filter(|e| e.aggregate_type == "job") {
-                let event: JobEvent = decode(e)?;
-                jobs.entry(e.aggregate_id.clone())
-                    .or_default()
-                    .evolve(&event);
+            for (e, decoded) in &events {
+                if let Decoded::Job(_, event) = decoded {
+                    jobs.entry(e.aggregate_id.clone())
+                        .or_default()
+                        .evolve(event);
+                }
             }
             position = last;
         }
@@ -168,8 +173,11 @@ impl<Q: JobQueue> Dispatcher<Q> {
         let mut ended = Vec::new();
         self.pushed = 0;
         let mut failed = None;
-        for e in events.iter().filter(|e| e.aggregate_type == "job") {
-            match self.handle(e).await {
+        for (e, decoded) in &events {
+            let Decoded::Job(job, event) = decoded else {
+                continue;
+            };
+            match self.handle(e, *job, event).await {
                 Ok(Some(end)) => ended.push(end),
                 Ok(None) => {}
                 // One failing push (a cluster node down, say) does not hold back the other
@@ -210,8 +218,10 @@ impl<Q: JobQueue> Dispatcher<Q> {
     pub async fn retry_parked(&mut self) -> Result<usize, DispatchError> {
         let events = self.store.take_retries(CHECKPOINT).await?;
         let mut ended = Vec::new();
-        for e in events.iter().filter(|e| e.aggregate_type == "job") {
-            if let Some(end) = self.handle(e).await? {
+        for (e, decoded) in &events {
+            if let Decoded::Job(job, event) = decoded
+                && let Some(end) = self.handle(e, *job, event).await?
+            {
                 ended.push(end);
             }
         }
@@ -219,19 +229,24 @@ impl<Q: JobQueue> Dispatcher<Q> {
         Ok(events.len())
     }
 
-    /// Enqueues what `e` calls for; returns the attempt it ended, if any.
-    async fn handle(&mut self, e: &RecordedEvent) -> Result<Option<Ended>, DispatchError> {
-        let event: JobEvent = decode(e)?;
+    /// Enqueues what job `job`'s event `event` (recorded as `e`) calls for; returns the
+    /// attempt it ended, if any.
+    async fn handle(
+        &mut self,
+        e: &RecordedEvent,
+        job: JobId,
+        event: &JobEvent,
+    ) -> Result<Option<Ended>, DispatchError> {
         let ended = |attempt, job_over| {
-            JobId::parse(&e.aggregate_id).ok().map(|job| Ended {
+            Some(Ended {
                 job,
                 attempt,
                 job_over,
             })
         };
-        match &event {
+        match event {
             JobEvent::JobSubmitted(s) => {
-                let job = Job::replay([&event]);
+                let job = Job::replay([event]);
                 let Some(env) = job.envelope() else {
                     return Ok(None);
                 };
@@ -457,14 +472,6 @@ impl<Q: JobQueue> Dispatcher<Q> {
             wait(&shutdown, Duration::from_millis(100)).await;
         }
     }
-}
-
-fn decode(e: &RecordedEvent) -> Result<JobEvent, StoreError> {
-    e.decode().map_err(|source| StoreError::Decode {
-        aggregate_type: "job",
-        aggregate_id: e.aggregate_id.clone(),
-        source,
-    })
 }
 
 async fn wait(shutdown: &CancellationToken, d: Duration) {

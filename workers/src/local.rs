@@ -24,6 +24,16 @@ struct Inner {
     arrivals: u64,
 }
 
+impl Inner {
+    /// Forgets what was pushed or scheduled for `job`.
+    fn drop_records(&mut self, job: JobId) {
+        self.pushed.remove(&job);
+        if let Some((_, key)) = self.waiting.remove(&job) {
+            self.scheduled.remove(&key);
+        }
+    }
+}
+
 /// Ready and scheduled envelopes per namespace, shared by the dispatcher and the workers of
 /// this process.
 #[derive(Default)]
@@ -182,10 +192,7 @@ impl JobQueue for Arc<LocalQueue> {
         // Only a job that is over: a failed attempt's record keeps an older attempt from
         // being pushed after its retry.
         for e in ended.iter().filter(|e| e.job_over) {
-            inner.pushed.remove(&e.job);
-            if let Some((_, key)) = inner.waiting.remove(&e.job) {
-                inner.scheduled.remove(&key);
-            }
+            inner.drop_records(e.job);
         }
         Ok(())
     }
@@ -201,13 +208,7 @@ impl JobQueue for Arc<LocalQueue> {
         bytes: &str,
         due_ms: Option<i64>,
     ) -> redis::RedisResult<()> {
-        {
-            let mut inner = self.inner();
-            inner.pushed.remove(&env.job_id);
-            if let Some((_, key)) = inner.waiting.remove(&env.job_id) {
-                inner.scheduled.remove(&key);
-            }
-        }
+        self.inner().drop_records(env.job_id);
         match due_ms {
             Some(due) => self.schedule(ns, env, bytes, due).await,
             None => self.push_ready(ns, env, bytes).await.map(|_| ()),

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{
     EventStore, StoreError,
     log::{LiveJob, Progress},
-    poison::Parked,
+    poison::{Decoded, Parked},
     reader::RecordedEvent,
 };
 
@@ -150,14 +150,17 @@ impl EventStore {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn take_retries(&self, consumer: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    pub async fn take_retries(
+        &self,
+        consumer: &str,
+    ) -> Result<Vec<(RecordedEvent, Decoded)>, sqlx::Error> {
         let asked = self.log.retries(consumer).await?;
         if asked.is_empty() {
-            return Ok(asked);
+            return Ok(vec![]);
         }
         let (good, still) = super::poison::split(consumer, asked);
         self.log.park(consumer, &still).await?;
-        let positions: Vec<i64> = good.iter().map(|e| e.position).collect();
+        let positions: Vec<i64> = good.iter().map(|(e, _)| e.position).collect();
         self.log.unpark(consumer, &positions).await?;
         Ok(good)
     }

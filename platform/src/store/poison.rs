@@ -33,35 +33,55 @@ pub struct Parked {
     pub retry: bool,
 }
 
-/// Why a consumer cannot read `e`, if it cannot: a payload that does not decode into its
-/// aggregate's events, or a job id of the wrong shape.
-pub fn unreadable(e: &RecordedEvent) -> Option<String> {
-    let decoded = match e.aggregate_type.as_str() {
-        "job" => {
-            if JobId::parse(&e.aggregate_id).is_err() {
-                return Some(format!("malformed job id {:?}", e.aggregate_id));
-            }
-            e.decode::<JobEvent>().map(drop)
-        }
-        "usage" => e.decode::<UsageEvent>().map(drop),
-        "subscription" => e.decode::<SubscriptionEvent>().map(drop),
-        _ => Ok(()),
-    };
-    decoded.err().map(|err| err.to_string())
+/// An event as its consumer reads it: decoded once, here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A job's event, with its id.
+    Job(JobId, JobEvent),
+    /// A usage ledger's event.
+    Usage(UsageEvent),
+    /// A subscription's event.
+    Subscription(SubscriptionEvent),
+    /// An aggregate type no consumer reads.
+    Other,
 }
 
-/// Splits a batch into what `consumer` can read and the poison, which is logged and
-/// counted here; the caller parks it.
-pub fn split(
-    consumer: &str,
-    events: Vec<RecordedEvent>,
-) -> (Vec<RecordedEvent>, Vec<(RecordedEvent, String)>) {
+/// `e` decoded into its aggregate's events, or why it cannot be: a payload that does not
+/// decode, or a job id of the wrong shape.
+pub fn decode(e: &RecordedEvent) -> Result<Decoded, String> {
+    let decoded = match e.aggregate_type.as_str() {
+        "job" => {
+            let id = JobId::parse(&e.aggregate_id)
+                .map_err(|_| format!("malformed job id {:?}", e.aggregate_id))?;
+            e.decode().map(|j| Decoded::Job(id, j))
+        }
+        "usage" => e.decode().map(Decoded::Usage),
+        "subscription" => e.decode().map(Decoded::Subscription),
+        _ => Ok(Decoded::Other),
+    };
+    decoded.map_err(|err| err.to_string())
+}
+
+/// Why a consumer cannot read `e`, if it cannot.
+pub fn unreadable(e: &RecordedEvent) -> Option<String> {
+    decode(e).err()
+}
+
+/// Events a consumer can read, each with its decoded event.
+pub type Readable = Vec<(RecordedEvent, Decoded)>;
+
+/// Events a consumer cannot read, each with why.
+pub type Poison = Vec<(RecordedEvent, String)>;
+
+/// Decodes a batch for `consumer`: what it can read, each with its decoded event, and the
+/// poison, logged and counted here; the caller parks it.
+pub fn split(consumer: &str, events: Vec<RecordedEvent>) -> (Readable, Poison) {
     let mut good = Vec::with_capacity(events.len());
     let mut poison = Vec::new();
     for e in events {
-        match unreadable(&e) {
-            None => good.push(e),
-            Some(error) => {
+        match decode(&e) {
+            Ok(d) => good.push((e, d)),
+            Err(error) => {
                 tracing::error!(
                     message = "Parked an event that cannot be read; going on without it.",
                     consumer,
@@ -77,6 +97,12 @@ pub fn split(
         }
     }
     (good, poison)
+}
+
+/// As [`split`], keeping only the events (for consumers that decode their own way).
+pub fn split_raw(consumer: &str, events: Vec<RecordedEvent>) -> (Vec<RecordedEvent>, Poison) {
+    let (good, poison) = split(consumer, events);
+    (good.into_iter().map(|(e, _)| e).collect(), poison)
 }
 
 /// Parks `poison` for `consumer` on Postgres (in the caller's transaction, so with its

@@ -211,14 +211,10 @@ impl EventLog for Sqlite {
     }
 
     async fn retries(&self, consumer: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let columns = COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {columns} FROM parked_events p JOIN events e ON e.position = p.position \
-              WHERE p.consumer = ?1 AND p.retry = 1 ORDER BY e.position"
+            "SELECT {COLUMNS} FROM events WHERE position IN \
+               (SELECT position FROM parked_events WHERE consumer = ?1 AND retry = 1) \
+             ORDER BY position"
         ))
         .bind(consumer)
         .fetch_all(&self.0)

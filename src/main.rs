@@ -283,12 +283,11 @@ fn settings() -> anyhow::Result<Settings> {
 
 fn mint(sub: &str, role: Role, ttl: Duration) -> anyhow::Result<ExitCode> {
     let s = settings()?;
-    let secret = s
-        .jwt_secret
-        .as_ref()
-        .context("RUNLEDGER_JWT_SECRET is required to mint tokens")?;
+    let minter = platform::auth::Minter::for_role(&s, role).context(
+        "RUNLEDGER_JWT_SECRET (or RUNLEDGER_SERVICE_JWT_SECRET for a service role) is required to mint tokens",
+    )?;
     let sub = UserId::parse(sub).context("--sub must be a UUID")?;
-    let token = platform::auth::mint(secret, &s.jwt_audience, sub, role, ttl)?;
+    let token = minter.mint(sub, role, ttl)?;
     println!("{token}");
     Ok(ExitCode::SUCCESS)
 }
@@ -352,6 +351,21 @@ fn schemas(action: SchemasAction, dir: &std::path::Path) -> anyhow::Result<ExitC
                 }
             }
         }
+    }
+    // The OpenAPI document is written by hand but for its generated parts.
+    let path = dir.join("openapi.json");
+    let current =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&current)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let mut wanted = serde_json::to_string_pretty(&domain::schema::openapi(doc))?;
+    wanted.push('\n');
+    match action {
+        SchemasAction::Write => {
+            std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))?
+        }
+        SchemasAction::Check if wanted != current => drifted.push(path.display().to_string()),
+        SchemasAction::Check => {}
     }
     if drifted.is_empty() {
         return Ok(ExitCode::SUCCESS);

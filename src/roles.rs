@@ -137,16 +137,15 @@ pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow:
         .command_url
         .clone()
         .context("RUNLEDGER_COMMAND_URL is required by the worker")?;
-    let credentials = match (&s.worker_token, &s.jwt_secret) {
+    let minter = platform::auth::Minter::for_role(&s, platform::auth::Role::Worker);
+    let credentials = match (&s.worker_token, minter) {
         (Some(t), _) => workers::report::Credentials::Fixed(t.clone()),
-        (None, Some(secret)) => workers::report::Credentials::minted(
-            secret.clone(),
-            &s.jwt_audience,
-            std::time::Duration::from_secs(86_400),
-        ),
-        (None, None) => {
-            anyhow::bail!("set RUNLEDGER_WORKER_TOKEN (or RUNLEDGER_JWT_SECRET to mint one)")
+        (None, Some(minter)) => {
+            workers::report::Credentials::minted(minter, std::time::Duration::from_secs(86_400))
         }
+        (None, None) => anyhow::bail!(
+            "set RUNLEDGER_WORKER_TOKEN (or RUNLEDGER_JWT_SECRET, or RUNLEDGER_SERVICE_JWT_SECRET, to mint one)"
+        ),
     };
     let client = workers::queue::Target::open(s.require_redis()?, s.redis_cluster)
         .context("REDIS_URL does not parse")?;

@@ -49,8 +49,12 @@ where
                 Problem::bad_request("the body could not be read")
             }
         })?;
-        let value = serde_json::from_slice(&raw)
-            .map_err(|e| Problem::bad_request(clip(&format!("invalid JSON body: {e}"))))?;
+        let bad =
+            |e: serde_json::Error| Problem::bad_request(clip(&format!("invalid JSON body: {e}")));
+        let mut json: serde_json::Value = serde_json::from_slice(&raw).map_err(bad)?;
+        // JSON Schema's integers include 3.0; serde's do not.
+        domain::payload::integral_numbers(&mut json);
+        let value = T::deserialize(json).map_err(bad)?;
         Ok(Self { value, raw })
     }
 }

@@ -4,7 +4,11 @@ use axum::{
     http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use domain::{error::ParseError, job::JobError, usage::UsageError};
+use domain::{
+    error::ParseError,
+    job::{ConflictKind, JobError},
+    usage::UsageError,
+};
 use platform::{problem::Problem, store::StoreError};
 
 /// Everything a handler can fail with.
@@ -36,6 +40,18 @@ impl From<Problem> for ApiError {
     }
 }
 
+fn conflict_title(kind: ConflictKind) -> &'static str {
+    match kind {
+        ConflictKind::JobExists => "Job already submitted",
+        ConflictKind::StaleAttempt => "Stale attempt",
+        ConflictKind::StartedElsewhere => "Attempt runs elsewhere",
+        ConflictKind::NotRunning => "Job not running",
+        ConflictKind::Finished => "Job already finished",
+        ConflictKind::LeaseAlive => "Attempt still alive",
+        ConflictKind::NotDue => "Job not due yet",
+    }
+}
+
 fn conflict(slug: &str, title: &'static str, detail: String) -> Problem {
     Problem::new(StatusCode::CONFLICT, slug, title).detail(detail)
 }
@@ -46,30 +62,24 @@ impl ApiError {
         match self {
             Self::Problem(p) => p,
             Self::Parse(e) => Problem::bad_request(e.to_string()),
-            Self::Job(e) => match e {
-                JobError::NotFound => Problem::not_found("job"),
-                JobError::AlreadySubmitted => {
-                    conflict("job-exists", "Job already submitted", e.to_string())
-                }
-                JobError::StaleAttempt { current, got } => {
-                    conflict("stale-attempt", "Stale attempt", e.to_string())
+            Self::Job(e) => {
+                let Some(kind) = e.conflict() else {
+                    return Problem::not_found("job");
+                };
+                let p = conflict(kind.slug(), conflict_title(kind), e.to_string());
+                match e {
+                    JobError::StaleAttempt { current, got } => p
                         .with("current_attempt", current)
-                        .with("reported_attempt", got)
+                        .with("reported_attempt", got),
+                    // Not `status`: RFC 9457 gives that member the HTTP status.
+                    JobError::Finished { status } => p.with("job_status", status.as_str()),
+                    JobError::NotDue { not_before } => p.with(
+                        "not_before",
+                        not_before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    ),
+                    _ => p,
                 }
-                JobError::StartedElsewhere { .. } => {
-                    conflict("started-elsewhere", "Attempt runs elsewhere", e.to_string())
-                }
-                JobError::NotRunning { .. } => {
-                    conflict("job-not-running", "Job not running", e.to_string())
-                }
-                JobError::Finished { status } => {
-                    conflict("job-finished", "Job already finished", e.to_string())
-                        .with("status", status.as_str())
-                }
-                JobError::LeaseAlive { .. } => {
-                    conflict("lease-alive", "Attempt still alive", e.to_string())
-                }
-            },
+            }
             Self::Usage(e) => match e {
                 UsageError::QuotaExceeded {
                     limit,

@@ -43,11 +43,7 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
 
 /// The shared state on `store`.
 pub fn build_on(store: EventStore, settings: Settings) -> AppState {
-    let auth = Authenticator::new(
-        settings.jwt_secret.as_ref(),
-        settings.jwks_url.as_deref(),
-        &settings.jwt_audience,
-    );
+    let auth = Authenticator::from_settings(&settings);
     AppState {
         store,
         auth: Arc::new(auth),
@@ -58,9 +54,11 @@ pub fn build_on(store: EventStore, settings: Settings) -> AppState {
 /// The routes of the write side, with the operational ones.
 pub fn router(state: AppState) -> Router {
     let store = state.store.clone();
+    let catalog = state.settings.task_types.clone();
     platform::http::finish(
         routes(state).route("/metrics", get(|| async { platform::metrics::render() })),
         store,
+        &catalog,
     )
 }
 

@@ -62,6 +62,7 @@ pub async fn submit(
     let now = Utc::now();
     let req = body.value;
     let task_type = state.settings.task_types.parse(&req.task_type)?;
+    domain::payload::validate(&task_type, &req.payload)?;
     let correlation_id = correlation_id(req.correlation_id.as_deref(), &headers)?;
     let run_at = match req.run_at.as_deref() {
         None => None,
@@ -206,16 +207,17 @@ fn encode<T>(r: Result<T, serde_json::Error>) -> Result<T, ApiError> {
 }
 
 fn correlation_id(body: Option<&str>, headers: &HeaderMap) -> Result<CorrelationId, ApiError> {
+    // A header that is sent must be valid, even when the body's value wins.
     let header = match headers.get("x-correlation-id") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| Problem::bad_request("X-Correlation-Id must be ASCII"))?,
-        ),
+        Some(v) => Some(CorrelationId::parse(v.to_str().map_err(|_| {
+            Problem::bad_request("X-Correlation-Id must be printable ASCII")
+        })?)?),
         None => None,
     };
-    match body.or(header) {
-        Some(s) => Ok(CorrelationId::parse(s)?),
-        None => Ok(CorrelationId::parse(&uuid::Uuid::new_v4().to_string())?),
+    match (body, header) {
+        (Some(s), _) => Ok(CorrelationId::parse(s)?),
+        (None, Some(h)) => Ok(h),
+        (None, None) => Ok(CorrelationId::parse(&uuid::Uuid::new_v4().to_string())?),
     }
 }
 

@@ -41,4 +41,12 @@ pub enum ParseError {
     /// A period that is not `YYYY-MM`.
     #[error("period must be YYYY-MM")]
     Month,
+    /// A payload its task type does not accept.
+    #[error("payload for {task_type}: {reason}")]
+    Payload {
+        /// The task type.
+        task_type: String,
+        /// The rule broken.
+        reason: String,
+    },
 }

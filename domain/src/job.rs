@@ -344,7 +344,89 @@ pub enum JobError {
         /// The attempt.
         attempt: u32,
     },
+    /// A start before the job's `run_at` or its retry's backoff.
+    #[error("the job is not due before {not_before}")]
+    NotDue {
+        /// When it is due.
+        not_before: DateTime<Utc>,
+    },
 }
+
+/// Why the Job aggregate refused a command about an existing job: the `409` problem's type
+/// over HTTP, and what a worker decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConflictKind {
+    /// `job-exists`.
+    JobExists,
+    /// `stale-attempt`.
+    StaleAttempt,
+    /// `started-elsewhere`.
+    StartedElsewhere,
+    /// `job-not-running`.
+    NotRunning,
+    /// `job-finished`.
+    Finished,
+    /// `lease-alive`.
+    LeaseAlive,
+    /// `not-due`.
+    NotDue,
+}
+
+impl ConflictKind {
+    /// Every kind.
+    pub const ALL: [Self; 7] = [
+        Self::JobExists,
+        Self::StaleAttempt,
+        Self::StartedElsewhere,
+        Self::NotRunning,
+        Self::Finished,
+        Self::LeaseAlive,
+        Self::NotDue,
+    ];
+
+    /// The last segment of the problem type, `urn:runledger:problem:<slug>`.
+    pub const fn slug(self) -> &'static str {
+        match self {
+            Self::JobExists => "job-exists",
+            Self::StaleAttempt => "stale-attempt",
+            Self::StartedElsewhere => "started-elsewhere",
+            Self::NotRunning => "job-not-running",
+            Self::Finished => "job-finished",
+            Self::LeaseAlive => "lease-alive",
+            Self::NotDue => "not-due",
+        }
+    }
+
+    /// The kind a slug names.
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.slug() == slug)
+    }
+
+    /// Whether the job is over and work on it should stop.
+    pub const fn job_is_over(self) -> bool {
+        matches!(self, Self::Finished)
+    }
+}
+
+impl JobError {
+    /// The conflict this refusal is, if it is one (not for a missing job).
+    pub const fn conflict(&self) -> Option<ConflictKind> {
+        Some(match self {
+            Self::NotFound => return None,
+            Self::AlreadySubmitted => ConflictKind::JobExists,
+            Self::StaleAttempt { .. } => ConflictKind::StaleAttempt,
+            Self::StartedElsewhere { .. } => ConflictKind::StartedElsewhere,
+            Self::NotRunning { .. } => ConflictKind::NotRunning,
+            Self::Finished { .. } => ConflictKind::Finished,
+            Self::LeaseAlive { .. } => ConflictKind::LeaseAlive,
+            Self::NotDue { .. } => ConflictKind::NotDue,
+        })
+    }
+}
+
+/// How far a start may come before the job is due, for clocks that differ between the
+/// dispatcher's host and the command side's.
+pub const START_LEEWAY_MS: i64 = 1_000;
 
 /// The state of a submitted job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -469,6 +551,11 @@ impl Decider for Job {
                         current: s.attempt.get(),
                         got: c.attempt.get(),
                     });
+                }
+                if let Some(not_before) = s.not_before
+                    && c.now + chrono::Duration::milliseconds(START_LEEWAY_MS) < not_before
+                {
+                    return Err(JobError::NotDue { not_before });
                 }
                 if s.status == JobStatus::Running {
                     // The same worker's start, delivered twice, changes nothing.

@@ -11,6 +11,7 @@
 //! - [`job`], [`usage`], [`subscription`]: the aggregates.
 //! - [`chain`]: the usage ledger's hash chain and its verifier.
 //! - [`process`]: which usage command follows which job event.
+//! - [`payload`]: each built-in task's payload, checked at submit.
 //! - [`envelope`]: what workers receive; [`schema`]: the JSON Schemas.
 
 pub mod chain;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod job;
+pub mod payload;
 pub mod period;
 pub mod plan;
 pub mod process;

@@ -6,6 +6,9 @@ use schemars::{JsonSchema, schema_for};
 use crate::{
     envelope::JobEnvelope,
     job::{self, *},
+    payload::{
+        AgentRun, BrowserExtract, BrowserPdf, BrowserScreenshot, HttpRequest, Noop, Payload, Sleep,
+    },
     subscription::{self, *},
     usage::{self, *},
 };
@@ -48,9 +51,140 @@ fn event_file<T: JsonSchema>(event_type: &str) -> SchemaFile {
     }
 }
 
+/// A payload's schema, self-contained (no `$defs`), so it can sit in the OpenAPI document.
+fn payload_schema<P: Payload>() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let mut schema = generator.into_root_schema_for::<P>().to_value();
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("$schema");
+        map.insert("x-task-type".to_owned(), P::TASK.into());
+    }
+    schema
+}
+
+/// Each built-in task type with its payload's schema.
+pub fn payloads() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (Noop::TASK, payload_schema::<Noop>()),
+        (Sleep::TASK, payload_schema::<Sleep>()),
+        (HttpRequest::TASK, payload_schema::<HttpRequest>()),
+        (
+            BrowserScreenshot::TASK,
+            payload_schema::<BrowserScreenshot>(),
+        ),
+        (BrowserPdf::TASK, payload_schema::<BrowserPdf>()),
+        (BrowserExtract::TASK, payload_schema::<BrowserExtract>()),
+        (AgentRun::TASK, payload_schema::<AgentRun>()),
+    ]
+}
+
+/// `Payload.sleep` and so on: the OpenAPI component name of a task type's payload.
+pub fn payload_component(task: &str) -> String {
+    format!("Payload.{task}")
+}
+
+/// The OpenAPI document with its generated parts put in: each payload's schema, and
+/// `SubmitJob` as one variant per built-in task type (its `task_type` constant, its
+/// payload) plus one for task types configured for workers written elsewhere.
+pub fn openapi(mut doc: serde_json::Value) -> serde_json::Value {
+    use serde_json::json;
+    let common = json!({
+        "correlation_id": {
+            "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$",
+            "description": "Printable ASCII without spaces; the X-Correlation-Id header when absent, else generated"
+        },
+        "run_at": {
+            "type": "string", "format": "date-time",
+            "description": "RFC 3339; at most 366 days ahead; past or absent: at once"
+        },
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 25, "default": 3}
+    });
+    let payloads = payloads();
+    let variant = |task_type: serde_json::Value, payload: serde_json::Value| {
+        let mut properties = common.clone();
+        properties["task_type"] = task_type;
+        properties["payload"] = payload;
+        json!({
+            "type": "object",
+            "required": ["task_type", "payload"],
+            "additionalProperties": false,
+            "properties": properties,
+        })
+    };
+    let mut variants: Vec<serde_json::Value> = payloads
+        .iter()
+        .map(|(task, _)| {
+            variant(
+                json!({"const": task}),
+                json!({"$ref": format!("#/components/schemas/{}", payload_component(task))}),
+            )
+        })
+        .collect();
+    let builtin: Vec<&str> = payloads.iter().map(|(t, _)| *t).collect();
+    let mut configured = variant(
+        json!({
+            "type": "string", "minLength": 1, "maxLength": 64,
+            "pattern": "^[a-z0-9_]+(\\.[a-z0-9_]+)*$",
+            "not": {"enum": builtin},
+            "description": "A task type listed in RUNLEDGER_TASK_TYPES (any other is refused with 400)"
+        }),
+        json!({"description": "Checked by the workers that run this task type"}),
+    );
+    configured["x-configured-task-types"] = true.into();
+    variants.push(configured);
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    else {
+        return doc;
+    };
+    for (task, schema) in payloads {
+        schemas.insert(payload_component(task), schema);
+    }
+    schemas.insert(
+        "SubmitJob".to_owned(),
+        json!({
+            "description": "A job: a built-in task type with its payload, or a configured one",
+            "oneOf": variants,
+        }),
+    );
+    doc
+}
+
+/// The document a deployment serves: `SubmitJob`'s variant for configured task types
+/// names exactly the ones `extra` lists, or is gone when there are none.
+pub fn for_catalog(mut doc: serde_json::Value, extra: &[&str]) -> serde_json::Value {
+    let Some(variants) = doc
+        .pointer_mut("/components/schemas/SubmitJob/oneOf")
+        .and_then(|v| v.as_array_mut())
+    else {
+        return doc;
+    };
+    let configured = |v: &serde_json::Value| v.get("x-configured-task-types").is_some();
+    if extra.is_empty() {
+        variants.retain(|v| !configured(v));
+    } else if let Some(v) = variants.iter_mut().find(|v| configured(v)) {
+        v["properties"]["task_type"] = serde_json::json!({
+            "enum": extra,
+            "description": "A task type configured with RUNLEDGER_TASK_TYPES",
+        });
+    }
+    doc
+}
+
 /// Every schema file, in a stable order.
 pub fn all() -> Vec<SchemaFile> {
     let mut out = vec![file::<JobEnvelope>("envelope.json".to_owned())];
+    for (task, schema) in payloads() {
+        let mut json = serde_json::to_string_pretty(&schema).unwrap_or_default();
+        json.push('\n');
+        out.push(SchemaFile {
+            path: format!("payloads/{task}.json"),
+            json,
+        });
+    }
     out.extend(files!("commands":
         job::SubmitJob, job::StartJob, job::HeartbeatJob, job::CompleteJob, job::FailJob,
         job::ExpireJob,
@@ -80,4 +214,35 @@ pub fn all() -> Vec<SchemaFile> {
         StripeEventSkipped,
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_document_names_the_configured_task_types_or_none() {
+        let doc = openapi(serde_json::json!({"components": {"schemas": {}}}));
+        let variants = |d: &serde_json::Value| {
+            d.pointer("/components/schemas/SubmitJob/oneOf")
+                .and_then(|v| v.as_array())
+                .map_or(0, Vec::len)
+        };
+        assert_eq!(variants(&doc), payloads().len() + 1);
+        assert!(doc.pointer("/components/schemas/Payload.sleep").is_some());
+        let none = for_catalog(doc.clone(), &[]);
+        assert_eq!(variants(&none), payloads().len());
+        let some = for_catalog(doc, &["image.resize"]);
+        assert_eq!(variants(&some), payloads().len() + 1);
+        let last = some
+            .pointer("/components/schemas/SubmitJob/oneOf")
+            .and_then(|v| v.as_array())
+            .and_then(|v| v.last())
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            last["properties"]["task_type"]["enum"],
+            serde_json::json!(["image.resize"])
+        );
+    }
 }

@@ -109,6 +109,15 @@ impl TaskCatalog {
         catalog
     }
 
+    /// The accepted task types that are not built in.
+    pub fn extra(&self) -> Vec<&str> {
+        self.accepted
+            .iter()
+            .map(TaskType::as_str)
+            .filter(|t| !BUILTIN_TASK_TYPES.contains(t))
+            .collect()
+    }
+
     /// Parses `s` and checks that some worker runs it.
     ///
     /// # Errors

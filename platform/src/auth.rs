@@ -94,30 +94,91 @@ pub enum AuthError {
     /// `sub` is not a UUID or `role` is unknown.
     #[error("invalid subject or role")]
     Claims,
+    /// A service role in a token from the customers' issuer, when service roles have their
+    /// own keys.
+    #[error("this issuer may not grant a service role")]
+    ServiceRole,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What is read from a validated token. `aud` (a string or an array), `exp`, `nbf` and `iss`
+/// are checked by the validation itself; `iat` is optional, as RFC 7519 makes it.
+#[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     role: Option<String>,
-    aud: String,
-    exp: u64,
-    iat: u64,
 }
 
-/// Validates bearer tokens.
-pub struct Authenticator {
+/// What a minted token carries.
+#[derive(Debug, Serialize)]
+struct Minted<'a> {
+    sub: String,
+    role: &'a str,
+    aud: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    iat: u64,
+    exp: u64,
+}
+
+/// Keys of one issuer: an HS256 secret and/or a JWKS.
+struct Keys {
     hs256: Option<DecodingKey>,
     jwks: Option<Jwks>,
+    issuer: Option<String>,
+}
+
+impl Keys {
+    fn new(secret: Option<&Secret>, jwks_url: Option<&str>, issuer: Option<&str>) -> Self {
+        Self {
+            hs256: secret.map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            jwks: jwks_url.map(Jwks::new),
+            issuer: issuer.map(str::to_owned),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hs256.is_none() && self.jwks.is_none()
+    }
+
+    /// The key that may verify a token with `header`, if this issuer has one.
+    async fn key(
+        &self,
+        header: &jsonwebtoken::Header,
+    ) -> Result<(DecodingKey, Algorithm), AuthError> {
+        match header.alg {
+            Algorithm::HS256 => Ok((
+                self.hs256.clone().ok_or(AuthError::Algorithm)?,
+                Algorithm::HS256,
+            )),
+            _ => {
+                let jwks = self.jwks.as_ref().ok_or(AuthError::Algorithm)?;
+                let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
+                let (key, alg) = jwks.key(kid).await?;
+                if alg != header.alg {
+                    return Err(AuthError::Algorithm);
+                }
+                Ok((key, alg))
+            }
+        }
+    }
+}
+
+/// Validates bearer tokens: the customers' issuer, and optionally a separate one for the
+/// service roles.
+pub struct Authenticator {
+    customers: Keys,
+    services: Option<Keys>,
     audience: String,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("hs256", &self.hs256.is_some())
-            .field("jwks", &self.jwks.as_ref().map(|j| &j.url))
+            .field("hs256", &self.customers.hs256.is_some())
+            .field("jwks", &self.customers.jwks.as_ref().map(|j| &j.url))
+            .field("issuer", &self.customers.issuer)
+            .field("separate_service_keys", &self.services.is_some())
             .field("audience", &self.audience)
             .finish()
     }
@@ -125,32 +186,85 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Accepts HS256 tokens signed with `secret` and/or tokens signed by a key of the JWKS at
-    /// `jwks_url`, for `audience`.
+    /// `jwks_url`, for `audience`, any role.
     pub fn new(secret: Option<&Secret>, jwks_url: Option<&str>, audience: &str) -> Self {
         Self {
-            hs256: secret.map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
-            jwks: jwks_url.map(Jwks::new),
+            customers: Keys::new(secret, jwks_url, None),
+            services: None,
             audience: audience.to_owned(),
         }
+    }
+
+    /// As the settings say: the customers' keys and issuer, and the service roles' own keys
+    /// when `RUNLEDGER_SERVICE_JWT_SECRET` or `RUNLEDGER_SERVICE_JWKS_URL` is set (then the
+    /// customers' issuer can no longer grant a service role).
+    pub fn from_settings(s: &crate::settings::Settings) -> Self {
+        let services = Keys::new(
+            s.service_jwt_secret.as_ref(),
+            s.service_jwks_url.as_deref(),
+            None,
+        );
+        Self {
+            customers: Keys::new(
+                s.jwt_secret.as_ref(),
+                s.jwks_url.as_deref(),
+                s.jwt_issuer.as_deref(),
+            ),
+            services: (!services.is_empty()).then_some(services),
+            audience: s.jwt_audience.clone(),
+        }
+    }
+
+    /// Only tokens whose `iss` is `issuer` (from the customers' keys).
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: &str) -> Self {
+        self.customers.issuer = Some(issuer.to_owned());
+        self
+    }
+
+    /// Service roles only from a token signed with `secret`.
+    #[must_use]
+    pub fn with_service_secret(mut self, secret: &Secret) -> Self {
+        self.services = Some(Keys::new(Some(secret), None, None));
+        self
     }
 
     /// Refetches the JWKS for an unknown `kid` at most once per `interval`
     /// (default [`JWKS_REFRESH_MIN`]).
     #[must_use]
     pub fn with_jwks_refresh_interval(mut self, interval: Duration) -> Self {
-        if let Some(j) = self.jwks.as_mut() {
-            j.refresh_min = interval;
+        for keys in std::iter::once(&mut self.customers).chain(self.services.as_mut()) {
+            if let Some(j) = keys.jwks.as_mut() {
+                j.refresh_min = interval;
+            }
         }
         self
     }
 
-    fn validation(&self, alg: Algorithm) -> Validation {
+    fn validation(&self, alg: Algorithm, issuer: Option<&str>) -> Validation {
         let mut v = Validation::new(alg);
         v.set_audience(&[&self.audience]);
-        v.set_required_spec_claims(&["exp", "sub", "aud"]);
+        let mut required = vec!["exp", "sub", "aud"];
+        if let Some(iss) = issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
         v.validate_nbf = true;
         v.leeway = 30;
         v
+    }
+
+    async fn verify(
+        &self,
+        keys: &Keys,
+        token: &str,
+        header: &jsonwebtoken::Header,
+    ) -> Result<Claims, AuthError> {
+        let (key, alg) = keys.key(header).await?;
+        decode::<Claims>(token, &key, &self.validation(alg, keys.issuer.as_deref()))
+            .map(|d| d.claims)
+            .map_err(|_| AuthError::Invalid)
     }
 
     /// The principal of a valid token.
@@ -159,25 +273,23 @@ impl Authenticator {
     /// Why it is refused.
     pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let (key, alg) = match header.alg {
-            Algorithm::HS256 => (
-                self.hs256.clone().ok_or(AuthError::Algorithm)?,
-                Algorithm::HS256,
-            ),
-            _ => {
-                let jwks = self.jwks.as_ref().ok_or(AuthError::Algorithm)?;
-                let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
-                let (key, alg) = jwks.key(kid).await?;
-                if alg != header.alg {
-                    return Err(AuthError::Algorithm);
-                }
-                (key, alg)
-            }
+        let (claims, from_services) = match &self.services {
+            None => (self.verify(&self.customers, token, &header).await?, false),
+            Some(services) => match self.verify(services, token, &header).await {
+                Ok(c) => (c, true),
+                Err(service_err) => match self.verify(&self.customers, token, &header).await {
+                    Ok(c) => (c, false),
+                    // The customers' answer unless only the service keys could have known it.
+                    Err(AuthError::Algorithm | AuthError::UnknownKey) => return Err(service_err),
+                    Err(e) => return Err(e),
+                },
+            },
         };
-        let data =
-            decode::<Claims>(token, &key, &self.validation(alg)).map_err(|_| AuthError::Invalid)?;
-        let user_id = UserId::parse(&data.claims.sub).map_err(|_| AuthError::Claims)?;
-        let role = Role::from_claim(data.claims.role.as_deref()).ok_or(AuthError::Claims)?;
+        let user_id = UserId::parse(&claims.sub).map_err(|_| AuthError::Claims)?;
+        let role = Role::from_claim(claims.role.as_deref()).ok_or(AuthError::Claims)?;
+        if self.services.is_some() && !from_services && role != Role::Customer {
+            return Err(AuthError::ServiceRole);
+        }
         Ok(Principal { user_id, role })
     }
 }
@@ -193,33 +305,132 @@ pub fn mint(
     role: Role,
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = jsonwebtoken::get_current_timestamp();
-    let claims = Claims {
-        sub: sub.to_string(),
-        role: Some(role.claim().to_owned()),
-        aud: audience.to_owned(),
-        iat: now,
-        exp: now + ttl.as_secs(),
-    };
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.expose().as_bytes()),
-    )
+    Minter {
+        secret: secret.clone(),
+        audience: audience.to_owned(),
+        issuer: None,
+    }
+    .mint(sub, role, ttl)
 }
 
-/// Keys from a JWKS URL, each pinned to one algorithm.
+/// Signs tokens the way a deployment's settings ask: the right secret for the role, with
+/// the configured audience and issuer.
+#[derive(Clone)]
+pub struct Minter {
+    /// The HS256 secret.
+    pub secret: Secret,
+    /// `aud`.
+    pub audience: String,
+    /// `iss`, when the validators check it.
+    pub issuer: Option<String>,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter")
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Minter {
+    /// From the settings, for `role`: service roles use `RUNLEDGER_SERVICE_JWT_SECRET` when
+    /// it is set (without the customers' issuer), else `RUNLEDGER_JWT_SECRET`. `None` when
+    /// the needed secret is not configured.
+    pub fn for_role(s: &crate::settings::Settings, role: Role) -> Option<Self> {
+        let separate = s.service_jwt_secret.is_some() || s.service_jwks_url.is_some();
+        if role != Role::Customer && separate {
+            return Some(Self {
+                secret: s.service_jwt_secret.clone()?,
+                audience: s.jwt_audience.clone(),
+                issuer: None,
+            });
+        }
+        Some(Self {
+            secret: s.jwt_secret.clone()?,
+            audience: s.jwt_audience.clone(),
+            issuer: s.jwt_issuer.clone(),
+        })
+    }
+
+    /// A token for `sub` with `role`, valid for `ttl`.
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn mint(
+        &self,
+        sub: UserId,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Minted {
+            sub: sub.to_string(),
+            role: role.claim(),
+            aud: &self.audience,
+            iss: self.issuer.as_deref(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+        };
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(self.secret.expose().as_bytes()),
+        )
+    }
+}
+
+/// Keys from a JWKS URL, each pinned to one algorithm, kept as long as the answer's
+/// `Cache-Control: max-age` says (within bounds): then fetched again, so a key the provider
+/// removed stops working.
 struct Jwks {
     url: String,
     client: reqwest::Client,
-    keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    keys: RwLock<Fetched>,
     last_fetch: Mutex<Option<Instant>>,
     refresh_min: Duration,
+}
+
+#[derive(Default)]
+struct Fetched {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    expires: Option<Instant>,
 }
 
 /// A refetch for an unknown `kid` happens at most this often, so forged kids cannot flood
 /// the key server.
 pub const JWKS_REFRESH_MIN: Duration = Duration::from_secs(10);
+
+/// How long keys are kept when the answer has no `max-age`.
+pub const JWKS_DEFAULT_TTL: Duration = Duration::from_secs(600);
+
+/// The longest keys are kept, whatever `max-age` says.
+pub const JWKS_MAX_TTL: Duration = Duration::from_secs(86_400);
+
+/// How long expired keys still serve while the provider cannot be reached.
+pub const JWKS_STALE_GRACE: Duration = Duration::from_secs(3_600);
+
+/// The key set's lifetime from a `Cache-Control` value: `max-age`, bounded; nothing for
+/// `no-store`/`no-cache` beyond the refetch floor.
+fn ttl(cache_control: Option<&str>, floor: Duration) -> Duration {
+    let Some(cc) = cache_control else {
+        return JWKS_DEFAULT_TTL;
+    };
+    let mut ttl = JWKS_DEFAULT_TTL;
+    for directive in cc.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return floor;
+        }
+        if let Some(v) = lower.strip_prefix("max-age=")
+            && let Ok(secs) = v.trim_matches('"').parse::<u64>()
+        {
+            ttl = Duration::from_secs(secs);
+        }
+    }
+    ttl.clamp(floor, JWKS_MAX_TTL)
+}
 
 impl Jwks {
     fn new(url: &str) -> Self {
@@ -229,23 +440,31 @@ impl Jwks {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::new(Fetched::default()),
             last_fetch: Mutex::new(None),
             refresh_min: JWKS_REFRESH_MIN,
         }
     }
 
     async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
-        if let Some(k) = self.keys.read().await.get(kid) {
-            return Ok(k.clone());
+        {
+            let fetched = self.keys.read().await;
+            let fresh = fetched.expires.is_some_and(|e| Instant::now() < e);
+            if fresh && let Some(k) = fetched.keys.get(kid) {
+                return Ok(k.clone());
+            }
         }
         self.refresh().await;
-        self.keys
-            .read()
-            .await
-            .get(kid)
-            .cloned()
-            .ok_or(AuthError::UnknownKey)
+        let fetched = self.keys.read().await;
+        if fetched
+            .expires
+            .is_some_and(|e| Instant::now() >= e + JWKS_STALE_GRACE)
+        {
+            // Long expired and the provider unreachable: keys it may have removed are not
+            // trusted any longer.
+            return Err(AuthError::UnknownKey);
+        }
+        fetched.keys.get(kid).cloned().ok_or(AuthError::UnknownKey)
     }
 
     async fn refresh(&self) {
@@ -255,17 +474,23 @@ impl Jwks {
         }
         *last = Some(Instant::now());
         let fetched = async {
-            self.client
+            let res = self
+                .client
                 .get(&self.url)
                 .send()
                 .await?
-                .error_for_status()?
-                .json::<JwkSet>()
-                .await
+                .error_for_status()?;
+            let cache_control = res
+                .headers()
+                .get(reqwest::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let set = res.json::<JwkSet>().await?;
+            Ok::<_, reqwest::Error>((set, cache_control))
         }
         .await;
         match fetched {
-            Ok(set) => {
+            Ok((set, cache_control)) => {
                 let keys = set
                     .keys
                     .iter()
@@ -276,7 +501,11 @@ impl Jwks {
                         Some((kid, (key, alg)))
                     })
                     .collect();
-                *self.keys.write().await = keys;
+                let ttl = ttl(cache_control.as_deref(), self.refresh_min);
+                *self.keys.write().await = Fetched {
+                    keys,
+                    expires: Some(Instant::now() + ttl),
+                };
             }
             Err(e) => tracing::warn!(message = "JWKS fetch failed.", error = %e),
         }
@@ -390,6 +619,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(auth.validate(&t).await, Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn jwks_lifetime_follows_cache_control_within_bounds() {
+        let floor = Duration::from_secs(10);
+        assert_eq!(ttl(None, floor), JWKS_DEFAULT_TTL);
+        assert_eq!(
+            ttl(Some("public, max-age=300"), floor),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            ttl(Some("max-age=1"), floor),
+            floor,
+            "never below the floor"
+        );
+        assert_eq!(ttl(Some("max-age=99999999"), floor), JWKS_MAX_TTL);
+        assert_eq!(ttl(Some("no-store"), floor), floor);
+        assert_eq!(ttl(Some("max-age=abc"), floor), JWKS_DEFAULT_TTL);
+    }
+
+    #[tokio::test]
+    async fn a_token_without_iat_or_with_an_aud_array_validates() {
+        let auth = Authenticator::new(Some(&secret()), None, "authenticated");
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let claims = serde_json::json!({
+            "sub": user().to_string(), "aud": ["x", "authenticated"], "exp": exp,
+        });
+        let t = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret().expose().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(auth.validate(&t).await.map(|p| p.role), Ok(Role::Customer));
     }
 
     #[tokio::test]

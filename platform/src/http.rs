@@ -9,14 +9,23 @@ use axum::{
     routing::get,
 };
 
+use bytes::Bytes;
+use domain::task::TaskCatalog;
+
 use crate::{problem::Problem, store::EventStore};
 
-/// Adds the operational routes, the fallbacks and the metrics layer to `router`.
-pub fn finish<S: Clone + Send + Sync + 'static>(router: Router<S>, store: EventStore) -> Router<S> {
+/// Adds the operational routes, the fallbacks and the metrics layer to `router`; the
+/// OpenAPI document names the task types of `catalog`.
+pub fn finish<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    store: EventStore,
+    catalog: &TaskCatalog,
+) -> Router<S> {
+    let doc = served_openapi(catalog);
     router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(move || ready(store.clone())))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(move || openapi(doc.clone())))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -31,10 +40,19 @@ pub fn finish<S: Clone + Send + Sync + 'static>(router: Router<S>, store: EventS
 /// The HTTP surface, checked against the routes by `tests/dev/openapi.rs`.
 pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
 
-async fn openapi() -> Response {
+/// [`OPENAPI`] as this deployment serves it.
+fn served_openapi(catalog: &TaskCatalog) -> Bytes {
+    let Ok(doc) = serde_json::from_str(OPENAPI) else {
+        return Bytes::from_static(OPENAPI.as_bytes());
+    };
+    let doc = domain::schema::for_catalog(doc, &catalog.extra());
+    serde_json::to_vec(&doc).map_or_else(|_| Bytes::from_static(OPENAPI.as_bytes()), Bytes::from)
+}
+
+async fn openapi(doc: Bytes) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
+        doc,
     )
         .into_response()
 }

@@ -52,6 +52,13 @@ pub struct Settings {
     pub jwks_url: Option<String>,
     /// `RUNLEDGER_JWT_AUDIENCE` (default `authenticated`).
     pub jwt_audience: String,
+    /// `RUNLEDGER_JWT_ISSUER`: when set, customers' tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// `RUNLEDGER_SERVICE_JWT_SECRET`: when set (or the service JWKS), service roles come
+    /// only from tokens signed with it, never from the customers' issuer.
+    pub service_jwt_secret: Option<Secret>,
+    /// `RUNLEDGER_SERVICE_JWKS_URL`: asymmetric keys for service-role tokens.
+    pub service_jwks_url: Option<String>,
     /// `RUNLEDGER_FREE_LIMIT`, `RUNLEDGER_PRO_LIMIT`.
     pub limits: PlanLimits,
     /// Built-ins plus `RUNLEDGER_TASK_TYPES` (comma-separated).
@@ -128,12 +135,22 @@ impl Settings {
             Some(_) => return Err(bad("RUNLEDGER_JWKS_URL", "must be an http(s) URL")),
             None => None,
         };
-        let jwt_secret = match get("RUNLEDGER_JWT_SECRET") {
-            Some(s) if s.len() < 32 => {
-                return Err(bad("RUNLEDGER_JWT_SECRET", "must be at least 32 bytes"));
-            }
-            s => s.map(Secret::new),
+        let jwt_secret = secret(get("RUNLEDGER_JWT_SECRET"), "RUNLEDGER_JWT_SECRET")?;
+        let service_jwt_secret = secret(
+            get("RUNLEDGER_SERVICE_JWT_SECRET"),
+            "RUNLEDGER_SERVICE_JWT_SECRET",
+        )?;
+        let service_jwks_url = match get("RUNLEDGER_SERVICE_JWKS_URL") {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_owned()),
+            Some(_) => return Err(bad("RUNLEDGER_SERVICE_JWKS_URL", "must be an http(s) URL")),
+            None => None,
         };
+        if jwt_secret.is_some() && jwt_secret == service_jwt_secret {
+            return Err(bad(
+                "RUNLEDGER_SERVICE_JWT_SECRET",
+                "must differ from RUNLEDGER_JWT_SECRET",
+            ));
+        }
         let defaults = PlanLimits::default();
         let limits = PlanLimits {
             free: number(
@@ -272,6 +289,11 @@ impl Settings {
             jwt_audience: get("RUNLEDGER_JWT_AUDIENCE")
                 .unwrap_or("authenticated")
                 .to_owned(),
+            jwt_issuer: get("RUNLEDGER_JWT_ISSUER")
+                .filter(|i| !i.is_empty())
+                .map(str::to_owned),
+            service_jwt_secret,
+            service_jwks_url,
             limits,
             task_types: TaskCatalog::with_extra(extra),
             body_limit: usize::try_from(body_limit).unwrap_or(65_536),
@@ -353,6 +375,14 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+/// A signing secret: at least 32 bytes.
+fn secret(value: Option<&str>, var: &'static str) -> Result<Option<Secret>, SettingsError> {
+    match value {
+        Some(s) if s.len() < 32 => Err(bad(var, "must be at least 32 bytes")),
+        s => Ok(s.map(Secret::new)),
     }
 }
 

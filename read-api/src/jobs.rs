@@ -6,7 +6,6 @@ use axum::{
     Json,
     extract::{Path, Query, State},
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use platform::{auth::Principal, problem::Problem, views::JobView};
 use serde_json::{Value, json};
@@ -114,15 +113,29 @@ pub async fn list(
     ))
 }
 
+/// `<microseconds since 1970>_<job uuid>` of the last job of a page: the OpenAPI document
+/// gives its pattern.
 fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.timestamp_micros()))
+    format!("{}_{}", at.timestamp_micros(), id.hyphenated())
 }
 
 fn decode_cursor(c: &str) -> Result<(DateTime<Utc>, Uuid), Problem> {
-    let bad = || Problem::bad_request("cursor is not one this API returned");
-    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let bad = || Problem::bad_request("cursor must be a next_cursor this API returned");
+    let (micros, id) = c.split_once('_').ok_or_else(bad)?;
+    if micros.is_empty() || micros.len() > 16 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let hyphenated = id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    if !hyphenated {
+        return Err(bad());
+    }
     let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }

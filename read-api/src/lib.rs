@@ -53,11 +53,7 @@ pub async fn build_on(
     shutdown: CancellationToken,
 ) -> Result<AppState, StartError> {
     platform::metrics::handle();
-    let auth = Authenticator::new(
-        settings.jwt_secret.as_ref(),
-        settings.jwks_url.as_deref(),
-        &settings.jwt_audience,
-    );
+    let auth = Authenticator::from_settings(&settings);
     let hub = stream::Hub::start(bus, shutdown).await?;
     Ok(AppState {
         views,
@@ -71,6 +67,7 @@ pub async fn build_on(
 /// The routes of the read side, with the operational ones.
 pub fn router(state: AppState) -> Router {
     let store = state.store.clone();
+    let catalog = state.settings.task_types.clone();
     platform::http::finish(
         routes(state.clone()).merge(
             Router::new()
@@ -78,6 +75,7 @@ pub fn router(state: AppState) -> Router {
                 .with_state(state),
         ),
         store,
+        &catalog,
     )
 }
 

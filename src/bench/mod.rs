@@ -104,20 +104,12 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
 
 /// Tokens for `n` new customers.
 fn tokens(settings: &Settings, n: usize) -> anyhow::Result<Vec<(UserId, String)>> {
-    let secret = settings
-        .jwt_secret
-        .as_ref()
+    let minter = platform::auth::Minter::for_role(settings, Role::Customer)
         .context("RUNLEDGER_JWT_SECRET is required to mint tokens")?;
     (0..n.max(1))
         .map(|_| {
             let user = UserId::from_uuid(uuid::Uuid::new_v4());
-            let t = platform::auth::mint(
-                secret,
-                &settings.jwt_audience,
-                user,
-                Role::Customer,
-                Duration::from_secs(3_600),
-            )?;
+            let t = minter.mint(user, Role::Customer, Duration::from_secs(3_600))?;
             Ok((user, t))
         })
         .collect()

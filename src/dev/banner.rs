@@ -18,13 +18,9 @@ pub fn banner(
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let mint = |sub: &str, role: Role| -> anyhow::Result<String> {
-        let secret = s
-            .jwt_secret
-            .as_ref()
-            .context("dev tokens need an HS256 secret")?;
-        Ok(platform::auth::mint(
-            secret,
-            &s.jwt_audience,
+        let minter =
+            platform::auth::Minter::for_role(s, role).context("dev tokens need an HS256 secret")?;
+        Ok(minter.mint(
             UserId::parse(sub).map_err(|e| anyhow::anyhow!("{e}"))?,
             role,
             Duration::from_secs(30 * 86_400),

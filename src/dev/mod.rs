@@ -104,6 +104,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
                     .with_state(metrics_state),
             ),
         store.clone(),
+        &s.task_types,
     );
 
     banner::banner(&s, &listener, &backend, &data)?;

@@ -2,7 +2,10 @@
 //! this process, through the same command path and the same problem answers as the HTTP
 //! worker endpoints.
 
-use command_api::jobs::{CompleteBody, FailBody, HeartbeatBody, StartBody, WorkerReport};
+use command_api::{
+    error::ApiError,
+    jobs::{CompleteBody, FailBody, HeartbeatBody, StartBody, WorkerReport},
+};
 use domain::{
     ids::{JobId, UserId},
     retry::Attempt,
@@ -26,14 +29,16 @@ impl LocalReporter {
         let Err(e) = command_api::jobs::report(&self.state, job, worker, report).await else {
             return Ok(());
         };
-        // Read as the HTTP reporter reads the endpoints' answers.
+        if let ApiError::Job(refusal) = &e {
+            return Err(refusal
+                .conflict()
+                .map_or(ReportError::NotFound, ReportError::Conflict));
+        }
         let problem = e.problem();
-        let kind = problem.type_uri.rsplit(':').next().unwrap_or("").to_owned();
-        Err(match problem.status {
-            404 => ReportError::NotFound,
-            409 => ReportError::Conflict(kind),
-            status => ReportError::Transport(format!("{status} {kind}")),
-        })
+        Err(ReportError::Transport(format!(
+            "{} {}",
+            problem.status, problem.type_uri
+        )))
     }
 }
 

@@ -57,15 +57,23 @@ async fn a_full_disk_refuses_writes_loses_nothing_answered_and_recovers() {
     };
     let data = fs.0.join("data");
     let d = data.to_str().unwrap().to_owned();
-    let dev = Dev::start(&["--data-dir", &d], &[("RUNLEDGER_FREE_LIMIT", "100000")]);
+    let target = ok_server().await;
+    let dev = Dev::start(
+        &["--data-dir", &d],
+        &[
+            ("RUNLEDGER_FREE_LIMIT", "100000"),
+            ("RUNLEDGER_HTTP_ALLOW", "127.0.0.1/32"),
+        ],
+    );
     let filler = fs.0.join("filler");
     fill(&filler);
 
-    let payload = json!({"pad": "x".repeat(2_000)});
+    // Large events fill the disk sooner: a request body of 2 kB to a local server.
+    let payload = json!({"url": target, "method": "POST", "body": "x".repeat(2_000)});
     let mut accepted = Vec::new();
     let mut full = 0;
     for _ in 0..3_000 {
-        let (status, body) = submit(&dev, "noop", payload.clone()).await;
+        let (status, body) = submit(&dev, "http.request", payload.clone()).await;
         match status {
             202 => accepted.push(body["job_id"].as_str().unwrap().to_owned()),
             507 => {
@@ -99,7 +107,10 @@ async fn a_full_disk_refuses_writes_loses_nothing_answered_and_recovers() {
 
     // Every job answered 202 is there after a restart, and ends.
     assert!(dev.interrupt().success());
-    let dev = Dev::start(&["--data-dir", &d], &[]);
+    let dev = Dev::start(
+        &["--data-dir", &d],
+        &[("RUNLEDGER_HTTP_ALLOW", "127.0.0.1/32")],
+    );
     for job in &accepted {
         let path = format!("/v1/jobs/{job}");
         eventually(60, "each accepted job to complete", || async {

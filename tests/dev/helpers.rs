@@ -168,3 +168,12 @@ pub const DEMO_USER: &str = "00000000-0000-4000-8000-00000000d3e0";
 pub fn month() -> String {
     chrono::Utc::now().format("%Y-%m").to_string()
 }
+
+/// A local HTTP server answering 200 `ok` to any request; its URL.
+pub async fn ok_server() -> String {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}

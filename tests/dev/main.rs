@@ -6,7 +6,9 @@
 
 mod bad_settings;
 mod disk_full;
+mod fuzz;
 mod helpers;
 mod openapi;
+mod outbound;
 mod readme;
 mod tour;

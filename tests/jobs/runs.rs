@@ -76,8 +76,18 @@ async fn ssrf_is_refused_directly_by_redirect_and_by_name() {
         format!("http://localhost:{port}/flaky"), // resolves to loopback; ::1 is not opened
         format!("{target}/redirect?to=http://169.254.169.254/"),
         format!("{target}/redirect?to=http://192.168.1.1/"),
-        "file:///etc/passwd".to_owned(),
+        format!("{target}/redirect?to=file:///etc/passwd"),
     ];
+    // A URL that is not http(s) is refused at submit: no unit held, no worker reached.
+    let r = stack
+        .client
+        .post(format!("{}/v1/jobs", stack.write))
+        .bearer_auth(&t)
+        .json(&json!({"task_type": "http.request", "payload": {"url": "file:///etc/passwd"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let mut jobs = Vec::new();
     for u in &urls {
         jobs.push(

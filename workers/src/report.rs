@@ -3,16 +3,16 @@
 
 use std::time::Duration;
 
-use domain::{ids::JobId, retry::Attempt};
+use domain::{ids::JobId, job::ConflictKind, retry::Attempt};
 use serde_json::{Value, json};
 
 /// Why a report was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
-    /// 409: the job moved on (`job-finished`, `stale-attempt`, `started-elsewhere`,
-    /// `job-not-running`); nothing changed.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// 409: the job moved on (finished, another attempt, another worker, not running, not
+    /// due); nothing changed.
+    #[error("conflict: {}", .0.slug())]
+    Conflict(ConflictKind),
     /// No such job.
     #[error("job not found")]
     NotFound,
@@ -24,7 +24,7 @@ pub enum ReportError {
 impl ReportError {
     /// Whether the job is over (finished or canceled) and the work should stop.
     pub fn job_is_over(&self) -> bool {
-        matches!(self, Self::Conflict(k) if k == "job-finished") || matches!(self, Self::NotFound)
+        matches!(self, Self::Conflict(k) if k.job_is_over()) || matches!(self, Self::NotFound)
     }
 }
 
@@ -68,10 +68,8 @@ pub enum Credentials {
     Fixed(platform::settings::Secret),
     /// Minted for `sub` with role `worker`.
     Minted {
-        /// The HS256 secret.
-        secret: platform::settings::Secret,
-        /// The `aud` claim.
-        audience: String,
+        /// Signs with the service secret (or the HS256 secret), audience and issuer.
+        minter: platform::auth::Minter,
         /// The worker's identity.
         sub: domain::ids::UserId,
         /// Each token's lifetime.
@@ -83,10 +81,9 @@ pub enum Credentials {
 
 impl Credentials {
     /// Mints tokens of `ttl` for a new worker identity.
-    pub fn minted(secret: platform::settings::Secret, audience: &str, ttl: Duration) -> Self {
+    pub fn minted(minter: platform::auth::Minter, ttl: Duration) -> Self {
         Self::Minted {
-            secret,
-            audience: audience.to_owned(),
+            minter,
             sub: domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
             ttl,
             current: std::sync::Mutex::new(None),
@@ -101,8 +98,7 @@ impl Credentials {
         match self {
             Self::Fixed(t) => Ok(t.expose().to_owned()),
             Self::Minted {
-                secret,
-                audience,
+                minter,
                 sub,
                 ttl,
                 current,
@@ -116,14 +112,9 @@ impl Credentials {
                 {
                     return Ok(token.clone());
                 }
-                let token = platform::auth::mint(
-                    secret,
-                    audience,
-                    *sub,
-                    platform::auth::Role::Worker,
-                    *ttl,
-                )
-                .map_err(|_| ReportError::Transport("cannot mint a worker token".into()))?;
+                let token = minter
+                    .mint(*sub, platform::auth::Role::Worker, *ttl)
+                    .map_err(|_| ReportError::Transport("cannot mint a worker token".into()))?;
                 *current = Some((token.clone(), std::time::Instant::now()));
                 Ok(token)
             }
@@ -187,14 +178,15 @@ impl HttpReporter {
                 404 => return Err(ReportError::NotFound),
                 409 => {
                     let body: Value = res.json().await.unwrap_or(Value::Null);
-                    let kind = body["type"]
-                        .as_str()
-                        .unwrap_or("")
-                        .rsplit(':')
-                        .next()
-                        .unwrap_or("")
-                        .to_owned();
-                    return Err(ReportError::Conflict(kind));
+                    let slug = body["type"].as_str().unwrap_or("").rsplit(':').next();
+                    return Err(match slug.and_then(ConflictKind::from_slug) {
+                        Some(kind) => ReportError::Conflict(kind),
+                        // A kind this worker does not know: not a reason to drop the job.
+                        None => ReportError::Transport(format!(
+                            "unknown conflict {}",
+                            slug.unwrap_or_default()
+                        )),
+                    });
                 }
                 500..=599 => last = format!("status {status}"),
                 _ => return Err(ReportError::Transport(format!("status {status}"))),
@@ -257,7 +249,12 @@ mod tests {
     #[test]
     fn a_minted_token_is_renewed_at_half_its_lifetime() {
         let secret = platform::settings::Secret::new("worker-test-secret-0123456789abcdef");
-        let c = Credentials::minted(secret, "authenticated", Duration::from_secs(2));
+        let minter = platform::auth::Minter {
+            secret,
+            audience: "authenticated".into(),
+            issuer: None,
+        };
+        let c = Credentials::minted(minter, Duration::from_secs(2));
         let first = c.token().unwrap();
         assert_eq!(c.token().unwrap(), first, "reused while young");
         std::thread::sleep(Duration::from_millis(1_100));

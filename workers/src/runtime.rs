@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use domain::{envelope::JobEnvelope, task::Namespace};
+use domain::{envelope::JobEnvelope, job::ConflictKind, task::Namespace};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
@@ -526,7 +526,7 @@ async fn recover<R: Reporter, E>(ctx: &Ctx<R, E>, env: &JobEnvelope) -> Recovery
         .await
     {
         Ok(()) => Recovery::Settled,
-        Err(ReportError::Conflict(k)) if k == "job-not-running" => Recovery::RunAgain,
+        Err(ReportError::Conflict(ConflictKind::NotRunning)) => Recovery::RunAgain,
         Err(ReportError::Transport(_)) => Recovery::Later,
         Err(_) => Recovery::Settled,
     }

@@ -99,7 +99,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xFE00) == 0xFC00 // fc00::/7 unique local
         || (s[0] & 0xFFC0) == 0xFE80 // fe80::/10 link local
         || (s[0] & 0xFFC0) == 0xFEC0 // fec0::/10 site local
-        || (s[0] == 0x64 && s[1] == 0xFF9B) // 64:ff9b::/96 NAT64 onto IPv4
+        || (s[0] == 0x64 && s[1] == 0xFF9B) // 64:ff9b::/96 and 64:ff9b:1::/48, NAT64 onto IPv4
         || (s[0] == 0x2001 && s[1] == 0x0DB8) // documentation
         || ip.to_ipv4().is_some_and(|v4| forbidden_v4(v4) && s[5] == 0) // ::a.b.c.d
 }
@@ -134,6 +134,8 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::1",
             "ff02::1",
         ] {
             assert!(forbidden(ip(s)), "{s} should be refused");

@@ -281,3 +281,137 @@ async fn an_unknown_kid_refetches_the_jwks() {
         Err(platform::auth::AuthError::Invalid)
     );
 }
+
+async fn worker_start(app: &TestApp, token: &str) -> Reply {
+    let job = app.submit(&token_for_customer()).await.body["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/worker/jobs/{job}/start"),
+        Some(token),
+        &json!({"attempt": 1, "worker_id": "w-1"}),
+    )
+    .await
+}
+
+fn token_for_customer() -> String {
+    token(new_user(), Role::Customer)
+}
+
+/// With `RUNLEDGER_JWT_ISSUER`, a token without that `iss` is refused.
+#[tokio::test]
+async fn the_issuer_is_checked_when_configured() {
+    let app = spawn_app(&[("RUNLEDGER_JWT_ISSUER", "https://auth.example/v1")]).await;
+    let sub = new_user().to_string();
+    let with_iss = |iss: Option<&str>| {
+        let mut c = claims(&sub, "authenticated", 300, None);
+        if let Some(i) = iss {
+            c["iss"] = json!(i);
+        }
+        format!("Bearer {}", hs256(SECRET.as_bytes(), &c))
+    };
+    for (name, iss) in [
+        ("no iss", None),
+        ("another iss", Some("https://evil.example/v1")),
+    ] {
+        let r = submit_with(&app, Some(&with_iss(iss))).await;
+        assert_eq!(r.status, 401, "{name}: {:?}", r.body);
+    }
+    let r = submit_with(&app, Some(&with_iss(Some("https://auth.example/v1")))).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+}
+
+/// `aud` may be an array (RFC 7519 4.1.3) and `iat` may be absent.
+#[tokio::test]
+async fn aud_as_an_array_and_no_iat_are_accepted() {
+    let app = spawn_app(&[]).await;
+    let sub = new_user().to_string();
+    let exp = jsonwebtoken::get_current_timestamp() + 300;
+    let ok = hs256(
+        SECRET.as_bytes(),
+        &json!({"sub": sub, "aud": ["billing", "authenticated"], "exp": exp}),
+    );
+    let r = submit_with(&app, Some(&format!("Bearer {ok}"))).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let not_ours = hs256(
+        SECRET.as_bytes(),
+        &json!({"sub": sub, "aud": ["billing", "other"], "exp": exp}),
+    );
+    let r = submit_with(&app, Some(&format!("Bearer {not_ours}"))).await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+}
+
+/// With a service secret, the customers' issuer grants customers only: a worker token
+/// signed with the customers' secret is refused, one signed with the service secret works.
+#[tokio::test]
+async fn service_roles_come_only_from_their_own_keys_when_configured() {
+    const SERVICE: &str = "service-secret-service-secret-0123456789";
+    let app = spawn_app(&[("RUNLEDGER_SERVICE_JWT_SECRET", SERVICE)]).await;
+    let from_customers = token(new_user(), Role::Worker);
+    let r = worker_start(&app, &from_customers).await;
+    assert_problem(&r, 401, "unauthorized");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may not grant a service role")
+    );
+    let service = platform::auth::mint(
+        &platform::settings::Secret::new(SERVICE),
+        "authenticated",
+        new_user(),
+        Role::Worker,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let r = worker_start(&app, &service).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Customers are unaffected.
+    assert_eq!(app.submit(&token_for_customer()).await.status, 202);
+}
+
+/// Keys expire as the JWKS answer's Cache-Control says: a key the provider removed stops
+/// working once they do, with no unknown `kid` needed to trigger the refetch.
+#[tokio::test]
+async fn a_removed_key_stops_working_when_the_jwks_expires() {
+    use std::sync::{Arc, Mutex};
+    let served = Arc::new(Mutex::new(include_str!("jwks-rotated.json").to_owned()));
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (s, n) = (served.clone(), fetches.clone());
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let (s, n) = (s.clone(), n.clone());
+            async move {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    [("cache-control", "public, max-age=1")],
+                    s.lock().unwrap().clone(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let auth = platform::auth::Authenticator::new(None, Some(&url), "authenticated")
+        .with_jwks_refresh_interval(Duration::from_millis(100));
+    let sub = new_user().to_string();
+    let old = rs256(&claims(&sub, "authenticated", 300, None), "test-rsa");
+    assert!(auth.validate(&old).await.is_ok());
+    assert!(auth.validate(&old).await.is_ok());
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "cached"
+    );
+    *served.lock().unwrap() = include_str!("jwks-only-2.json").to_owned();
+    assert!(auth.validate(&old).await.is_ok(), "still fresh");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        auth.validate(&old).await,
+        Err(platform::auth::AuthError::UnknownKey)
+    );
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

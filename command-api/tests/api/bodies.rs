@@ -53,6 +53,34 @@ async fn bad_bodies_are_refused_and_nothing_is_recorded() {
             json!({"task_type": "noop", "payload": {}, "max_attempts": 99}),
         ),
         ("missing payload", json!({"task_type": "noop"})),
+        (
+            "sleep -1",
+            json!({"task_type": "sleep", "payload": {"ms": -1}}),
+        ),
+        (
+            "sleep too long",
+            json!({"task_type": "sleep", "payload": {"ms": 300_001}}),
+        ),
+        (
+            "sleep unknown field",
+            json!({"task_type": "sleep", "payload": {"ms": 1, "x": 1}}),
+        ),
+        (
+            "noop with fields",
+            json!({"task_type": "noop", "payload": {"n": 1}}),
+        ),
+        (
+            "http file url",
+            json!({"task_type": "http.request", "payload": {"url": "file:///etc/passwd"}}),
+        ),
+        (
+            "http bad header name",
+            json!({"task_type": "http.request", "payload": {"url": "https://a.example", "headers": {"bad name": "x"}}}),
+        ),
+        (
+            "agent without prompt",
+            json!({"task_type": "agent.run", "payload": {}}),
+        ),
         ("not an object", json!([1, 2])),
     ];
     for (name, body) in cases {
@@ -60,6 +88,9 @@ async fn bad_bodies_are_refused_and_nothing_is_recorded() {
         assert_eq!(r.status, 400, "{name}: {:?}", r.body);
         assert_problem(&r, 400, "invalid-request");
     }
+    // A refused payload holds no unit and reaches no worker.
+    assert_eq!(app.count_events("UnitReserved").await, 0);
+    assert_eq!(app.count_events("JobSubmitted").await, 0);
     let r = app
         .post_raw("/v1/jobs", Some(&t), "{not json".into(), &[])
         .await;
@@ -128,7 +159,7 @@ async fn unknown_routes_and_methods_are_problems_too() {
 async fn the_same_idempotency_key_replays_and_a_different_body_conflicts() {
     let app = spawn_app(&[]).await;
     let t = token(new_user(), Role::Customer);
-    let body = json!({"task_type": "noop", "payload": {"n": 1}}).to_string();
+    let body = json!({"task_type": "sleep", "payload": {"ms": 1}}).to_string();
     let key = [("idempotency-key", "order-42")];
     let first = app.post_raw("/v1/jobs", Some(&t), body.clone(), &key).await;
     assert_eq!(first.status, 202);
@@ -138,7 +169,7 @@ async fn the_same_idempotency_key_replays_and_a_different_body_conflicts() {
         .post_raw(
             "/v1/jobs",
             Some(&t),
-            json!({"task_type": "noop", "payload": {"n": 2}}).to_string(),
+            json!({"task_type": "sleep", "payload": {"ms": 2}}).to_string(),
             &key,
         )
         .await;

@@ -294,3 +294,50 @@ async fn the_sweeper_returns_an_orphaned_reservation() {
         0
     );
 }
+
+/// A worker cannot start a job before its `run_at`; the refusal says when it is due.
+#[tokio::test]
+async fn a_scheduled_job_cannot_start_before_its_run_at() {
+    let app = spawn_app(&[]).await;
+    let t = token(new_user(), Role::Customer);
+    let run_at = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let r = app
+        .post(
+            "/v1/jobs",
+            Some(&t),
+            &json!({"task_type": "noop", "payload": {}, "run_at": run_at.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "scheduled", "{:?}", r.body);
+    let job = r.body["job_id"].as_str().unwrap().to_owned();
+    let r = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/start"),
+            Some(&worker_token()),
+            &json!({"attempt": 1, "worker_id": "eager"}),
+        )
+        .await;
+    assert_problem(&r, 409, "not-due");
+    let due: chrono::DateTime<chrono::Utc> =
+        r.body["not_before"].as_str().unwrap().parse().unwrap();
+    assert!((due - run_at).num_milliseconds().abs() < 1, "{:?}", r.body);
+    assert_eq!(app.count_events("JobStarted").await, 0);
+}
+
+/// The `job-finished` problem keeps RFC 9457's `status` for the HTTP status and names the
+/// job's own status `job_status`.
+#[tokio::test]
+async fn a_finished_job_problem_has_one_status_member() {
+    let app = spawn_app(&[]).await;
+    let t = token(new_user(), Role::Customer);
+    let job = app.submit(&t).await.body["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cancel = format!("/v1/jobs/{job}/cancel");
+    assert_eq!(app.post(&cancel, Some(&t), &json!({})).await.status, 200);
+    let r = app.post(&cancel, Some(&t), &json!({})).await;
+    assert_problem(&r, 409, "job-finished");
+    assert_eq!(r.body["status"], 409);
+    assert_eq!(r.body["job_status"], "canceled");
+}

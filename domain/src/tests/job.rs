@@ -187,15 +187,68 @@ fn start_records_the_attempt_and_worker() {
         ]);
 }
 
+fn start_at(n: u32, now: DateTime<Utc>) -> JobCommand {
+    JobCommand::Start(StartJob {
+        attempt: a(n),
+        worker_id: worker("w1"),
+        now,
+    })
+}
+
 #[test]
-fn a_scheduled_job_can_start_once_promoted() {
-    given::<Job>([submitted(Some(later(60)), 3)])
+fn a_scheduled_job_starts_at_its_run_at_and_not_before() {
+    let run_at = later(60);
+    given::<Job>([submitted(Some(run_at), 3)])
         .when(start(1, "w1"))
+        .then_err(JobError::NotDue { not_before: run_at });
+    // Within the leeway for clocks that differ between hosts, and after.
+    for now in [
+        run_at - chrono::Duration::milliseconds(START_LEEWAY_MS),
+        run_at,
+        later(61),
+    ] {
+        given::<Job>([submitted(Some(run_at), 3)])
+            .when(start_at(1, now))
+            .then(vec![
+                JobStarted {
+                    attempt: a(1),
+                    worker_id: worker("w1"),
+                    started_at: now,
+                }
+                .into(),
+            ]);
+    }
+    given::<Job>([submitted(Some(run_at), 3)])
+        .when(start_at(
+            1,
+            run_at - chrono::Duration::milliseconds(START_LEEWAY_MS + 1),
+        ))
+        .then_err(JobError::NotDue { not_before: run_at });
+}
+
+#[test]
+fn a_retry_does_not_start_before_its_backoff() {
+    let history = [
+        submitted(None, 3),
+        started(1),
+        failed(1, true),
+        retry_scheduled(2),
+    ];
+    let JobEvent::JobRetryScheduled(r) = retry_scheduled(2) else {
+        unreachable!()
+    };
+    given::<Job>(history.clone())
+        .when(start_at(2, later(4)))
+        .then_err(JobError::NotDue {
+            not_before: r.not_before,
+        });
+    given::<Job>(history)
+        .when(start_at(2, r.not_before))
         .then(vec![
             JobStarted {
-                attempt: a(1),
+                attempt: a(2),
                 worker_id: worker("w1"),
-                started_at: later(1),
+                started_at: r.not_before,
             }
             .into(),
         ]);

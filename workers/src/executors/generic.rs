@@ -1,19 +1,25 @@
 //! `noop`, `sleep` {ms}, and `http.request` {method, url, headers, body, timeout_ms} behind
 //! the SSRF guard, following redirects by hand so each hop is checked.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use domain::envelope::JobEnvelope;
-use serde::Deserialize;
+use domain::{
+    envelope::JobEnvelope,
+    payload::{self, HttpRequest, MAX_SLEEP_MS, Payload, Sleep},
+};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{ExecError, Executor};
 use crate::ssrf::Guard;
 
-const MAX_SLEEP_MS: u64 = 300_000;
 const MAX_REDIRECTS: usize = 5;
+/// The most of a response body kept; reading stops there.
 const MAX_BODY: usize = 64 * 1024;
+
+/// Headers that carry the caller's credentials: never sent on to another origin.
+const CREDENTIALS: [&str; 4] = ["authorization", "cookie", "cookie2", "proxy-authorization"];
 
 /// The generic executors.
 #[derive(Clone, Default)]
@@ -28,33 +34,9 @@ impl Generic {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SleepPayload {
-    ms: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpPayload {
-    #[serde(default = "get")]
-    method: String,
-    url: String,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    body: Option<String>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-}
-
-fn get() -> String {
-    "GET".to_owned()
-}
-
-fn payload<T: serde::de::DeserializeOwned>(env: &JobEnvelope) -> Result<T, ExecError> {
-    serde_json::from_value(env.payload.clone())
-        .map_err(|e| ExecError::fatal(format!("bad payload: {e}")))
+/// The submit side checked it already; an envelope from elsewhere is checked again.
+fn read<P: Payload>(env: &JobEnvelope) -> Result<P, ExecError> {
+    payload::read(&env.payload).map_err(|e| ExecError::fatal(e.to_string()))
 }
 
 impl Executor for Generic {
@@ -64,7 +46,7 @@ impl Executor for Generic {
 
     fn timeout(&self, task_type: &str) -> Duration {
         match task_type {
-            "sleep" => Duration::from_millis(MAX_SLEEP_MS + 1_000),
+            "sleep" => Duration::from_millis(u64::from(MAX_SLEEP_MS) + 1_000),
             _ => Duration::from_secs(60),
         }
     }
@@ -73,19 +55,14 @@ impl Executor for Generic {
         match env.task_type.as_str() {
             "noop" => Ok(json!({})),
             "sleep" => {
-                let p: SleepPayload = payload(env)?;
-                if p.ms > MAX_SLEEP_MS {
-                    return Err(ExecError::fatal(format!(
-                        "ms must be at most {MAX_SLEEP_MS}"
-                    )));
-                }
+                let p: Sleep = read(env)?;
                 tokio::select! {
                     () = cancel.cancelled() => Err(ExecError::fatal("canceled")),
-                    () = tokio::time::sleep(Duration::from_millis(p.ms)) => Ok(json!({"slept_ms": p.ms})),
+                    () = tokio::time::sleep(Duration::from_millis(u64::from(p.ms))) => Ok(json!({"slept_ms": p.ms})),
                 }
             }
             "http.request" => {
-                let p: HttpPayload = payload(env)?;
+                let p: HttpRequest = read(env)?;
                 tokio::select! {
                     () = cancel.cancelled() => Err(ExecError::fatal("canceled")),
                     r = self.http(p) => r,
@@ -96,13 +73,56 @@ impl Executor for Generic {
     }
 }
 
+/// The request's headers; a name or value that is not valid HTTP is the payload's fault.
+fn headers(p: &HttpRequest) -> Result<HeaderMap, ExecError> {
+    let mut out = HeaderMap::new();
+    for (k, v) in &p.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| ExecError::fatal(format!("`{k}` is not a valid header name")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| ExecError::fatal(format!("the value of header `{k}` is not valid")))?;
+        out.append(name, value);
+    }
+    Ok(out)
+}
+
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Reads at most [`MAX_BODY`] bytes, then stops: a huge answer is never held whole.
+async fn capped_body(mut res: reqwest::Response) -> Result<(Vec<u8>, bool), ExecError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| ExecError::retryable(format!("reading the answer failed: {e}")))?
+    {
+        let room = MAX_BODY - bytes.len();
+        if chunk.len() >= room {
+            bytes.extend_from_slice(&chunk[..room]);
+            let more = chunk.len() > room || res.chunk().await.ok().flatten().is_some();
+            return Ok((bytes, more));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((bytes, false))
+}
+
 impl Generic {
-    async fn http(&self, p: HttpPayload) -> Result<Value, ExecError> {
-        let method = reqwest::Method::from_bytes(p.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| ExecError::fatal("bad method"))?;
-        let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(10_000).clamp(100, 60_000));
+    async fn http(&self, p: HttpRequest) -> Result<Value, ExecError> {
+        let (lo, hi) = payload::HTTP_TIMEOUT_MS;
+        let timeout_ms = p
+            .timeout_ms
+            .unwrap_or(payload::HTTP_DEFAULT_TIMEOUT_MS)
+            .clamp(lo, hi);
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        let mut headers = headers(&p)?;
         let mut url = reqwest::Url::parse(&p.url).map_err(|_| ExecError::fatal("bad url"))?;
-        let mut method = method;
+        let mut method = reqwest::Method::from_bytes(p.method.as_str().as_bytes())
+            .map_err(|_| ExecError::fatal("bad method"))?;
         let mut body = p.body;
         for _ in 0..=MAX_REDIRECTS {
             if !matches!(url.scheme(), "http" | "https") {
@@ -118,17 +138,16 @@ impl Generic {
                 .resolve(&host, port)
                 .await
                 .map_err(|e| ExecError::fatal(e.to_string()))?;
-            // Pinned to the address just checked; no automatic redirects.
+            // Pinned to the address just checked; no automatic redirects, no proxy.
             let client = platform::http_client()
                 .redirect(reqwest::redirect::Policy::none())
                 .resolve(&host, addr)
                 .timeout(timeout)
                 .build()
                 .map_err(|e| ExecError::retryable(e.to_string()))?;
-            let mut req = client.request(method.clone(), url.clone());
-            for (k, v) in &p.headers {
-                req = req.header(k, v);
-            }
+            let mut req = client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
@@ -146,22 +165,29 @@ impl Generic {
                     .get(reqwest::header::LOCATION)
                     .and_then(|l| l.to_str().ok())
                     .ok_or_else(|| ExecError::fatal("redirect without Location"))?;
-                url = url
+                let next = url
                     .join(location)
                     .map_err(|_| ExecError::fatal("bad redirect"))?;
-                if status == reqwest::StatusCode::SEE_OTHER {
+                if !same_origin(&url, &next) {
+                    for name in CREDENTIALS {
+                        headers.remove(name);
+                    }
+                }
+                url = next;
+                if status == reqwest::StatusCode::SEE_OTHER
+                    || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST)
+                {
                     method = reqwest::Method::GET;
                     body = None;
                 }
                 continue;
             }
-            let mut bytes = res
-                .bytes()
-                .await
-                .map_err(|e| ExecError::retryable(e.to_string()))?
-                .to_vec();
-            bytes.truncate(MAX_BODY);
-            let out = json!({"status": status.as_u16(), "body": String::from_utf8_lossy(&bytes)});
+            let (bytes, truncated) = capped_body(res).await?;
+            let out = json!({
+                "status": status.as_u16(),
+                "body": String::from_utf8_lossy(&bytes),
+                "truncated": truncated,
+            });
             return if status.is_server_error() {
                 Err(ExecError::retryable(format!("server answered {status}")))
             } else {

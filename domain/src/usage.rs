@@ -34,6 +34,25 @@ impl UsageKey {
         }
     }
 
+    /// Reads an aggregate id back; `None` for one that is not a usage key.
+    pub fn from_aggregate_id(id: &str) -> Option<Self> {
+        let (user, start) = id.split_once(':')?;
+        let user_id = UserId::parse(user).ok()?;
+        let period_start = DateTime::parse_from_rfc3339(start)
+            .ok()?
+            .with_timezone(&Utc);
+        let key = Self {
+            user_id,
+            period_start,
+        };
+        (key.aggregate_id() == id).then_some(key)
+    }
+
+    /// The prefix of every ledger id of `user`.
+    pub fn prefix_of(user: UserId) -> String {
+        format!("{user}:")
+    }
+
     /// The aggregate id in the event store: `<user uuid>:<period start, RFC 3339 seconds>`.
     pub fn aggregate_id(&self) -> String {
         format!(

@@ -92,14 +92,20 @@ pub async fn replay_month(
     start: DateTime<Utc>,
 ) -> Result<Vec<Value>, AuditError> {
     let end = BillingPeriod::calendar_month(start).end;
-    // The calendar month, and any other period (a paid plan's) the projection saw start in it.
-    let known = views.usage_history(user, 120).await?;
-    let mut starts: BTreeSet<DateTime<Utc>> = known
+    // The ledgers are found in the raw events, never in the projection under audit: the
+    // calendar month's, and any other period (a paid plan's) that starts in it.
+    let owner = UserId::from_uuid(user);
+    let mut starts: BTreeSet<DateTime<Utc>> = store
+        .aggregate_ids("usage", &UsageKey::prefix_of(owner))
+        .await?
         .iter()
-        .map(|u| u.period_start)
+        .filter_map(|id| UsageKey::from_aggregate_id(id))
+        .filter(|k| k.user_id == owner)
+        .map(|k| k.period_start)
         .filter(|s| *s >= start && *s < end)
         .collect();
     starts.insert(start);
+    let known = views.usage_history(user, 120).await?;
     let mut periods = Vec::new();
     for s in starts {
         let period = BillingPeriod::new(s, s + chrono::Duration::seconds(1))

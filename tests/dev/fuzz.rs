@@ -57,6 +57,7 @@ fn openapi_fuzzing_finds_nothing_with_any_role() {
     )
     .unwrap();
     let hooks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/schemathesis.toml");
     let mut failed = Vec::new();
     for (role, token) in [
         ("customer", dev.token.as_str()),
@@ -64,6 +65,7 @@ fn openapi_fuzzing_finds_nothing_with_any_role() {
         ("worker", worker.as_str()),
     ] {
         let out = Command::new(&st)
+            .args(["--config-file", config])
             .args(["run", &format!("{}/openapi.json", dev.url)])
             .args(["--header", &format!("Authorization: Bearer {token}")])
             .args(["--checks", "all", "--max-examples", &examples])

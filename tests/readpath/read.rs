@@ -306,3 +306,68 @@ async fn each_read_route_admits_only_its_roles() {
         assert_eq!(status(path.clone(), None).await, 401, "anonymous {path}");
     }
 }
+
+/// The audit finds a user's ledgers in the raw events, not in the projection it checks: a
+/// ledger of a paid period that the projection lost is still replayed, and flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_finds_ledgers_the_projection_lost() {
+    use domain::{
+        ids::JobId,
+        period::BillingPeriod,
+        plan::Plan,
+        usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
+    };
+    let stack = Stack::start().await;
+    let (owner, _) = new_user();
+    let now = chrono::Utc::now();
+    let month = BillingPeriod::calendar_month(now);
+    // A paid period that starts on the 3rd of this month.
+    let start = month.start + chrono::Duration::days(2);
+    let period = BillingPeriod::new(start, start + chrono::Duration::days(30)).unwrap();
+    let id = UsageKey::new(owner, &period).aggregate_id();
+    let reserve = ReserveUnit {
+        job_id: JobId::from_uuid(uuid::Uuid::new_v4()),
+        user_id: owner,
+        period,
+        plan: Plan::Pro,
+        limit: Some(10_000),
+        now: start + chrono::Duration::hours(1),
+    };
+    stack
+        .command
+        .store
+        .execute::<Usage>(
+            &id,
+            UsageCommand::Reserve(reserve),
+            &platform::store::Metadata::new(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    stack.settle().await;
+    let auditor = token(owner, Role::Auditor);
+    let path = format!("/v1/audit/usage/{owner}?period={}", now.format("%Y-%m"));
+    let listed = |body: &serde_json::Value| {
+        body["periods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["period_start"] == json!(start))
+            .cloned()
+    };
+    let (status, body) = stack.get(&path, &auditor).await;
+    assert_eq!(status, 200);
+    let ledger = listed(&body).expect("the paid ledger is audited");
+    assert_eq!(ledger["reserved"], 1);
+    assert_eq!(ledger["matches_projection"], true, "{ledger}");
+    // The projection loses the ledger: the audit still replays it, and says they disagree.
+    sqlx::query("DELETE FROM usage_periods WHERE user_id = $1")
+        .bind(owner.as_uuid())
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+    let (_, body) = stack.get(&path, &auditor).await;
+    let ledger = listed(&body).expect("found in the raw events");
+    assert_eq!(ledger["events"], 1);
+    assert_eq!(ledger["matches_projection"], false, "{ledger}");
+}

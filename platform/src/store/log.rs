@@ -39,6 +39,19 @@ pub struct Progress {
     pub ended: Vec<Uuid>,
 }
 
+/// The first string after every string that starts with `prefix` (the upper bound of an
+/// index range scan): `prefix` with its last character stepped up.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(u32::from(last) + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// An aggregate's stored snapshot (sequence, JSON) and later events (sequence, JSON).
 pub type Rows = (Option<(i64, String)>, Vec<(i64, String)>);
 
@@ -67,6 +80,14 @@ pub trait EventLog: Send + Sync + 'static {
         aggregate_type: &str,
         id: &str,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error>;
+
+    /// The ids of the aggregates of `aggregate_type` that start with `prefix` and have
+    /// events, in order: found in the log itself, never in a projection.
+    async fn aggregate_ids(
+        &self,
+        aggregate_type: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, sqlx::Error>;
 
     /// The highest position committed (0 when empty).
     async fn head(&self) -> Result<i64, sqlx::Error>;

@@ -37,6 +37,18 @@ impl EventStore {
         self.log.events_of(aggregate_type, id).await
     }
 
+    /// The ids of the aggregates of `aggregate_type` that start with `prefix`, from the log.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn aggregate_ids(
+        &self,
+        aggregate_type: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        self.log.aggregate_ids(aggregate_type, prefix).await
+    }
+
     /// The highest position committed (0 when empty).
     ///
     /// # Errors

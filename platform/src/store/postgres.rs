@@ -66,6 +66,29 @@ impl EventLog for Postgres {
         reader::events_of(&self.0, aggregate_type, id).await
     }
 
+    async fn aggregate_ids(
+        &self,
+        aggregate_type: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        // A range on the primary key (aggregate_type, aggregate_id, sequence), whatever the
+        // collation; the first event of each aggregate stands for it.
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT aggregate_id FROM events WHERE aggregate_type = $1 AND aggregate_id >= $2 \
+               AND ($3::text IS NULL OR aggregate_id < $3) AND sequence = 1 ORDER BY aggregate_id",
+        )
+        .bind(aggregate_type)
+        .bind(prefix)
+        .bind(super::log::prefix_end(prefix))
+        .fetch_all(&self.0)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id,)| id)
+            .filter(|id| id.starts_with(prefix))
+            .collect())
+    }
+
     async fn head(&self) -> Result<i64, sqlx::Error> {
         reader::head(&self.0).await
     }

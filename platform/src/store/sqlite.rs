@@ -61,6 +61,27 @@ impl EventLog for Sqlite {
         rows.into_iter().map(recorded).collect()
     }
 
+    async fn aggregate_ids(
+        &self,
+        aggregate_type: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT aggregate_id FROM events WHERE aggregate_type = ?1 AND aggregate_id >= ?2 \
+               AND (?3 IS NULL OR aggregate_id < ?3) AND sequence = 1 ORDER BY aggregate_id",
+        )
+        .bind(aggregate_type)
+        .bind(prefix)
+        .bind(super::log::prefix_end(prefix))
+        .fetch_all(&self.0)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id,)| id)
+            .filter(|id| id.starts_with(prefix))
+            .collect())
+    }
+
     async fn head(&self) -> Result<i64, sqlx::Error> {
         let (p,): (Option<i64>,) = sqlx::query_as("SELECT max(position) FROM events")
             .fetch_one(&self.0)

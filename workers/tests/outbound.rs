@@ -126,37 +126,29 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() {
     assert_eq!(same["cookie"], "session=1");
 }
 
-#[tokio::test]
-async fn a_bad_header_or_a_forbidden_address_is_fatal() {
-    let target = server("127.0.0.1").await;
-    let err = executor()
-        .run(
-            &envelope(json!({"url": format!("{target}/echo"), "headers": {"bad name": "x"}})),
-            &CancellationToken::new(),
-        )
+async fn fatal(executor: Generic, payload: Value) -> workers::executors::ExecError {
+    let err = executor
+        .run(&envelope(payload), &CancellationToken::new())
         .await
         .unwrap_err();
     assert!(!err.retryable, "{err}");
-    let err = Generic::new(Guard::default())
-        .run(
-            &envelope(json!({"url": format!("{target}/echo")})),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        !err.retryable && err.message.contains("not allowed"),
-        "{err}"
-    );
-    let err = executor()
-        .run(
-            &envelope(json!({"url": "http://[64:ff9b:1::a00:1]/"})),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        !err.retryable && err.message.contains("not allowed"),
-        "{err}"
-    );
+    err
+}
+
+#[tokio::test]
+async fn a_bad_header_or_a_forbidden_address_is_fatal() {
+    let target = server("127.0.0.1").await;
+    fatal(
+        executor(),
+        json!({"url": format!("{target}/echo"), "headers": {"bad name": "x"}}),
+    )
+    .await;
+    let err = fatal(
+        Generic::new(Guard::default()),
+        json!({"url": format!("{target}/echo")}),
+    )
+    .await;
+    assert!(err.message.contains("not allowed"), "{err}");
+    let err = fatal(executor(), json!({"url": "http://[64:ff9b:1::a00:1]/"})).await;
+    assert!(err.message.contains("not allowed"), "{err}");
 }

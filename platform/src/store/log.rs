@@ -52,6 +52,14 @@ pub fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// The ids of rows from an `aggregate_ids` range scan that really start with `prefix`.
+pub fn prefixed(rows: Vec<(String,)>, prefix: &str) -> Vec<String> {
+    rows.into_iter()
+        .map(|(id,)| id)
+        .filter(|id| id.starts_with(prefix))
+        .collect()
+}
+
 /// An aggregate's stored snapshot (sequence, JSON) and later events (sequence, JSON).
 pub type Rows = (Option<(i64, String)>, Vec<(i64, String)>);
 

@@ -82,11 +82,7 @@ impl EventLog for Postgres {
         .bind(super::log::prefix_end(prefix))
         .fetch_all(&self.0)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id,)| id)
-            .filter(|id| id.starts_with(prefix))
-            .collect())
+        Ok(super::log::prefixed(rows, prefix))
     }
 
     async fn head(&self) -> Result<i64, sqlx::Error> {

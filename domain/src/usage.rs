@@ -292,7 +292,10 @@ impl Usage {
             return Err(UsageError::WrongLedger);
         }
         if let Some(s) = &self.state {
-            if s.user_id != c.user_id || s.period != c.period {
+            // A ledger is its user and its period's start. Its end may be a guess (a paid
+            // period rolled forward before the renewal arrived): a reservation that carries
+            // the real end corrects it instead of being refused or forking a second ledger.
+            if s.user_id != c.user_id || s.period.start != c.period.start {
                 return Err(UsageError::WrongLedger);
             }
             if s.reserved.contains_key(&c.job_id) {
@@ -446,6 +449,7 @@ impl Decider for Usage {
                     chain_head: GENESIS.to_owned(),
                     closed: false,
                 });
+                s.period = e.period;
                 s.plan = e.plan;
                 s.limit = e.limit;
                 s.reserved.insert(e.job_id, e.reserved_at);

@@ -261,3 +261,54 @@ fn usage_keys_name_user_and_period() {
         "0b5c8f6e-2f1d-4c1a-9a61-3f3f0b7a1e01:2026-11-01T00:00:00Z"
     );
 }
+
+/// A ledger opened on a guessed period (the previous one's length) takes the renewal's real
+/// end when a reservation carries it: no refusal, no second ledger, the same limit.
+#[test]
+fn a_guessed_period_end_is_corrected_by_the_next_reservation() {
+    let guessed = period();
+    let real = BillingPeriod::new(guessed.start, guessed.end - chrono::Duration::days(3)).unwrap();
+    let at_real = |n: u128, limit: Option<u64>| {
+        UsageCommand::Reserve(ReserveUnit {
+            job_id: job_id(n),
+            user_id: user(),
+            period: real,
+            plan: Plan::Pro,
+            limit,
+            now: later(60),
+        })
+    };
+    let history = [reserved(1, Some(2))];
+    let events = given::<Usage>(history.clone())
+        .when(at_real(2, Some(2)))
+        .events();
+    let [UsageEvent::UnitReserved(r)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(r.period, real);
+    let mut all: Vec<UsageEvent> = history.to_vec();
+    all.extend(events);
+    let state = Usage::replay(all.iter());
+    assert_eq!(state.state().map(|s| s.period), Some(real));
+    // The limit still holds across the correction.
+    given::<Usage>(all)
+        .when(at_real(3, Some(2)))
+        .then_err(UsageError::QuotaExceeded {
+            limit: 2,
+            consumed: 0,
+            reserved: 2,
+        });
+    // Another start is another ledger's business.
+    let shifted =
+        BillingPeriod::new(guessed.start + chrono::Duration::days(1), guessed.end).unwrap();
+    given::<Usage>(history)
+        .when(UsageCommand::Reserve(ReserveUnit {
+            job_id: job_id(4),
+            user_id: user(),
+            period: shifted,
+            plan: Plan::Pro,
+            limit: None,
+            now: later(86_400 * 2),
+        }))
+        .then_err(UsageError::WrongLedger);
+}

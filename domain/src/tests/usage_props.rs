@@ -249,3 +249,40 @@ fn a_full_life_counts_exactly_one_unit() {
         .count();
     assert_eq!(consumed, 1);
 }
+
+proptest! {
+    /// Reservations whose period ends move around (guesses, then corrections, in any order)
+    /// stay on one ledger and never hold more units than the limit.
+    #[test]
+    fn corrected_period_ends_never_fork_or_exceed_the_limit(
+        ends in proptest::collection::vec(20i64..40, 1..40),
+        limit in 1u64..10,
+    ) {
+        let start = crate::tests::t0();
+        let mut ledger = Usage::default();
+        let mut held = 0u64;
+        for (i, days) in ends.iter().enumerate() {
+            let period = crate::period::BillingPeriod::new(start, start + chrono::Duration::days(*days)).unwrap();
+            let c = ReserveUnit {
+                job_id: crate::tests::job_id(i as u128 + 1),
+                user_id: crate::tests::user(),
+                period,
+                plan: crate::plan::Plan::Pro,
+                limit: Some(limit),
+                now: start + chrono::Duration::days(1),
+            };
+            match ledger.decide(UsageCommand::Reserve(c)) {
+                Ok(events) => {
+                    for e in &events {
+                        ledger.evolve(e);
+                    }
+                    held += events.len() as u64;
+                    prop_assert_eq!(ledger.state().map(|s| s.period), Some(period));
+                }
+                Err(UsageError::QuotaExceeded { .. }) => prop_assert_eq!(held, limit),
+                Err(e) => prop_assert!(false, "refused: {e}"),
+            }
+            prop_assert!(held <= limit);
+        }
+    }
+}

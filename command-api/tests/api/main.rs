@@ -7,4 +7,5 @@ mod bodies;
 mod helpers;
 mod jobs;
 mod matrix;
+mod periods;
 mod quota;

@@ -51,10 +51,18 @@ where
         })?;
         let bad =
             |e: serde_json::Error| Problem::bad_request(clip(&format!("invalid JSON body: {e}")));
-        let mut json: serde_json::Value = serde_json::from_slice(&raw).map_err(bad)?;
-        // JSON Schema's integers include 3.0; serde's do not.
-        domain::payload::integral_numbers(&mut json);
-        let value = T::deserialize(json).map_err(bad)?;
+        let value = match serde_json::from_slice(&raw) {
+            Ok(value) => value,
+            // JSON Schema's integers include 3.0; serde's do not. Only a body that failed
+            // pays for the second reading.
+            Err(first) => {
+                let mut json: serde_json::Value = serde_json::from_slice(&raw).map_err(bad)?;
+                if !domain::payload::integral_numbers(&mut json) {
+                    return Err(bad(first));
+                }
+                T::deserialize(json).map_err(bad)?
+            }
+        };
         Ok(Self { value, raw })
     }
 }

@@ -223,18 +223,38 @@ struct PendingChanges {
     settled: Vec<uuid::Uuid>,
     /// Each job's latest state in the batch: live, or over (`None`).
     jobs: std::collections::HashMap<uuid::Uuid, Option<LiveJob>>,
+    /// Jobs submitted in the batch: no `live_jobs` row of theirs existed before it.
+    born: std::collections::HashSet<uuid::Uuid>,
 }
 
 impl PendingChanges {
-    /// Nets the batch: only each job's latest state, and only reservations not settled in
-    /// the same batch, reach the tables.
+    /// Nets the batch: only each job's latest state reaches the tables, and rows born and
+    /// gone within the batch (a reservation settled, a job submitted and ended) are neither
+    /// inserted nor deleted.
     fn net(self) -> Progress {
-        let (reserved, settled) = self.net_reservations();
+        use std::collections::HashSet;
+        let Self {
+            added,
+            settled,
+            jobs,
+            born,
+        } = self;
+        let settled: HashSet<uuid::Uuid> = settled.into_iter().collect();
+        let added_now: HashSet<uuid::Uuid> = added.iter().map(|(j, _, _)| *j).collect();
+        let reserved = added
+            .into_iter()
+            .filter(|(job, _, _)| !settled.contains(job))
+            .collect();
+        let settled = settled
+            .into_iter()
+            .filter(|j| !added_now.contains(j))
+            .collect();
         let mut live = Vec::new();
         let mut ended = Vec::new();
-        for (job, state) in self.jobs {
+        for (job, state) in jobs {
             match state {
                 Some(l) => live.push(l),
+                None if born.contains(&job) => {}
                 None => ended.push(job),
             }
         }
@@ -244,25 +264,6 @@ impl PendingChanges {
             live,
             ended,
         }
-    }
-
-    /// A reservation and its job are committed together, so most rows added in a batch are
-    /// settled in the same batch: only the rest reach the table.
-    fn net_reservations(&self) -> (Vec<platform::store::Pending>, Vec<uuid::Uuid>) {
-        let settled: std::collections::HashSet<uuid::Uuid> = self.settled.iter().copied().collect();
-        let added: Vec<_> = self
-            .added
-            .iter()
-            .filter(|(job, _, _)| !settled.contains(job))
-            .cloned()
-            .collect();
-        let added_ids: std::collections::HashSet<uuid::Uuid> =
-            added.iter().map(|(j, _, _)| *j).collect();
-        let gone = settled
-            .into_iter()
-            .filter(|j| !added_ids.contains(j))
-            .collect();
-        (added, gone)
     }
 }
 
@@ -283,6 +284,7 @@ fn react(
         Decoded::Job(job_id, job_event) => {
             if matches!(job_event, JobEvent::JobSubmitted(_)) {
                 pending.settled.push(job_id.as_uuid());
+                pending.born.insert(job_id.as_uuid());
             }
             if let Some(state) = liveness(
                 *job_id,

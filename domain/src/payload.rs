@@ -363,8 +363,8 @@ impl Payload for AgentRun {
 }
 
 /// Turns numbers such as `3.0` into `3` throughout `v`: JSON Schema counts them as integers,
-/// serde's integer types would refuse them.
-pub fn integral_numbers(v: &mut Value) {
+/// serde's integer types would refuse them. Whether it changed anything.
+pub fn integral_numbers(v: &mut Value) -> bool {
     match v {
         Value::Number(n) if n.is_f64() => {
             if let Some(f) = n.as_f64()
@@ -376,11 +376,13 @@ pub fn integral_numbers(v: &mut Value) {
                 #[allow(clippy::cast_possible_truncation)]
                 let i = f as i64;
                 *v = Value::from(i);
+                return true;
             }
+            false
         }
-        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
-        Value::Object(map) => map.values_mut().for_each(integral_numbers),
-        _ => {}
+        Value::Array(items) => items.iter_mut().fold(false, |c, i| integral_numbers(i) | c),
+        Value::Object(map) => map.values_mut().fold(false, |c, i| integral_numbers(i) | c),
+        _ => false,
     }
 }
 
@@ -393,9 +395,17 @@ pub fn read<P: Payload>(payload: &Value) -> Result<P, ParseError> {
         task_type: P::TASK.to_owned(),
         reason,
     };
-    let mut payload = payload.clone();
-    integral_numbers(&mut payload);
-    let p: P = P::deserialize(payload).map_err(|e| refuse(e.to_string()))?;
+    let p: P = match P::deserialize(payload) {
+        Ok(p) => p,
+        // Only a payload that failed is copied to read `3.0` as an integer.
+        Err(first) => {
+            let mut normalized = payload.clone();
+            if !integral_numbers(&mut normalized) {
+                return Err(refuse(first.to_string()));
+            }
+            P::deserialize(normalized).map_err(|e| refuse(e.to_string()))?
+        }
+    };
     p.check().map_err(refuse)?;
     Ok(p)
 }

@@ -254,3 +254,27 @@ async fn readyz_fails_while_the_database_is_unreachable() {
         200
     );
 }
+
+/// JSON Schema counts `3.0` as an integer: such a body is read as the integer it is, in the
+/// request and in the payload.
+#[tokio::test]
+async fn integral_floats_are_integers() {
+    let app = spawn_app(&[]).await;
+    let t = token(new_user(), Role::Customer);
+    let r = app
+        .post(
+            "/v1/jobs",
+            Some(&t),
+            &json!({"task_type": "sleep", "payload": {"ms": 94.0}, "max_attempts": 3.0}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let r = app
+        .post(
+            "/v1/jobs",
+            Some(&t),
+            &json!({"task_type": "noop", "payload": {}, "max_attempts": 2.5}),
+        )
+        .await;
+    assert_problem(&r, 400, "invalid-request");
+}

@@ -103,7 +103,10 @@ async fn capped_body(mut res: reqwest::Response) -> Result<(Vec<u8>, bool), Exec
         let room = MAX_BODY - bytes.len();
         if chunk.len() >= room {
             bytes.extend_from_slice(&chunk[..room]);
-            let more = chunk.len() > room || res.chunk().await.ok().flatten().is_some();
+            // Exactly at the cap: the length header says whether more was coming; without
+            // one, reading on could wait for the whole timeout, so it counts as cut.
+            let more =
+                chunk.len() > room || res.content_length().is_none_or(|n| n > MAX_BODY as u64);
             return Ok((bytes, more));
         }
         bytes.extend_from_slice(&chunk);

@@ -1,6 +1,7 @@
 //! runledger's write side: axum handlers that authenticate, validate and execute commands on
 //! the event store, and the process manager that settles usage from job outcomes.
 
+pub mod billing;
 pub mod body;
 pub mod error;
 pub mod gates;
@@ -72,7 +73,13 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/worker/jobs/{id}/heartbeat", post(jobs::heartbeat))
         .route("/v1/worker/jobs/{id}/complete", post(jobs::complete))
         .route("/v1/worker/jobs/{id}/fail", post(jobs::fail))
+        .route("/v1/billing/checkout", post(billing::checkout))
         .layer(DefaultBodyLimit::max(limit))
+        .merge(
+            Router::new()
+                .route("/v1/billing/webhook", post(billing::webhook))
+                .layer(DefaultBodyLimit::max(billing::WEBHOOK_BODY_LIMIT)),
+        )
         .with_state(state)
 }
 

@@ -3,6 +3,7 @@
 use cqrs_es::{Aggregate, DomainEvent, event_sink::EventSink};
 
 use crate::{
+    customer::{Customer, CustomerCommand, CustomerError, CustomerEvent},
     event::Decider,
     job::{Job, JobCommand, JobError, JobEvent},
     subscription::{Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent},
@@ -55,4 +56,11 @@ cqrs_aggregate!(
     SubscriptionCommand,
     SubscriptionEvent,
     SubscriptionError
+);
+cqrs_aggregate!(
+    Customer,
+    "customer",
+    CustomerCommand,
+    CustomerEvent,
+    CustomerError
 );

@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //! - [`ids`], [`task`], [`plan`], [`period`], [`retry`]: values parsed at the edge.
-//! - [`job`], [`usage`], [`subscription`]: the aggregates.
+//! - [`job`], [`usage`], [`subscription`], [`customer`]: the aggregates; [`report`]: usage
+//!   reported to Stripe, recorded on the subscription.
 //! - [`chain`]: the usage ledger's hash chain and its verifier.
 //! - [`process`]: which usage command follows which job event.
 //! - [`payload`]: each built-in task's payload, checked at submit.
@@ -17,6 +18,7 @@
 pub mod chain;
 #[cfg(feature = "cqrs")]
 pub mod cqrs;
+pub mod customer;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -26,6 +28,7 @@ pub mod payload;
 pub mod period;
 pub mod plan;
 pub mod process;
+pub mod report;
 pub mod retry;
 pub mod schema;
 pub mod subscription;

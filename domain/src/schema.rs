@@ -4,11 +4,13 @@
 use schemars::{JsonSchema, schema_for};
 
 use crate::{
+    customer::{self, *},
     envelope::JobEnvelope,
     job::{self, *},
     payload::{
         AgentRun, BrowserExtract, BrowserPdf, BrowserScreenshot, HttpRequest, Noop, Payload, Sleep,
     },
+    report::{self, *},
     subscription::{self, *},
     usage::{self, *},
 };
@@ -189,7 +191,8 @@ pub fn all() -> Vec<SchemaFile> {
         job::SubmitJob, job::StartJob, job::HeartbeatJob, job::CompleteJob, job::FailJob,
         job::ExpireJob,
         job::CancelJob, usage::ReserveUnit, usage::CommitUnit, usage::ReleaseUnit,
-        usage::ClosePeriod, subscription::ApplyStripeEvent,
+        usage::ClosePeriod, subscription::ApplyStripeEvent, subscription::LinkCustomer,
+        report::BeginReport, report::FinishReport, customer::ClaimCustomer,
     ));
     macro_rules! events {
         ($($t:ident),+ $(,)?) => { vec![$(event_file::<$t>(stringify!($t))),+] };
@@ -212,6 +215,10 @@ pub fn all() -> Vec<SchemaFile> {
         InvoicePaid,
         PaymentFailed,
         StripeEventSkipped,
+        CustomerLinked,
+        UsageReportBegun,
+        UsageReported,
+        CustomerClaimed,
     ));
     out
 }

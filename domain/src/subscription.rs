@@ -2,7 +2,7 @@
 //! Each Stripe event id is applied at most once; events older than the last applied
 //! subscription change are recorded as skipped, so out-of-order delivery cannot regress.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -14,6 +14,7 @@ use crate::{
     ids::{StripeEventId, StripeObjectId, UserId},
     period::BillingPeriod,
     plan::Plan,
+    report::{self, BeginReport, FinishReport, ReportRange, UsageReportBegun, UsageReported},
 };
 
 /// A Stripe subscription's status, reduced to what decides the plan.
@@ -84,6 +85,28 @@ pub struct ApplyStripeEvent {
 #[allow(missing_docs)]
 pub enum SubscriptionCommand {
     ApplyStripeEvent(ApplyStripeEvent),
+    LinkCustomer(LinkCustomer),
+    BeginReport(BeginReport),
+    FinishReport(FinishReport),
+}
+
+/// Link the user to their Stripe customer (created at checkout, or named by
+/// `checkout.session.completed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkCustomer {
+    /// The user.
+    pub user_id: UserId,
+    /// The customer.
+    pub customer_id: StripeObjectId,
+}
+
+/// The user's Stripe customer is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerLinked {
+    /// The user.
+    pub user_id: UserId,
+    /// The customer.
+    pub customer_id: StripeObjectId,
 }
 
 /// The subscription's plan, status or period changed.
@@ -175,6 +198,9 @@ event_enum!(
         InvoicePaid,
         PaymentFailed,
         StripeEventSkipped,
+        CustomerLinked,
+        UsageReportBegun,
+        UsageReported,
     }
 );
 
@@ -187,6 +213,18 @@ pub enum SubscriptionError {
     /// The event names another user than this subscription's.
     #[error("the event belongs to another user")]
     WrongUser,
+    /// The user is linked to another Stripe customer already.
+    #[error("the user is linked to another Stripe customer")]
+    OtherCustomer,
+    /// Usage cannot be reported: the user has no Stripe customer.
+    #[error("the user has no Stripe customer")]
+    NoCustomer,
+    /// The period ended longer ago than Stripe accepts meter events for.
+    #[error("the period ended {period_end}, outside Stripe's 35-day window")]
+    ReportTooOld {
+        /// The period's end.
+        period_end: DateTime<Utc>,
+    },
 }
 
 /// The paid subscription of a user, if any.
@@ -212,12 +250,37 @@ pub struct Subscription {
     user_id: Option<UserId>,
     paid: Option<PaidSubscription>,
     applied: BTreeSet<StripeEventId>,
+    #[serde(default)]
+    customer_id: Option<StripeObjectId>,
+    /// Units reported to Stripe, by ledger period start.
+    #[serde(default)]
+    reported: BTreeMap<DateTime<Utc>, u64>,
+    /// Ranges begun and not yet known to have reached Stripe, by ledger period start.
+    #[serde(default)]
+    pending: BTreeMap<DateTime<Utc>, ReportRange>,
 }
 
 impl Subscription {
     /// The paid subscription, if any (also when ended, for its ids).
     pub fn paid(&self) -> Option<&PaidSubscription> {
         self.paid.as_ref()
+    }
+
+    /// The user's Stripe customer: linked at checkout, or the paid subscription's.
+    pub fn customer_id(&self) -> Option<&StripeObjectId> {
+        self.customer_id
+            .as_ref()
+            .or(self.paid.as_ref().map(|p| &p.customer_id))
+    }
+
+    /// Units of the ledger starting at `period_start` that reached Stripe.
+    pub fn reported(&self, period_start: DateTime<Utc>) -> u64 {
+        self.reported.get(&period_start).copied().unwrap_or(0)
+    }
+
+    /// The range begun for that ledger and not yet finished.
+    pub fn pending_report(&self, period_start: DateTime<Utc>) -> Option<&ReportRange> {
+        self.pending.get(&period_start)
     }
 
     /// The plan in force at `at`: a paid plan while active or past due, else FREE.
@@ -251,16 +314,11 @@ impl Subscription {
     }
 }
 
-impl Decider for Subscription {
-    type Command = SubscriptionCommand;
-    type Event = SubscriptionEvent;
-    type Error = SubscriptionError;
-
-    fn decide(
+impl Subscription {
+    fn apply_stripe(
         &self,
-        command: SubscriptionCommand,
+        c: ApplyStripeEvent,
     ) -> Result<Vec<SubscriptionEvent>, SubscriptionError> {
-        let SubscriptionCommand::ApplyStripeEvent(c) = command;
         if self.user_id.is_some_and(|u| u != c.user_id) {
             return Err(SubscriptionError::WrongUser);
         }
@@ -336,6 +394,96 @@ impl Decider for Subscription {
         Ok(events)
     }
 
+    fn link(&self, c: LinkCustomer) -> Result<Vec<SubscriptionEvent>, SubscriptionError> {
+        if self.user_id.is_some_and(|u| u != c.user_id) {
+            return Err(SubscriptionError::WrongUser);
+        }
+        match &self.customer_id {
+            Some(id) if *id == c.customer_id => Ok(vec![]),
+            Some(_) => Err(SubscriptionError::OtherCustomer),
+            None => Ok(vec![
+                CustomerLinked {
+                    user_id: c.user_id,
+                    customer_id: c.customer_id,
+                }
+                .into(),
+            ]),
+        }
+    }
+
+    /// A begun range is resent as it is (same identifier); otherwise the units consumed
+    /// since the last report become a new range.
+    fn begin_report(&self, c: BeginReport) -> Result<Vec<SubscriptionEvent>, SubscriptionError> {
+        if self.user_id.is_some_and(|u| u != c.user_id) {
+            return Err(SubscriptionError::WrongUser);
+        }
+        let start = c.period.start;
+        if self.pending.contains_key(&start) {
+            return Ok(vec![]);
+        }
+        let reported = self.reported(start);
+        if c.consumed <= reported {
+            return Ok(vec![]);
+        }
+        let customer_id = self
+            .customer_id()
+            .ok_or(SubscriptionError::NoCustomer)?
+            .clone();
+        let timestamp =
+            report::timestamp(&c.period, c.now).ok_or(SubscriptionError::ReportTooOld {
+                period_end: c.period.end,
+            })?;
+        let (from_unit, to_unit) = (reported + 1, c.consumed);
+        Ok(vec![
+            UsageReportBegun {
+                user_id: c.user_id,
+                range: ReportRange {
+                    period: c.period,
+                    customer_id,
+                    from_unit,
+                    to_unit,
+                    identifier: report::identifier(c.user_id, start, from_unit, to_unit),
+                    timestamp,
+                },
+            }
+            .into(),
+        ])
+    }
+
+    /// Finishing a range already finished (by another reporter) is a no-op.
+    fn finish_report(&self, c: FinishReport) -> Result<Vec<SubscriptionEvent>, SubscriptionError> {
+        Ok(match self.pending.get(&c.period_start) {
+            Some(r) if r.to_unit == c.to_unit => vec![
+                UsageReported {
+                    user_id: c.user_id,
+                    period_start: c.period_start,
+                    from_unit: r.from_unit,
+                    to_unit: r.to_unit,
+                }
+                .into(),
+            ],
+            _ => vec![],
+        })
+    }
+}
+
+impl Decider for Subscription {
+    type Command = SubscriptionCommand;
+    type Event = SubscriptionEvent;
+    type Error = SubscriptionError;
+
+    fn decide(
+        &self,
+        command: SubscriptionCommand,
+    ) -> Result<Vec<SubscriptionEvent>, SubscriptionError> {
+        match command {
+            SubscriptionCommand::ApplyStripeEvent(c) => self.apply_stripe(c),
+            SubscriptionCommand::LinkCustomer(c) => self.link(c),
+            SubscriptionCommand::BeginReport(c) => self.begin_report(c),
+            SubscriptionCommand::FinishReport(c) => self.finish_report(c),
+        }
+    }
+
     fn evolve(&mut self, event: &SubscriptionEvent) {
         match event {
             SubscriptionEvent::SubscriptionChanged(e) => {
@@ -386,6 +534,19 @@ impl Decider for Subscription {
             SubscriptionEvent::StripeEventSkipped(e) => {
                 self.user_id = Some(e.user_id);
                 self.applied.insert(e.stripe_event_id.clone());
+            }
+            SubscriptionEvent::CustomerLinked(e) => {
+                self.user_id = Some(e.user_id);
+                self.customer_id = Some(e.customer_id.clone());
+            }
+            SubscriptionEvent::UsageReportBegun(e) => {
+                self.user_id = Some(e.user_id);
+                self.pending.insert(e.range.period.start, e.range.clone());
+            }
+            SubscriptionEvent::UsageReported(e) => {
+                self.pending.remove(&e.period_start);
+                let reported = self.reported.entry(e.period_start).or_insert(0);
+                *reported = (*reported).max(e.to_unit);
             }
         }
     }

@@ -13,6 +13,8 @@ pub mod problem;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod stripe_fake;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

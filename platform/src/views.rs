@@ -92,6 +92,8 @@ pub struct Tables {
     pub usage: BTreeMap<(Uuid, DateTime<Utc>), UsageView>,
     /// Subscriptions by user.
     pub subscriptions: HashMap<Uuid, SubscriptionView>,
+    /// Stripe customers by user.
+    pub customers: HashMap<Uuid, String>,
     /// The last position applied.
     pub position: i64,
     /// Changes at or below this position may have been dropped by retention.
@@ -179,6 +181,11 @@ impl MemoryViews {
     /// `user`'s subscription.
     pub fn subscription(&self, user: Uuid) -> Option<SubscriptionView> {
         self.read(|t| t.subscriptions.get(&user).cloned())
+    }
+
+    /// `user`'s Stripe customer, linked at checkout.
+    pub fn customer(&self, user: Uuid) -> Option<String> {
+        self.read(|t| t.customers.get(&user).cloned())
     }
 
     /// Drops changes last updated before `cutoff` (retention); returns how many.

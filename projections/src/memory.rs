@@ -106,6 +106,9 @@ fn apply_jobs(t: &mut Tables, decoded: Vec<DecodedJob<'_>>) -> Vec<Notice> {
 fn apply_subscription(t: &mut Tables, user: Uuid, event: SubscriptionEvent) {
     match event {
         SubscriptionEvent::SubscriptionChanged(c) => {
+            t.customers
+                .entry(user)
+                .or_insert_with(|| c.customer_id.as_str().to_owned());
             t.subscriptions.insert(
                 user,
                 SubscriptionView {
@@ -143,7 +146,12 @@ fn apply_subscription(t: &mut Tables, user: Uuid, event: SubscriptionEvent) {
                 s.status = "past_due".into();
             }
         }
-        SubscriptionEvent::StripeEventSkipped(_) => {}
+        SubscriptionEvent::CustomerLinked(l) => {
+            t.customers.insert(user, l.customer_id.as_str().to_owned());
+        }
+        SubscriptionEvent::StripeEventSkipped(_)
+        | SubscriptionEvent::UsageReportBegun(_)
+        | SubscriptionEvent::UsageReported(_) => {}
     }
 }
 

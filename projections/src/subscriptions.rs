@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use crate::ProjectionError;
 
 /// The tables this projection owns.
-pub const TABLES: &[&str] = &["subscription_views"];
+pub const TABLES: &[&str] = &["subscription_views", "stripe_customers"];
 
 pub(crate) fn status(s: SubscriptionStatus) -> &'static str {
     match s {
@@ -32,7 +32,18 @@ pub async fn apply(
             source,
         })?;
         match event {
-            SubscriptionEvent::SubscriptionChanged(c) => sqlx::query(&format!(
+            SubscriptionEvent::SubscriptionChanged(c) => {
+                // A subscription made outside checkout still names its customer.
+                sqlx::query(&format!(
+                    "INSERT INTO stripe_customers{suffix} (user_id, customer_id, position) \
+                     VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING"
+                ))
+                .bind(c.user_id.as_uuid())
+                .bind(c.customer_id.as_str().to_owned())
+                .bind(e.position)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(&format!(
                 "INSERT INTO subscription_views{suffix} (user_id, plan, status, period_start, period_end, \
                         customer_id, subscription_id, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (user_id) DO UPDATE SET plan = $2, status = $3, period_start = $4, \
@@ -47,7 +58,8 @@ pub async fn apply(
             .bind(c.subscription_id.as_str().to_owned())
             .bind(e.position)
             .execute(&mut *conn)
-            .await?,
+            .await?
+            }
             SubscriptionEvent::SubscriptionEnded(x) => sqlx::query(&format!(
                 "UPDATE subscription_views{suffix} SET status = 'ended', position = $2 WHERE user_id = $1"
             ))
@@ -75,7 +87,18 @@ pub async fn apply(
             .bind(e.position)
             .execute(&mut *conn)
             .await?,
-            SubscriptionEvent::StripeEventSkipped(_) => continue,
+            SubscriptionEvent::CustomerLinked(l) => sqlx::query(&format!(
+                "INSERT INTO stripe_customers{suffix} (user_id, customer_id, position) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id) DO UPDATE SET customer_id = $2, position = $3"
+            ))
+            .bind(l.user_id.as_uuid())
+            .bind(l.customer_id.as_str().to_owned())
+            .bind(e.position)
+            .execute(&mut *conn)
+            .await?,
+            SubscriptionEvent::StripeEventSkipped(_)
+            | SubscriptionEvent::UsageReportBegun(_)
+            | SubscriptionEvent::UsageReported(_) => continue,
         };
     }
     Ok(())

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod audit_events;
+pub mod digest;
 pub mod jobs;
 pub mod state;
 pub mod stream;
@@ -90,6 +91,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/subscription", get(usage::subscription))
         .route("/v1/audit/usage/{user_id}", get(audit::usage))
         .route("/v1/audit/events", get(audit_events::events))
+        .route("/v1/audit/digest", get(digest::get))
         .with_state(state)
 }
 

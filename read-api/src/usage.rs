@@ -108,10 +108,12 @@ pub async fn subscription(
     let now = Utc::now();
     let sub = subscription_row(&state, user).await?;
     let (plan, period) = plan_and_period(sub.as_ref(), now);
+    let customer = state.views.customer(user).await.map_err(|e| internal(&e))?;
     Ok(Json(json!({
         "plan": plan.as_str(),
         "status": sub.as_ref().map_or("none", |s| s.status.as_str()),
         "period_start": period.start,
         "period_end": period.end,
+        "stripe_customer": customer,
     })))
 }

@@ -34,6 +34,8 @@ pub trait ReadModels: Send + Sync + 'static {
     async fn usage_history(&self, user: Uuid, limit: usize) -> Result<Vec<UsageView>, sqlx::Error>;
     /// `user`'s subscription.
     async fn subscription(&self, user: Uuid) -> Result<Option<SubscriptionView>, sqlx::Error>;
+    /// `user`'s Stripe customer, linked at checkout.
+    async fn customer(&self, user: Uuid) -> Result<Option<String>, sqlx::Error>;
     /// `user`'s last change position (0: none).
     async fn stream_position(&self, user: Uuid) -> Result<i64, sqlx::Error>;
     /// Up to `limit` of `user`'s changes after `position`, in order.
@@ -133,6 +135,16 @@ impl ReadModels for PgViews {
         .await
     }
 
+    async fn customer(&self, user: Uuid) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_as::<_, (String,)>(
+            "SELECT customer_id FROM stripe_customers WHERE user_id = $1",
+        )
+        .bind(user)
+        .fetch_optional(&self.0)
+        .await
+        .map(|r| r.map(|(c,)| c))
+    }
+
     async fn stream_position(&self, user: Uuid) -> Result<i64, sqlx::Error> {
         let p = &self.0;
         Ok(
@@ -207,6 +219,10 @@ impl ReadModels for MemoryViews {
 
     async fn subscription(&self, user: Uuid) -> Result<Option<SubscriptionView>, sqlx::Error> {
         Ok(MemoryViews::subscription(self, user))
+    }
+
+    async fn customer(&self, user: Uuid) -> Result<Option<String>, sqlx::Error> {
+        Ok(MemoryViews::customer(self, user))
     }
 
     async fn stream_position(&self, user: Uuid) -> Result<i64, sqlx::Error> {

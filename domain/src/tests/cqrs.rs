@@ -21,6 +21,7 @@ fn aggregate_types_are_stable() {
         <crate::subscription::Subscription as Aggregate>::TYPE,
         "subscription"
     );
+    assert_eq!(<crate::customer::Customer as Aggregate>::TYPE, "customer");
 }
 
 #[test]

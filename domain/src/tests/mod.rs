@@ -4,6 +4,7 @@ mod chain_props;
 #[cfg(feature = "cqrs")]
 mod cqrs;
 mod job;
+mod report;
 mod subscription;
 mod usage;
 mod usage_props;

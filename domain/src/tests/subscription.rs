@@ -223,8 +223,9 @@ fn an_event_for_another_user_is_refused() {
         T2,
         changed_to(Plan::Pro, SubscriptionStatus::Active),
     );
-    let SubscriptionCommand::ApplyStripeEvent(c) = &mut cmd;
-    c.user_id = other_user();
+    if let SubscriptionCommand::ApplyStripeEvent(c) = &mut cmd {
+        c.user_id = other_user();
+    }
     given::<Subscription>([changed("evt_1", T1, Plan::Pro)])
         .when(cmd)
         .then_err(SubscriptionError::WrongUser);

@@ -359,8 +359,10 @@ impl EventStore {
     }
 }
 
-/// How often a conflicting command is tried in all.
-pub const MAX_ATTEMPTS: u32 = 8;
+/// How often a conflicting command is tried in all. Generous: with four writers on one
+/// aggregate and slow fsyncs (a loaded box), eight tries were seen to lose; sixteen add at
+/// most ~1 s of backoff in that worst case.
+pub const MAX_ATTEMPTS: u32 = 16;
 
 /// Sleeps before retry `attempt` (0-based): 2 ms doubling to 128 ms, each with full jitter.
 pub async fn backoff(attempt: u32) {

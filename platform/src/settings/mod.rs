@@ -1,5 +1,9 @@
 //! Typed settings from environment variables, validated before anything starts.
 
+mod billing;
+
+pub use billing::Billing;
+
 use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
 
 use domain::{plan::PlanLimits, task::TaskCatalog, task::TaskType};
@@ -97,6 +101,10 @@ pub struct Settings {
     pub worker_token: Option<Secret>,
     /// `RUNLEDGER_HTTP_ALLOW`: CIDRs `http.request` may reach although private or loopback.
     pub http_allow: Vec<String>,
+    /// Stripe billing, when `STRIPE_SECRET_KEY` is set.
+    pub billing: Option<Billing>,
+    /// `RUNLEDGER_AUDIT_SIGNING_KEY`: signs audit digests.
+    pub audit_key: Option<Secret>,
 }
 
 impl Settings {
@@ -273,7 +281,12 @@ impl Settings {
             }
             http_allow.push(cidr.to_owned());
         }
+        let owned = |k: &str| get(k).map(str::to_owned);
+        let billing = billing::billing(&owned)?;
+        let audit_key = billing::audit_key(owned("RUNLEDGER_AUDIT_SIGNING_KEY"))?;
         Ok(Self {
+            billing,
+            audit_key,
             redis_url,
             redis_cluster,
             command_url,
@@ -361,6 +374,16 @@ impl Settings {
         self.redis_url
             .as_deref()
             .ok_or_else(|| bad("REDIS_URL", "is required by this role"))
+    }
+
+    /// The billing settings, for the billing role.
+    ///
+    /// # Errors
+    /// When `STRIPE_SECRET_KEY` is not set.
+    pub fn require_billing(&self) -> Result<&Billing, SettingsError> {
+        self.billing
+            .as_ref()
+            .ok_or_else(|| bad("STRIPE_SECRET_KEY", "is required by this role"))
     }
 
     /// Checks that some way to validate tokens is configured.
@@ -454,6 +477,34 @@ mod tests {
             assert_eq!(e.var, "RUNLEDGER_CHANGES_RETENTION_HOURS");
         }
         assert!(Settings::from_vars(&vars(&[("RUNLEDGER_TASK_TYPES", "Bad Type")])).is_err());
+        let e = Settings::from_vars(&vars(&[("STRIPE_SECRET_KEY", "sk_test_abc")])).unwrap_err();
+        assert_eq!(e.var, "STRIPE_WEBHOOK_SECRET");
+        let e = Settings::from_vars(&vars(&[("STRIPE_SECRET_KEY", "pk_test_abc")])).unwrap_err();
+        assert!(!e.to_string().contains("pk_test_abc"));
+        let e =
+            Settings::from_vars(&vars(&[("RUNLEDGER_AUDIT_SIGNING_KEY", "c2hvcnQ=")])).unwrap_err();
+        assert_eq!(e.var, "RUNLEDGER_AUDIT_SIGNING_KEY");
+    }
+
+    #[test]
+    fn billing_is_on_with_a_key_a_webhook_secret_and_a_price() {
+        let s = Settings::from_vars(&vars(&[
+            ("STRIPE_SECRET_KEY", "sk_test_abc"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_abc"),
+            ("STRIPE_PRICE_PRO", "price_pro"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:9"),
+        ]))
+        .unwrap();
+        let b = s.require_billing().unwrap();
+        assert_eq!(b.api_base, "http://127.0.0.1:9/");
+        assert_eq!(b.meter_event_name, "runledger_jobs");
+        assert!(!format!("{s:?}").contains("sk_test_abc"));
+        assert!(
+            Settings::from_vars(&HashMap::new())
+                .unwrap()
+                .billing
+                .is_none()
+        );
     }
 
     #[test]

@@ -5,12 +5,14 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
+use base64::Engine;
 use chrono::{DateTime, Datelike, Utc};
 use clap::ValueEnum;
 use platform::{settings::Settings, store::EventStore, views::MemoryViews};
 use read_api::{
     PgViews, ReadModels,
     audit::{month_start, replay_month},
+    digest::{Digest, signed_by, signing_key},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -26,19 +28,16 @@ pub enum Format {
     Csv,
 }
 
-/// Replays `user`'s months `from..=to` (`YYYY-MM`) from `DATABASE_URL`, else from the data
-/// directory of `runledger dev`.
-pub async fn replay(
+/// The event store and read models: `DATABASE_URL`'s, else the data directory of
+/// `runledger dev` (its read models folded in memory from the same log).
+///
+/// # Errors
+/// When neither can be opened.
+pub async fn open(
     s: &Settings,
-    data_dir: PathBuf,
-    user: &str,
-    from: &str,
-    to: &str,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let user = Uuid::parse_str(user).map_err(|_| anyhow::anyhow!("--user must be a UUID"))?;
-    let months = months(from, to)?;
-    let (store, views): (EventStore, Arc<dyn ReadModels>) = match &s.database_url {
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(EventStore, Arc<dyn ReadModels>)> {
+    Ok(match &s.database_url {
         Some(url) => {
             let pool = platform::db::connect(url, 4).await?;
             (EventStore::new(pool.clone()), Arc::new(PgViews(pool)))
@@ -50,14 +49,29 @@ pub async fn replay(
                     data_dir.display()
                 );
             }
-            let pool = platform::db::open_embedded(Some(&data_dir)).await?;
+            let pool = platform::db::open_embedded(Some(data_dir)).await?;
             let store = EventStore::sqlite(pool);
-            // The embedded read models live in memory: fold them here from the same log.
             let views = Arc::new(MemoryViews::default());
             projections::memory::catch_up(&store, &views).await?;
             (store, views as Arc<dyn ReadModels>)
         }
-    };
+    })
+}
+
+/// Replays `user`'s months `from..=to` (`YYYY-MM`) from `DATABASE_URL`, else from the data
+/// directory of `runledger dev`.
+pub async fn replay(
+    s: &Settings,
+    data_dir: PathBuf,
+    user: &str,
+    from: &str,
+    to: &str,
+    format: Format,
+    digest: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let user = Uuid::parse_str(user).map_err(|_| anyhow::anyhow!("--user must be a UUID"))?;
+    let months = months(from, to)?;
+    let (store, views) = open(s, &data_dir).await?;
     let mut rows = Vec::new();
     for (i, start) in months.iter().enumerate() {
         if months.len() > 12 {
@@ -69,6 +83,10 @@ pub async fn replay(
         eprintln!();
     }
     print(&rows, format);
+    let mut failed_digests = 0;
+    if let Some(path) = digest {
+        failed_digests = check_digest(s, &path, user, &months, &rows)?;
+    }
     let bad = rows
         .iter()
         .filter(|r| r["chain_verified"] != true || r["matches_projection"] != true)
@@ -77,6 +95,94 @@ pub async fn replay(
         eprintln!("runledger: {bad} ledger(s) failed verification or disagree with the read model");
         return Ok(ExitCode::FAILURE);
     }
+    if failed_digests > 0 {
+        eprintln!("runledger: {failed_digests} ledger(s) differ from the signed digest");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the replayed `rows` against a digest file kept elsewhere: each of `user`'s signed
+/// ledgers in those months must verify (signed by this deployment's key when one is set) and
+/// match the replay's unit count and chain head. Prints a line per ledger; returns the
+/// number that fail.
+fn check_digest(
+    s: &Settings,
+    path: &std::path::Path,
+    user: Uuid,
+    months: &[DateTime<Utc>],
+    rows: &[Value],
+) -> anyhow::Result<usize> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let digest: Digest = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a runledger digest", path.display()))?;
+    if let Ok(key) = signing_key(s.audit_key.as_ref()) {
+        let ours = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
+        anyhow::ensure!(
+            ours == digest.public_key,
+            "the digest is signed with another key than RUNLEDGER_AUDIT_SIGNING_KEY's"
+        );
+    }
+    let last = months
+        .last()
+        .map(|m| domain::period::BillingPeriod::calendar_month(*m).end);
+    let mut failed = 0;
+    for d in digest.ledgers.iter().filter(|d| {
+        d.user_id == user
+            && months.first().is_some_and(|f| d.period_start >= *f)
+            && last.is_some_and(|l| d.period_start < l)
+    }) {
+        let row = rows
+            .iter()
+            .find(|r| r["period_start"] == serde_json::json!(d.period_start));
+        let verdict = if !signed_by(d, &digest.public_key) {
+            "the signature does not verify".to_owned()
+        } else if let Some(r) = row {
+            let units = r["consumed"].as_u64();
+            let head = r["chain_head"].as_str();
+            if units != Some(d.units) {
+                format!("{} units replayed, {} signed", r["consumed"], d.units)
+            } else if head != Some(d.chain_head.as_str()) {
+                "the chain head differs from the signed one".to_owned()
+            } else {
+                String::new()
+            }
+        } else {
+            "the ledger is missing from the events".to_owned()
+        };
+        if verdict.is_empty() {
+            println!(
+                "digest: period from {} matches ({} units)",
+                d.period_start, d.units
+            );
+        } else {
+            failed += 1;
+            println!("digest: period from {} FAILS: {verdict}", d.period_start);
+        }
+    }
+    Ok(failed)
+}
+
+/// `runledger audit digest`: the signed digest of the ledgers starting in `month`, printed as
+/// JSON (keep it somewhere the database's writers cannot reach).
+///
+/// # Errors
+/// Without a signing key, a bad month, or a failing store.
+pub async fn digest(
+    s: &Settings,
+    data_dir: PathBuf,
+    month: &str,
+    user: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let key = signing_key(s.audit_key.as_ref())
+        .map_err(|_| anyhow::anyhow!("RUNLEDGER_AUDIT_SIGNING_KEY is required to sign digests"))?;
+    let user = user
+        .map(|u| Uuid::parse_str(u).map_err(|_| anyhow::anyhow!("--user must be a UUID")))
+        .transpose()?;
+    let (store, views) = open(s, &data_dir).await?;
+    let d = read_api::digest::make(&store, views.as_ref(), &key, month, user, Utc::now()).await?;
+    println!("{}", serde_json::to_string_pretty(&d)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod billing;
 mod dev;
 mod events;
 mod roles;
@@ -56,6 +57,12 @@ enum Action {
         /// RUNLEDGER_DATA_DIR, else ./.runledger).
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
+    },
+    /// Billing on Stripe: without an action, the billing role (reports on a schedule,
+    /// reconciles, serves /metrics); or one report or reconciliation.
+    Billing {
+        #[command(subcommand)]
+        action: Option<BillingAction>,
     },
     /// Serve the write side: job submission, cancel, worker reports; runs the process manager.
     CommandApi,
@@ -125,8 +132,51 @@ enum AuditAction {
         /// table, json or csv.
         #[arg(long, value_enum, default_value = "table")]
         format: audit::Format,
+        /// A digest made earlier (`runledger audit digest`): the ledgers must still match it.
+        #[arg(long)]
+        digest: Option<PathBuf>,
         /// Without DATABASE_URL: the data directory of `runledger dev` (default:
         /// RUNLEDGER_DATA_DIR, else ./.runledger).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the signed digest (unit count and chain head) of each closed ledger starting in
+    /// a month (RUNLEDGER_AUDIT_SIGNING_KEY).
+    Digest {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: String,
+        /// Only this user's ledgers (UUID).
+        #[arg(long)]
+        user: Option<String>,
+        /// Without DATABASE_URL: the data directory of `runledger dev`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BillingAction {
+    /// Send paid ledgers' unreported units to Stripe as meter events; exit 1 when a range
+    /// could not be sent or is flagged.
+    Report {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Without DATABASE_URL: the data directory of `runledger dev`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Per ledger of a month: Stripe's meter vs the projection vs a replay of the events;
+    /// exit 1 on any difference.
+    Reconcile {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: String,
+        /// table or json.
+        #[arg(long, value_enum, default_value = "table")]
+        format: billing::Format,
+        /// Without DATABASE_URL: the data directory of `runledger dev`.
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -208,6 +258,7 @@ fn main() -> ExitCode {
                     from,
                     to,
                     format,
+                    digest,
                     data_dir,
                 },
         } => runtime().and_then(|rt| {
@@ -221,7 +272,43 @@ fn main() -> ExitCode {
                 &from,
                 &to,
                 format,
+                digest,
             ))
+        }),
+        Action::Audit {
+            action:
+                AuditAction::Digest {
+                    period,
+                    user,
+                    data_dir,
+                },
+        } => runtime().and_then(|rt| {
+            let s = settings()?;
+            rt.block_on(audit::digest(
+                &s,
+                data_dir_or_default(data_dir),
+                &period,
+                user.as_deref(),
+            ))
+        }),
+        Action::Billing { action } => runtime().and_then(|rt| {
+            let s = settings()?;
+            rt.block_on(async {
+                match action {
+                    None => billing::role(s).await,
+                    Some(BillingAction::Report { json, data_dir }) => {
+                        billing::report(&s, &data_dir_or_default(data_dir), json).await
+                    }
+                    Some(BillingAction::Reconcile {
+                        period,
+                        format,
+                        data_dir,
+                    }) => {
+                        billing::reconcile(&s, &data_dir_or_default(data_dir), &period, format)
+                            .await
+                    }
+                }
+            })
         }),
         Action::Events { action, data_dir } => runtime().and_then(|rt| {
             let s = settings()?;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod billing;
 mod bodies;
 mod helpers;
 mod jobs;

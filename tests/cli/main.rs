@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod billing;
+
 use std::process::{Command, Output};
 
 const SECRET: &str = "cli-test-secret-0123456789abcdef0123";

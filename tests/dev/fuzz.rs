@@ -9,6 +9,7 @@ use domain::ids::UserId;
 use platform::{
     auth::{Role, mint},
     settings::Secret,
+    stripe_fake::FakeStripe,
 };
 
 use crate::helpers::*;
@@ -29,8 +30,8 @@ fn schemathesis() -> Option<PathBuf> {
     st.exists().then_some(st)
 }
 
-#[test]
-fn openapi_fuzzing_finds_nothing_with_any_role() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_fuzzing_finds_nothing_with_any_role() {
     let Some(st) = schemathesis() else {
         assert_ne!(
             std::env::var("CI").as_deref(),
@@ -41,11 +42,23 @@ fn openapi_fuzzing_finds_nothing_with_any_role() {
         return;
     };
     let examples = std::env::var("RUNLEDGER_FUZZ_EXAMPLES").unwrap_or_else(|_| "4".into());
+    // Billing and digests on, so their routes answer as deployed (Stripe is a local fake).
+    let stripe = FakeStripe::start("runledger_jobs").await;
+    let base = stripe.base_url();
     let dev = Dev::start(
         &["--in-memory"],
         &[
             ("RUNLEDGER_JWT_SECRET", SECRET),
             ("RUNLEDGER_FREE_LIMIT", "1000000"),
+            ("STRIPE_SECRET_KEY", stripe.secret_key()),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_fuzz"),
+            ("STRIPE_PRICE_PRO", "price_pro"),
+            ("STRIPE_PRICE_ENTERPRISE", "price_ent"),
+            ("STRIPE_API_BASE", &base),
+            (
+                "RUNLEDGER_AUDIT_SIGNING_KEY",
+                "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+            ),
         ],
     );
     let worker = mint(
@@ -64,19 +77,21 @@ fn openapi_fuzzing_finds_nothing_with_any_role() {
         ("auditor", dev.auditor.as_str()),
         ("worker", worker.as_str()),
     ] {
-        let out = Command::new(&st)
-            .args(["--config-file", config])
-            .args(["run", &format!("{}/openapi.json", dev.url)])
-            .args(["--header", &format!("Authorization: Bearer {token}")])
-            .args(["--checks", "all", "--max-examples", &examples])
-            // SSE streams never end: each is read for the timeout, then validated.
-            .args(["--workers", "2", "--request-timeout", "3"])
-            .args(["--no-color", "--output-truncate", "true"])
-            .current_dir(std::env::temp_dir())
-            .env("PYTHONPATH", hooks)
-            .env("SCHEMATHESIS_HOOKS", "hooks")
-            .output()
-            .unwrap();
+        let out = tokio::task::block_in_place(|| {
+            Command::new(&st)
+                .args(["--config-file", config])
+                .args(["run", &format!("{}/openapi.json", dev.url)])
+                .args(["--header", &format!("Authorization: Bearer {token}")])
+                .args(["--checks", "all", "--max-examples", &examples])
+                // SSE streams never end: each is read for the timeout, then validated.
+                .args(["--workers", "2", "--request-timeout", "3"])
+                .args(["--no-color", "--output-truncate", "true"])
+                .current_dir(std::env::temp_dir())
+                .env("PYTHONPATH", hooks)
+                .env("SCHEMATHESIS_HOOKS", "hooks")
+                .output()
+        })
+        .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let summary: Vec<&str> = text
             .lines()

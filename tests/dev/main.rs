@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_settings;
+mod billing;
 mod disk_full;
 mod fuzz;
 mod helpers;

@@ -13,40 +13,46 @@ const BODY_FIELDS: [&str; 5] = ["consumed_at", "job_id", "period_start", "unit",
 
 /// JSON with object keys sorted and no white space: one byte sequence per value.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    // Only JSON text was written: valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// A JSON string or scalar, as serde_json writes it (into a `Vec`, which cannot fail).
+fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_json(k, out);
+                out.push(b':');
                 if let Some(v) = map.get(k) {
                     write_canonical(v, out);
                 }
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => write_json(other, out),
     }
 }
 
@@ -162,6 +168,110 @@ pub fn verify_chain_bytes(units: &[&[u8]]) -> Result<ChainHead, ChainBreak> {
         }
     }
     verify_chain(values.iter())
+}
+
+/// One unit checked on its own: its shape and its own hash. What links it to its
+/// neighbours (sequence, `prev_hash`) is [`link_units`]'s. Independent per unit, so a long
+/// chain can be checked on several cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedUnit {
+    /// Its `unit` number.
+    pub unit: u64,
+    /// Its `prev_hash`.
+    pub prev_hash: String,
+    /// Its `hash`.
+    pub hash: String,
+    /// Its `job_id`, for a break report.
+    pub job_id: Option<String>,
+    /// Whether `hash` is the hash of its other fields.
+    pub hash_ok: bool,
+}
+
+/// Checks one unit's shape and hash.
+///
+/// # Errors
+/// [`BreakReason::Malformed`], with the unit's job id when it has one.
+pub fn check_unit(unit: &Value) -> Result<CheckedUnit, (Option<String>, BreakReason)> {
+    let job_id = unit
+        .get("job_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let malformed = || (job_id.clone(), BreakReason::Malformed);
+    let obj = unit.as_object().ok_or_else(malformed)?;
+    let prev = obj.get("prev_hash").and_then(Value::as_str);
+    let hash = obj.get("hash").and_then(Value::as_str);
+    let (Some(prev), Some(hash)) = (prev, hash) else {
+        return Err(malformed());
+    };
+    if obj.len() != BODY_FIELDS.len() + 2 || BODY_FIELDS.iter().any(|f| !obj.contains_key(*f)) {
+        return Err(malformed());
+    }
+    // Not a number: never the next one, so a sequence break, as `verify_chain` says.
+    let n = obj.get("unit").and_then(Value::as_u64).unwrap_or(0);
+    // The canonical body written straight from the unit: its fields, sorted, no copies.
+    let mut body = Vec::with_capacity(256);
+    body.push(b'{');
+    for (i, field) in BODY_FIELDS.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_json(*field, &mut body);
+        body.push(b':');
+        if let Some(v) = obj.get(*field) {
+            write_canonical(v, &mut body);
+        }
+    }
+    body.push(b'}');
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(&body);
+    Ok(CheckedUnit {
+        unit: n,
+        prev_hash: prev.to_owned(),
+        hash_ok: hex::encode(h.finalize()) == hash,
+        hash: hash.to_owned(),
+        job_id,
+    })
+}
+
+/// Links units checked by [`check_unit`], in ledger order: the same verdict as
+/// [`verify_chain`] over the same units.
+///
+/// # Errors
+/// The first unit that fails, and why.
+pub fn link_units(
+    units: impl IntoIterator<Item = Result<CheckedUnit, (Option<String>, BreakReason)>>,
+) -> Result<ChainHead, ChainBreak> {
+    let mut head = ChainHead {
+        units: 0,
+        hash: GENESIS.to_owned(),
+    };
+    for (index, checked) in units.into_iter().enumerate() {
+        let u = checked.map_err(|(job_id, reason)| ChainBreak {
+            index,
+            job_id,
+            reason,
+        })?;
+        let fail = |reason| ChainBreak {
+            index,
+            job_id: u.job_id.clone(),
+            reason,
+        };
+        if u.unit != head.units + 1 {
+            return Err(fail(BreakReason::Sequence));
+        }
+        if u.prev_hash != head.hash {
+            return Err(fail(BreakReason::Link));
+        }
+        if !u.hash_ok {
+            return Err(fail(BreakReason::Hash));
+        }
+        head = ChainHead {
+            units: head.units + 1,
+            hash: u.hash,
+        };
+    }
+    Ok(head)
 }
 
 /// `(prev_hash, hash, body)` when the unit has exactly the expected fields.

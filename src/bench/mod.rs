@@ -1,5 +1,6 @@
 //! Load generators that print their figures: `runledger bench submit|sse|streams|rebuild`.
 
+mod audit;
 mod rebuild;
 mod sse;
 mod submit;
@@ -67,6 +68,13 @@ pub enum BenchAction {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// Seed one heavy user's ledger in a scratch database (beside DATABASE_URL's), then time
+    /// the audit's replay of it: read, decode, verify the hash chain.
+    Audit {
+        /// Events to seed (half reservations, half units).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
 }
 
 pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
@@ -99,6 +107,7 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
         } => sse::latency(&settings, &write, &read, rate, seconds, users, &until).await,
         BenchAction::Streams { read, streams } => sse::hold(&settings, &read, streams).await,
         BenchAction::Rebuild { events } => rebuild::run(&settings, events).await,
+        BenchAction::Audit { events } => audit::run(&settings, events).await,
     }
 }
 

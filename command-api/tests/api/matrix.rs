@@ -102,8 +102,16 @@ async fn each_route_admits_only_its_roles_before_reading_the_body() {
         "/v1/jobs".to_owned(),
         format!("/v1/jobs/{job}/cancel"),
         format!("/v1/worker/jobs/{job}/start"),
+        "/v1/billing/checkout".to_owned(),
     ] {
         let r = app.post_raw(&path, None, "{not json".into(), &[]).await;
         assert_eq!(r.status, 401, "{path}");
+    }
+    // Checkout is a customer's: every service role is 403, whatever the body.
+    for t in [&worker, &auditor, &admin] {
+        let r = app
+            .post_raw("/v1/billing/checkout", Some(t), "{not json".into(), &[])
+            .await;
+        assert_problem(&r, 403, "forbidden");
     }
 }

@@ -4,7 +4,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    chain::{BreakReason, canonical_json, verify_chain, verify_chain_bytes},
+    chain::{
+        BreakReason, canonical_json, check_unit, link_units, verify_chain, verify_chain_bytes,
+    },
     plan::Plan,
     usage::*,
 };
@@ -91,5 +93,33 @@ proptest! {
         let slices: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
         let err = verify_chain_bytes(&slices).unwrap_err();
         prop_assert_eq!(err.index, i);
+    }
+
+    /// Checking units one by one (on any core) then linking them gives `verify_chain`'s
+    /// verdict, whatever was tampered with.
+    #[test]
+    fn split_verification_agrees_with_verify_chain(
+        n in 0usize..10,
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..7), 0..3),
+    ) {
+        let units = ledger(n);
+        let mut values: Vec<serde_json::Value> =
+            units.iter().map(|u| serde_json::from_slice(u).unwrap()).collect();
+        for (pick, kind) in edits {
+            if values.is_empty() { break; }
+            let i = pick.index(values.len());
+            match kind {
+                0 => { values.remove(i); }
+                1 => values[i]["unit"] = serde_json::json!(77),
+                2 => values[i]["prev_hash"] = serde_json::json!("00"),
+                3 => { values[i].as_object_mut().unwrap().remove("hash"); }
+                4 => values[i]["unit"] = serde_json::json!("one"),
+                5 => values[i]["extra"] = serde_json::json!(1),
+                _ => { let v = values[i].clone(); values.insert(i, v); }
+            }
+        }
+        let whole = verify_chain(values.iter());
+        let split = link_units(values.iter().map(check_unit));
+        prop_assert_eq!(whole, split);
     }
 }

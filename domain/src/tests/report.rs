@@ -230,11 +230,12 @@ proptest! {
                 Step::Send(r) => if let Some(range) = &held[r] {
                     stripe.entry(range.identifier.clone()).or_insert_with(|| range.clone());
                 },
-                Step::Finish(r) => if let Some(range) = held[r].take() {
-                    if stripe.contains_key(&range.identifier) {
+                Step::Finish(r) => {
+                    let reached = held[r].take().filter(|range| stripe.contains_key(&range.identifier));
+                    if let Some(range) = reached {
                         run(&mut state, finish(range.to_unit));
                     }
-                },
+                }
                 Step::Crash(r) => held[r] = None,
             }
         }

@@ -37,6 +37,41 @@ impl EventStore {
         self.log.events_of(aggregate_type, id).await
     }
 
+    /// `(position, event_type, payload)` of one aggregate's events, in order, the payload
+    /// only for events of `event_type`, read over two connections at once (each taking
+    /// every other sequence) and merged back into order.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn payloads_of(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+        event_type: &str,
+    ) -> Result<Vec<(i64, String, Option<String>)>, sqlx::Error> {
+        let (even, odd) = tokio::join!(
+            self.log.payloads_of(aggregate_type, id, event_type, (0, 2)),
+            self.log.payloads_of(aggregate_type, id, event_type, (1, 2)),
+        );
+        let (even, odd) = (even?, odd?);
+        // Positions grow with sequence within an aggregate: merge by position.
+        let mut merged = Vec::with_capacity(even.len() + odd.len());
+        let (mut a, mut b) = (even.into_iter().peekable(), odd.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            match next {
+                Some(row) => merged.push(row),
+                None => break,
+            }
+        }
+        Ok(merged)
+    }
+
     /// The ids of the aggregates of `aggregate_type` that start with `prefix`, from the log.
     ///
     /// # Errors

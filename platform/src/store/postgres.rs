@@ -66,6 +66,27 @@ impl EventLog for Postgres {
         reader::events_of(&self.0, aggregate_type, id).await
     }
 
+    async fn payloads_of(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+        event_type: &str,
+        (part, parts): (i64, i64),
+    ) -> Result<Vec<(i64, String, Option<String>)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT position, event_type, CASE WHEN event_type = $3 THEN payload::text END \
+               FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                AND sequence % $5 = $4 ORDER BY sequence",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .bind(event_type)
+        .bind(part)
+        .bind(parts.max(1))
+        .fetch_all(&self.0)
+        .await
+    }
+
     async fn aggregate_ids(
         &self,
         aggregate_type: &str,

@@ -248,3 +248,62 @@ fn a_canceled_status_means_free_and_a_renewal_late_rolls_the_period() {
     let p = s.period_at(at("2026-12-06T00:00:00Z"));
     assert_eq!(p.start, paid_period().end);
 }
+
+mod orders {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn change(i: usize) -> StripeChange {
+        let plans = [Plan::Pro, Plan::Enterprise];
+        let statuses = [
+            SubscriptionStatus::Active,
+            SubscriptionStatus::PastDue,
+            SubscriptionStatus::Ended,
+        ];
+        let start = at("2026-11-05T00:00:00Z") + chrono::Duration::days(i as i64 * 30);
+        StripeChange::SubscriptionChanged {
+            customer_id: obj("cus_1"),
+            subscription_id: obj("sub_1"),
+            plan: plans[i % 2],
+            status: statuses[i % 3],
+            period: BillingPeriod::new(start, start + chrono::Duration::days(28 + (i as i64 % 4)))
+                .unwrap(),
+        }
+    }
+
+    proptest! {
+        /// Subscription changes delivered in any order, some twice: the state is the newest
+        /// change's, and each event id is applied once.
+        #[test]
+        fn any_delivery_order_ends_in_the_newest_state(
+            order in Just((0..6usize).collect::<Vec<_>>()).prop_shuffle(),
+            repeats in prop::collection::vec(0..6usize, 0..4),
+        ) {
+            let mut s = Subscription::default();
+            let created = |i: usize| at("2026-11-05T00:00:00Z") + chrono::Duration::minutes(i as i64);
+            let mut applied = 0;
+            for i in order.iter().copied().chain(repeats) {
+                let cmd = SubscriptionCommand::ApplyStripeEvent(ApplyStripeEvent {
+                    user_id: user(),
+                    event_id: evt(&format!("evt_{i}")),
+                    created: created(i),
+                    change: change(i),
+                    now: t0(),
+                });
+                if let Ok(events) = s.decide(cmd) {
+                    applied += 1;
+                    for e in events {
+                        s.evolve(&e);
+                    }
+                }
+            }
+            prop_assert_eq!(applied, 6);
+            let StripeChange::SubscriptionChanged { plan, status, period, .. } = change(5) else {
+                unreachable!()
+            };
+            let paid = s.paid().unwrap();
+            prop_assert_eq!((paid.plan, paid.status, paid.period), (plan, status, period));
+        }
+    }
+}

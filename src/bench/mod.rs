@@ -112,6 +112,33 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
 }
 
 /// Tokens for `n` new customers.
+/// Runs `f` on a scratch database created beside `DATABASE_URL`'s (named `prefix` and the
+/// process id), dropped afterwards whatever `f` returned.
+async fn in_scratch_db<F, Fut>(settings: &Settings, prefix: &str, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    use sqlx::Connection;
+    let admin = settings.require_database()?.expose().to_owned();
+    let name = format!("{prefix}_{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    let url = match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => anyhow::bail!("DATABASE_URL has no database name"),
+    };
+    let result = f(url).await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    result
+}
+
 fn tokens(settings: &Settings, n: usize) -> anyhow::Result<Vec<(UserId, String)>> {
     let minter = platform::auth::Minter::for_role(settings, Role::Customer)
         .context("RUNLEDGER_JWT_SECRET is required to mint tokens")?;

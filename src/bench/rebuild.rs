@@ -3,29 +3,14 @@
 
 use std::{process::ExitCode, time::Instant};
 
-use anyhow::Context;
 use platform::settings::{Secret, Settings};
 use projections::Projection;
-use sqlx::{Connection, PgConnection};
 
 pub async fn run(settings: &Settings, events: u64) -> anyhow::Result<ExitCode> {
-    let admin = settings.require_database()?.expose().to_owned();
-    let name = format!("runledger_bench_rebuild_{}", std::process::id());
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .context("connecting to DATABASE_URL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
-    let url = match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => anyhow::bail!("DATABASE_URL has no database name"),
-    };
-    let result = seed_and_rebuild(&url, events).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    result
+    super::in_scratch_db(settings, "runledger_bench_rebuild", |url| async move {
+        seed_and_rebuild(&url, events).await
+    })
+    .await
 }
 
 async fn seed_and_rebuild(url: &str, events: u64) -> anyhow::Result<ExitCode> {

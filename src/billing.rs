@@ -1,26 +1,17 @@
 //! `runledger billing`: the billing role (usage reported to Stripe on a schedule, the month
 //! reconciled after each report, `/metrics`), and its one-shot `report` and `reconcile`.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::Path,
-    process::ExitCode,
-};
+use std::{path::Path, process::ExitCode};
 
 use anyhow::Context;
 use chrono::{DateTime, Datelike, Utc};
 use clap::ValueEnum;
 use command_api::billing::{report, stripe::Api};
-use domain::{
-    period::BillingPeriod,
-    plan::Plan,
-    subscription::Subscription,
-    usage::{Usage, UsageKey},
-};
+use domain::{period::BillingPeriod, plan::Plan, subscription::Subscription, usage::Usage};
 use platform::{settings::Settings, store::EventStore};
 use read_api::{
     ReadModels,
-    audit::{month_start, replay_month},
+    audit::{ledgers_starting_in, month_start, replay_month},
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -108,19 +99,8 @@ pub async fn rows(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Row>> {
     let start = month_start(month).context("--period must be YYYY-MM")?;
-    let end = BillingPeriod::calendar_month(start).end;
     // Ledgers are found in the raw events, as the audit does.
-    let mut ledgers: BTreeMap<Uuid, BTreeSet<(DateTime<Utc>, String)>> = BTreeMap::new();
-    for id in store.aggregate_ids("usage", "").await? {
-        if let Some(k) = UsageKey::from_aggregate_id(&id)
-            .filter(|k| k.period_start >= start && k.period_start < end)
-        {
-            ledgers
-                .entry(k.user_id.as_uuid())
-                .or_default()
-                .insert((k.period_start, id));
-        }
-    }
+    let ledgers = ledgers_starting_in(store, start, None).await?;
     let mut meter = None;
     let mut out = Vec::new();
     for (user, ids) in ledgers {

@@ -2,7 +2,7 @@
 //! `hash = SHA-256(prev_hash ‖ canonical JSON of the unit)`, so editing, removing or
 //! reordering any unit breaks every link after it.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of a period's first unit.
@@ -113,38 +113,7 @@ pub struct ChainHead {
 pub fn verify_chain<'a>(
     units: impl IntoIterator<Item = &'a Value>,
 ) -> Result<ChainHead, ChainBreak> {
-    let mut head = ChainHead {
-        units: 0,
-        hash: GENESIS.to_owned(),
-    };
-    for (index, unit) in units.into_iter().enumerate() {
-        let fail = |reason| ChainBreak {
-            index,
-            job_id: unit
-                .get("job_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            reason,
-        };
-        let obj = unit
-            .as_object()
-            .ok_or_else(|| fail(BreakReason::Malformed))?;
-        let (prev, hash, body) = split_unit(obj).ok_or_else(|| fail(BreakReason::Malformed))?;
-        if body.get("unit").and_then(Value::as_u64) != Some(head.units + 1) {
-            return Err(fail(BreakReason::Sequence));
-        }
-        if prev != head.hash {
-            return Err(fail(BreakReason::Link));
-        }
-        if link_hash(prev, &body) != hash {
-            return Err(fail(BreakReason::Hash));
-        }
-        head = ChainHead {
-            units: head.units + 1,
-            hash: hash.to_owned(),
-        };
-    }
-    Ok(head)
+    link_units(units.into_iter().map(check_unit))
 }
 
 /// Verifies units given as the exact bytes that were recorded: any byte changed, even one
@@ -234,8 +203,8 @@ pub fn check_unit(unit: &Value) -> Result<CheckedUnit, (Option<String>, BreakRea
     })
 }
 
-/// Links units checked by [`check_unit`], in ledger order: the same verdict as
-/// [`verify_chain`] over the same units.
+/// Links units checked by [`check_unit`], in ledger order: in turn each unit's sequence,
+/// its link to the previous hash, then its own hash.
 ///
 /// # Errors
 /// The first unit that fails, and why.
@@ -272,20 +241,6 @@ pub fn link_units(
         };
     }
     Ok(head)
-}
-
-/// `(prev_hash, hash, body)` when the unit has exactly the expected fields.
-fn split_unit(obj: &Map<String, Value>) -> Option<(&str, &str, Value)> {
-    if obj.len() != BODY_FIELDS.len() + 2 {
-        return None;
-    }
-    let prev = obj.get("prev_hash")?.as_str()?;
-    let hash = obj.get("hash")?.as_str()?;
-    let mut body = Map::new();
-    for field in BODY_FIELDS {
-        body.insert(field.to_owned(), obj.get(field)?.clone());
-    }
-    Some((prev, hash, Value::Object(body)))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! the periods starting that month, replayed from the raw events beside the projection, with
 //! the verdict of each ledger's hash chain.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::{
     Json,
@@ -80,6 +80,33 @@ pub fn month_start(month: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// The usage ledgers starting in the month that starts at `start` (one user's, or all),
+/// found in the raw events: per user, `(period start, aggregate id)` in order.
+///
+/// # Errors
+/// Database errors.
+pub async fn ledgers_starting_in(
+    store: &EventStore,
+    start: DateTime<Utc>,
+    user: Option<Uuid>,
+) -> Result<BTreeMap<Uuid, Vec<(DateTime<Utc>, String)>>, sqlx::Error> {
+    let end = BillingPeriod::calendar_month(start).end;
+    let prefix = user.map_or_else(String::new, |u| UsageKey::prefix_of(UserId::from_uuid(u)));
+    let mut ledgers: BTreeMap<Uuid, Vec<(DateTime<Utc>, String)>> = BTreeMap::new();
+    for id in store.aggregate_ids("usage", &prefix).await? {
+        if let Some(k) = UsageKey::from_aggregate_id(&id)
+            .filter(|k| k.period_start >= start && k.period_start < end)
+            .filter(|k| user.is_none_or(|u| k.user_id.as_uuid() == u))
+        {
+            ledgers
+                .entry(k.user_id.as_uuid())
+                .or_default()
+                .push((k.period_start, id));
+        }
+    }
+    Ok(ledgers)
+}
+
 /// `user`'s periods starting in the month that starts at `start`, each replayed from its raw
 /// events with the hash-chain verdict, beside what the projection says.
 ///
@@ -91,18 +118,14 @@ pub async fn replay_month(
     user: Uuid,
     start: DateTime<Utc>,
 ) -> Result<Vec<Value>, AuditError> {
-    let end = BillingPeriod::calendar_month(start).end;
     // The ledgers are found in the raw events, never in the projection under audit: the
     // calendar month's, and any other period (a paid plan's) that starts in it.
-    let owner = UserId::from_uuid(user);
-    let mut starts: BTreeSet<DateTime<Utc>> = store
-        .aggregate_ids("usage", &UsageKey::prefix_of(owner))
+    let mut starts: BTreeSet<DateTime<Utc>> = ledgers_starting_in(store, start, Some(user))
         .await?
-        .iter()
-        .filter_map(|id| UsageKey::from_aggregate_id(id))
-        .filter(|k| k.user_id == owner)
-        .map(|k| k.period_start)
-        .filter(|s| *s >= start && *s < end)
+        .remove(&user)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, _)| s)
         .collect();
     starts.insert(start);
     let known = views.usage_history(user, 120).await?;
@@ -168,7 +191,7 @@ fn replay(
             (left, right.join())
         });
         let mut all = left?;
-        all.extend(right.map_err(|_| AuditError::Decode(0))??);
+        all.extend(right.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
         all
     } else {
         events.iter().map(see).collect::<Result<_, _>>()?

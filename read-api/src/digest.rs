@@ -3,7 +3,7 @@
 //! makes truncation detectable: a dropped tail changes the count, a consistent rewrite of
 //! events and projection changes the head, and neither can be re-signed without the key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::{
     Json,
@@ -12,11 +12,7 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
-use domain::{
-    ids::UserId,
-    period::BillingPeriod,
-    usage::{Usage, UsageKey},
-};
+use domain::usage::Usage;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use platform::{
     auth::{Principal, Role},
@@ -28,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    audit::{AuditError, month_start, replay_month},
+    audit::{AuditError, ledgers_starting_in, month_start, replay_month},
     state::AppState,
     views::ReadModels,
 };
@@ -138,20 +134,7 @@ pub async fn make(
     now: DateTime<Utc>,
 ) -> Result<Digest, DigestError> {
     let start = month_start(month).ok_or(DigestError::Period)?;
-    let end = BillingPeriod::calendar_month(start).end;
-    let prefix = user.map_or_else(String::new, |u| UsageKey::prefix_of(UserId::from_uuid(u)));
-    let mut ledgers: BTreeMap<Uuid, Vec<(DateTime<Utc>, String)>> = BTreeMap::new();
-    for id in store.aggregate_ids("usage", &prefix).await? {
-        if let Some(k) = UsageKey::from_aggregate_id(&id)
-            .filter(|k| k.period_start >= start && k.period_start < end)
-            .filter(|k| user.is_none_or(|u| k.user_id.as_uuid() == u))
-        {
-            ledgers
-                .entry(k.user_id.as_uuid())
-                .or_default()
-                .push((k.period_start, id));
-        }
-    }
+    let ledgers = ledgers_starting_in(store, start, user).await?;
     let mut digest = Digest {
         algorithm: "Ed25519".into(),
         public_key: STANDARD.encode(key.verifying_key().as_bytes()),

@@ -57,7 +57,8 @@ pub fn prices(b: &Billing) -> Prices {
     }
 }
 
-fn metadata(source: &str) -> Metadata {
+/// The metadata of billing's events: a fresh correlation id and who acted.
+pub(crate) fn metadata(source: &str) -> Metadata {
     let mut m = Metadata::new();
     m.insert("correlation_id".into(), uuid::Uuid::new_v4().to_string());
     m.insert("actor".into(), source.to_owned());
@@ -117,7 +118,10 @@ pub async fn checkout(
         Some(c) => c.clone(),
         None => {
             let c = api.create_customer(user).await.map_err(stripe_problem)?;
-            link(&state, user, &c).await?;
+            // Created under the user's own idempotency key: another owner is a bug.
+            if !link(&state, user, &c).await? {
+                return Err(Problem::internal());
+            }
             c
         }
     };
@@ -131,8 +135,9 @@ pub async fn checkout(
 }
 
 /// Claims `customer` for `user` and links it on the user's subscription (each idempotent,
-/// so a retry after a crash between them completes the pair).
-async fn link(state: &AppState, user: UserId, customer: &StripeObjectId) -> Result<(), Problem> {
+/// so a retry after a crash between them completes the pair). `false`: the customer is
+/// another user's, and nothing was linked.
+async fn link(state: &AppState, user: UserId, customer: &StripeObjectId) -> Result<bool, Problem> {
     let claim = CustomerCommand::Claim(ClaimCustomer {
         customer_id: customer.clone(),
         user_id: user,
@@ -145,8 +150,8 @@ async fn link(state: &AppState, user: UserId, customer: &StripeObjectId) -> Resu
     {
         Ok(_) => {}
         Err(CustomerError::ClaimedByOther) => {
-            tracing::error!(message = "A Stripe customer is claimed by another user.", user_id = %user);
-            return Err(Problem::internal());
+            tracing::warn!(message = "A Stripe customer is claimed by another user.", user_id = %user);
+            return Ok(false);
         }
     }
     let command = SubscriptionCommand::LinkCustomer(LinkCustomer {
@@ -159,10 +164,10 @@ async fn link(state: &AppState, user: UserId, customer: &StripeObjectId) -> Resu
         .await
         .map_err(store_problem)?
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(e) => {
             tracing::warn!(message = "The customer link was refused.", user_id = %user, error = %e);
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -217,8 +222,12 @@ pub async fn webhook(
             let Some(user) = user_of(&state, user_id, Some(&customer_id)).await? else {
                 return Ok(received(false, Some("no runledger user for this customer")));
             };
-            link(&state, user, &customer_id).await?;
-            return Ok(received(true, None));
+            // Stripe retries anything but 2xx: a customer of another user is acknowledged.
+            let linked = link(&state, user, &customer_id).await?;
+            return Ok(received(
+                linked,
+                (!linked).then_some("the customer or the user is linked to another"),
+            ));
         }
         Kind::Change {
             user_id,

@@ -56,10 +56,7 @@ impl Summary {
 }
 
 fn meta() -> Metadata {
-    let mut m = Metadata::new();
-    m.insert("correlation_id".into(), Uuid::new_v4().to_string());
-    m.insert("actor".into(), "billing-report".into());
-    m
+    super::metadata("billing-report")
 }
 
 /// Reports every paid ledger's unreported units at `now`.

@@ -315,6 +315,20 @@ async fn checkout_completed_links_the_customer_for_events_without_metadata() {
         .await;
     assert_eq!(r.body["applied"], true, "{:?}", r.body);
     assert_eq!(app.plan_of(user).await, Plan::Pro);
+    // Another user's checkout naming the same customer: acknowledged, nothing linked.
+    let thief = app
+        .deliver(
+            WebhookKind::CheckoutSessionCompleted,
+            &params(Some(new_user()), "cus_test_d", "price_pro"),
+        )
+        .await;
+    assert_eq!(
+        (thief.status, &thief.body["applied"]),
+        (200, &json!(false)),
+        "{:?}",
+        thief.body
+    );
+    assert_eq!(app.count_events("CustomerClaimed").await, 1);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod bench;
 mod billing;
 mod dev;
 mod events;
+mod executors;
 mod roles;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};

@@ -3,6 +3,7 @@
 //! the in-memory read-model tables, change notices, the problem+json error type, and graceful
 //! shutdown.
 
+pub mod artifacts;
 pub mod auth;
 pub mod db;
 pub mod http;

@@ -1,5 +1,6 @@
 //! runledger's read side: queries over the read models and the per-user SSE stream.
 
+pub mod artifacts;
 pub mod audit;
 pub mod audit_events;
 pub mod digest;
@@ -57,6 +58,9 @@ pub async fn build_on(
     let auth = Authenticator::from_settings(&settings);
     let hub = stream::Hub::start(bus, shutdown).await?;
     Ok(AppState {
+        artifacts: Arc::new(platform::artifacts::DirStore::new(
+            settings.artifacts_dir.clone(),
+        )),
         views,
         store,
         auth: Arc::new(auth),
@@ -86,6 +90,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/stream", get(stream::stream))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/artifacts/{name}", get(artifacts::get))
         .route("/v1/usage", get(usage::current))
         .route("/v1/usage/history", get(usage::history))
         .route("/v1/subscription", get(usage::subscription))

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use platform::{
+    artifacts::ArtifactStore,
     auth::{Authenticator, HasAuthenticator, Principal, Role},
     problem::Problem,
     settings::Settings,
@@ -24,6 +25,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Per-user fan-out of change notices.
     pub hub: Arc<Hub>,
+    /// Where the jobs' artifacts are.
+    pub artifacts: Arc<dyn ArtifactStore>,
 }
 
 impl HasAuthenticator for AppState {

@@ -55,6 +55,25 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
     if s.jwt_secret.is_none() && s.jwks_url.is_none() {
         s.jwt_secret = Some(dev_secret(&data)?);
     }
+    let profiles = match &data {
+        Data::Dir(dir) => {
+            // Profiles of browsers an earlier run left behind (it holds the lock no more).
+            let profiles = dir.join("browser");
+            let _ = std::fs::remove_dir_all(&profiles);
+            if std::env::var_os("RUNLEDGER_ARTIFACTS_DIR").is_none() {
+                s.artifacts_dir = dir.join("artifacts");
+            }
+            profiles
+        }
+        Data::InMemory => {
+            if std::env::var_os("RUNLEDGER_ARTIFACTS_DIR").is_none() {
+                s.artifacts_dir = std::env::temp_dir()
+                    .join(format!("runledger-dev-{}", uuid::Uuid::new_v4().simple()))
+                    .join("artifacts");
+            }
+            crate::executors::temp_profiles()
+        }
+    };
     let listener = tokio::net::TcpListener::bind(s.addr)
         .await
         .with_context(|| format!("cannot listen on {}", s.addr))?;
@@ -91,7 +110,11 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
         shutdown.clone(),
     )));
     let read = read_api::build_on(store.clone(), views, s.clone(), &bus, shutdown.clone()).await?;
-    start_workers(&s, &store, &command, concurrency, &shutdown, &mut tasks).await?;
+    let pools = Pools {
+        concurrency,
+        profiles,
+    };
+    start_workers(&s, &store, &command, pools, &shutdown, &mut tasks).await?;
 
     let metrics_state = read.clone();
     let app = platform::http::finish(
@@ -216,13 +239,24 @@ async fn nats(url: &str) -> anyhow::Result<async_nats::Client> {
     }
 }
 
+/// How the workers of `runledger dev` run.
+struct Pools {
+    /// Jobs at once per namespace.
+    concurrency: usize,
+    /// Where browser profiles go.
+    profiles: PathBuf,
+}
+
 /// The dispatcher and a worker per namespace: on Redis when `REDIS_URL` is set, else on
 /// the in-process queue. Workers report through the command side in process.
 async fn start_workers(
     s: &Settings,
     store: &EventStore,
     command: &command_api::AppState,
-    concurrency: usize,
+    Pools {
+        concurrency,
+        profiles,
+    }: Pools,
     shutdown: &CancellationToken,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
@@ -230,9 +264,7 @@ async fn start_workers(
     let reporter = Arc::new(reporter::LocalReporter {
         state: command.clone(),
     });
-    let executor = Arc::new(workers::executors::Generic::new(workers::ssrf::Guard::new(
-        &s.http_allow,
-    )));
+    let executor = Arc::new(crate::executors::build(s, &namespaces, profiles, shutdown));
     match &s.redis_url {
         Some(url) => {
             let client = workers::queue::Target::open(url, s.redis_cluster)

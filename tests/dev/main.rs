@@ -6,6 +6,7 @@
 
 mod bad_settings;
 mod billing;
+mod browser;
 mod disk_full;
 mod fuzz;
 mod helpers;

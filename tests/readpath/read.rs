@@ -290,6 +290,23 @@ async fn each_read_route_admits_only_its_roles() {
         }
         assert_eq!(status(path.clone(), None).await, 401, "anonymous {path}");
     }
+    // A job's artifact: customers only (the owner's 200 is in tests/dev/browser.rs; this noop
+    // job has none, so its owner gets 404 like anyone else).
+    let artifact = format!("/v1/jobs/{job}/artifacts/screenshot.png");
+    for (who, t, expected) in [
+        ("owner", &owner_token, 404),
+        ("other", &other_token, 404),
+        ("worker", &worker, 403),
+        ("auditor", &auditor, 403),
+        ("admin", &admin, 403),
+    ] {
+        assert_eq!(
+            status(artifact.clone(), Some(t.clone())).await,
+            expected,
+            "{who} {artifact}"
+        );
+    }
+    assert_eq!(status(artifact.clone(), None).await, 401, "anonymous");
     for path in &audit_routes {
         for (who, t, expected) in [
             ("auditor", &auditor, 200),

@@ -5,6 +5,7 @@
 pub mod dispatcher;
 pub mod executors;
 pub mod local;
+pub mod outbound;
 pub mod queue;
 pub mod report;
 pub mod runtime;

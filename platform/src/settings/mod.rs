@@ -1,8 +1,10 @@
 //! Typed settings from environment variables, validated before anything starts.
 
 mod billing;
+mod executors;
 
 pub use billing::Billing;
+pub use executors::{BrowserSettings, LlmProvider, LlmSettings};
 
 use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
 
@@ -105,6 +107,13 @@ pub struct Settings {
     pub billing: Option<Billing>,
     /// `RUNLEDGER_AUDIT_SIGNING_KEY`: signs audit digests.
     pub audit_key: Option<Secret>,
+    /// The browser executor.
+    pub browser: BrowserSettings,
+    /// The agent executor, when `RUNLEDGER_LLM_MODEL` is set.
+    pub llm: Option<LlmSettings>,
+    /// `RUNLEDGER_ARTIFACTS_DIR` (default `artifacts` under `RUNLEDGER_DATA_DIR`, itself
+    /// `./.runledger` by default): where workers put artifacts and the read side finds them.
+    pub artifacts_dir: std::path::PathBuf,
 }
 
 impl Settings {
@@ -284,7 +293,18 @@ impl Settings {
         let owned = |k: &str| get(k).map(str::to_owned);
         let billing = billing::billing(&owned)?;
         let audit_key = billing::audit_key(owned("RUNLEDGER_AUDIT_SIGNING_KEY"))?;
+        let browser = executors::browser(&owned)?;
+        let llm = executors::llm(&owned)?;
         Ok(Self {
+            browser,
+            llm,
+            artifacts_dir: get("RUNLEDGER_ARTIFACTS_DIR").map_or_else(
+                || {
+                    std::path::PathBuf::from(get("RUNLEDGER_DATA_DIR").unwrap_or("./.runledger"))
+                        .join("artifacts")
+                },
+                std::path::PathBuf::from,
+            ),
             billing,
             audit_key,
             redis_url,

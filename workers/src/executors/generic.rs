@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{ExecError, Executor};
-use crate::ssrf::Guard;
+use crate::{outbound, ssrf::Guard};
 
 const MAX_REDIRECTS: usize = 5;
 /// The most of a response body kept; reading stops there.
@@ -92,28 +92,6 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// Reads at most [`MAX_BODY`] bytes, then stops: a huge answer is never held whole.
-async fn capped_body(mut res: reqwest::Response) -> Result<(Vec<u8>, bool), ExecError> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = res
-        .chunk()
-        .await
-        .map_err(|e| ExecError::retryable(format!("reading the answer failed: {e}")))?
-    {
-        let room = MAX_BODY - bytes.len();
-        if chunk.len() >= room {
-            bytes.extend_from_slice(&chunk[..room]);
-            // Exactly at the cap: the length header says whether more was coming; without
-            // one, reading on could wait for the whole timeout, so it counts as cut.
-            let more =
-                chunk.len() > room || res.content_length().is_none_or(|n| n > MAX_BODY as u64);
-            return Ok((bytes, more));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok((bytes, false))
-}
-
 impl Generic {
     async fn http(&self, p: HttpRequest) -> Result<Value, ExecError> {
         let (lo, hi) = payload::HTTP_TIMEOUT_MS;
@@ -128,26 +106,7 @@ impl Generic {
             .map_err(|_| ExecError::fatal("bad method"))?;
         let mut body = p.body;
         for _ in 0..=MAX_REDIRECTS {
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(ExecError::fatal("only http and https URLs are allowed"));
-            }
-            let host = url
-                .host_str()
-                .ok_or_else(|| ExecError::fatal("url has no host"))?
-                .to_owned();
-            let port = url.port_or_known_default().unwrap_or(80);
-            let addr = self
-                .guard
-                .resolve(&host, port)
-                .await
-                .map_err(|e| ExecError::fatal(e.to_string()))?;
-            // Pinned to the address just checked; no automatic redirects, no proxy.
-            let client = platform::http_client()
-                .redirect(reqwest::redirect::Policy::none())
-                .resolve(&host, addr)
-                .timeout(timeout)
-                .build()
-                .map_err(|e| ExecError::retryable(e.to_string()))?;
+            let client = outbound::pinned_client(&self.guard, &url, timeout).await?;
             let mut req = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
@@ -185,7 +144,7 @@ impl Generic {
                 }
                 continue;
             }
-            let (bytes, truncated) = capped_body(res).await?;
+            let (bytes, truncated) = outbound::capped_body(res, MAX_BODY).await?;
             let out = json!({
                 "status": status.as_u16(),
                 "body": String::from_utf8_lossy(&bytes),

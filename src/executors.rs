@@ -1,5 +1,5 @@
 //! The executors a worker runs, built from the settings: the generic ones always, the browser
-//! for the `browser` namespace.
+//! for the `browser` namespace, the agent for `default` when a model is configured.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -7,7 +7,10 @@ use domain::task::Namespace;
 use platform::{artifacts::DirStore, settings::Settings};
 use tokio_util::sync::CancellationToken;
 use workers::{
-    executors::{BrowserExecutor, Executors, Generic},
+    executors::{
+        AgentExecutor, BrowserExecutor, Executors, Generic,
+        agent::memory::{MemMemory, MemoryStore, PgMemory},
+    },
     ssrf::Guard,
 };
 
@@ -16,12 +19,16 @@ const POOL_CHECK: Duration = Duration::from_secs(5);
 
 /// The executors for workers of `namespaces`; browser profiles go under `profiles`. A browser
 /// pool is launched (and kept warm until `shutdown`) only when `browser` is served.
-pub fn build(
+///
+/// # Errors
+/// When `DATABASE_URL` is set for the agent's memory and Postgres cannot be reached, or the
+/// model client cannot be built.
+pub async fn build(
     s: &Settings,
     namespaces: &[Namespace],
     profiles: PathBuf,
     shutdown: &CancellationToken,
-) -> Executors {
+) -> anyhow::Result<Executors> {
     let guard = Guard::new(&s.http_allow);
     let serves_browser = namespaces.contains(&Namespace::browser());
     if serves_browser && !s.browser.chromium_path.exists() {
@@ -40,10 +47,22 @@ pub fn build(
         tokio::spawn(b.pool().keep_warm(POOL_CHECK, shutdown.clone()));
         b
     });
-    Executors {
-        generic: Generic::new(guard),
+    let generic = Generic::new(guard);
+    let agent = match &s.llm {
+        Some(llm) if namespaces.contains(&Namespace::default_ns()) => {
+            let memory: Arc<dyn MemoryStore> = match &s.database_url {
+                Some(url) => Arc::new(PgMemory(platform::db::connect(url, 4).await?)),
+                None => Arc::new(MemMemory::default()),
+            };
+            Some(AgentExecutor::new(llm, memory, generic.clone())?)
+        }
+        _ => None,
+    };
+    Ok(Executors {
+        generic,
         browser,
-    }
+        agent,
+    })
 }
 
 /// A directory of this process's own for browser profiles.

@@ -446,8 +446,7 @@ fn schemas(action: SchemasAction, dir: &std::path::Path) -> anyhow::Result<ExitC
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let doc: serde_json::Value = serde_json::from_str(&current)
         .with_context(|| format!("{} is not JSON", path.display()))?;
-    let mut wanted = serde_json::to_string_pretty(&domain::schema::openapi(doc))?;
-    wanted.push('\n');
+    let wanted = domain::schema::pretty(&domain::schema::openapi(doc));
     match action {
         SchemasAction::Write => {
             std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))?

@@ -154,12 +154,15 @@ pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow:
         credentials,
     ));
     let shutdown = platform::shutdown::on_signal();
-    let executor = std::sync::Arc::new(crate::executors::build(
-        &s,
-        std::slice::from_ref(&namespace),
-        crate::executors::temp_profiles(),
-        &shutdown,
-    ));
+    let executor = std::sync::Arc::new(
+        crate::executors::build(
+            &s,
+            std::slice::from_ref(&namespace),
+            crate::executors::temp_profiles(),
+            &shutdown,
+        )
+        .await?,
+    );
     let cfg = workers::runtime::WorkerConfig::new(namespace, concurrency);
     tracing::info!(message = "Worker running.", worker_id = %cfg.worker_id, namespace = %cfg.namespace);
     workers::runtime::run(client, reporter, executor, cfg, shutdown).await?;

@@ -159,6 +159,10 @@ pub struct FailBody {
     pub error: String,
     /// Whether another attempt may follow.
     pub retryable: bool,
+    /// The least wait before another attempt, in milliseconds (an upstream `Retry-After`;
+    /// at most a day is honoured).
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// A worker's report, over HTTP or in process: one place turns it into a command.
@@ -196,6 +200,7 @@ impl WorkerReport {
                 attempt: Attempt::new(b.attempt)?,
                 error: ErrorText::truncated(&b.error),
                 retryable: b.retryable,
+                retry_after_ms: b.retry_after_ms,
                 now,
                 jitter_seed: rand::random(),
             }),

@@ -143,6 +143,10 @@ pub struct FailJob {
     pub error: ErrorText,
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The least wait before another attempt that the failed call asked for (an HTTP
+    /// `Retry-After`), in milliseconds; the backoff is never shorter.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
     /// When.
     pub now: DateTime<Utc>,
     /// Randomness for the backoff jitter, drawn by the caller.
@@ -622,6 +626,7 @@ impl Decider for Job {
                         attempt: c.attempt,
                         error: ErrorText::truncated(&error),
                         retryable: true,
+                        retry_after_ms: None,
                         now: c.now,
                         jitter_seed: c.jitter_seed,
                     },
@@ -686,6 +691,9 @@ impl Decider for Job {
     }
 }
 
+/// The longest `Retry-After` honoured: one day.
+pub const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
+
 /// A failed attempt, then its retry after a backoff or, with no attempt left or a fatal
 /// error, the dead letter.
 fn failure(s: &JobState, c: FailJob) -> Vec<JobEvent> {
@@ -696,7 +704,9 @@ fn failure(s: &JobState, c: FailJob) -> Vec<JobEvent> {
         failed_at: c.now,
     };
     let next = if c.retryable && s.max_attempts.allows_retry_after(c.attempt) {
-        let delay = s.retry.delay(c.attempt, c.jitter_seed);
+        let asked =
+            std::time::Duration::from_millis(c.retry_after_ms.unwrap_or(0).min(MAX_RETRY_AFTER_MS));
+        let delay = s.retry.delay(c.attempt, c.jitter_seed).max(asked);
         let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
         JobRetryScheduled {
             next_attempt: c.attempt.next(),

@@ -24,11 +24,35 @@ pub struct SchemaFile {
     pub json: String,
 }
 
-fn file<T: JsonSchema>(path: String) -> SchemaFile {
-    let schema = schema_for!(T);
-    let mut json = serde_json::to_string_pretty(&schema).unwrap_or_default();
+/// `value` pretty-printed with the keys of every object sorted, whatever order serde_json's
+/// map keeps (a dependency turns on its `preserve_order`), so the files never churn.
+pub fn pretty<T: serde::Serialize>(value: &T) -> String {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
+    let value = serde_json::to_value(value).unwrap_or_default();
+    let mut json = serde_json::to_string_pretty(&sorted(value)).unwrap_or_default();
     json.push('\n');
-    SchemaFile { path, json }
+    json
+}
+
+fn file<T: JsonSchema>(path: String) -> SchemaFile {
+    SchemaFile {
+        path,
+        json: pretty(&schema_for!(T)),
+    }
 }
 
 macro_rules! files {
@@ -45,11 +69,9 @@ fn event_file<T: JsonSchema>(event_type: &str) -> SchemaFile {
         "x-event-version".to_owned(),
         crate::event::EVENT_VERSION.into(),
     );
-    let mut json = serde_json::to_string_pretty(&schema).unwrap_or_default();
-    json.push('\n');
     SchemaFile {
         path: format!("events/{event_type}.json"),
-        json,
+        json: pretty(&schema),
     }
 }
 
@@ -180,11 +202,9 @@ pub fn for_catalog(mut doc: serde_json::Value, extra: &[&str]) -> serde_json::Va
 pub fn all() -> Vec<SchemaFile> {
     let mut out = vec![file::<JobEnvelope>("envelope.json".to_owned())];
     for (task, schema) in payloads() {
-        let mut json = serde_json::to_string_pretty(&schema).unwrap_or_default();
-        json.push('\n');
         out.push(SchemaFile {
             path: format!("payloads/{task}.json"),
-            json,
+            json: pretty(&schema),
         });
     }
     out.extend(files!("commands":

@@ -19,9 +19,13 @@ pub struct Problem {
     /// What went wrong this time; never a secret, never a database message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Extra members, flattened into the body.
-    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Extra members, flattened into the body (boxed: a problem travels in every `Err`).
+    #[serde(flatten, skip_serializing_if = "no_members")]
+    pub extra: Box<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn no_members(m: &serde_json::Map<String, serde_json::Value>) -> bool {
+    m.is_empty()
 }
 
 impl Problem {
@@ -32,7 +36,7 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: None,
-            extra: serde_json::Map::new(),
+            extra: Box::default(),
         }
     }
 

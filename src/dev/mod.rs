@@ -264,7 +264,7 @@ async fn start_workers(
     let reporter = Arc::new(reporter::LocalReporter {
         state: command.clone(),
     });
-    let executor = Arc::new(crate::executors::build(s, &namespaces, profiles, shutdown));
+    let executor = Arc::new(crate::executors::build(s, &namespaces, profiles, shutdown).await?);
     match &s.redis_url {
         Some(url) => {
             let client = workers::queue::Target::open(url, s.redis_cluster)

@@ -77,11 +77,13 @@ impl Reporter for LocalReporter {
         attempt: Attempt,
         error: &str,
         retryable: bool,
+        retry_after: Option<std::time::Duration>,
     ) -> Result<(), ReportError> {
         let body = FailBody {
             attempt: attempt.get(),
             error: error.to_owned(),
             retryable,
+            retry_after_ms: retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         self.report(job, WorkerReport::Fail(body)).await
     }

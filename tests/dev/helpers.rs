@@ -53,14 +53,23 @@ impl Dev {
         let mut child = command(&all, env)
             .current_dir(cwd)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         let output = Arc::new(Mutex::new(Vec::new()));
         let o = output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                o.lock().unwrap().push(line);
+            }
+        });
+        // The log too, so tests can check what reached it; still shown as before.
+        let o = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
                 o.lock().unwrap().push(line);
             }
         });

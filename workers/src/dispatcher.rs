@@ -140,6 +140,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
                             "the process stopped while it ran",
                         ),
                         retryable: true,
+                        retry_after_ms: None,
                         now: Utc::now(),
                         jitter_seed: rand::random(),
                     });

@@ -50,13 +50,14 @@ pub trait Reporter: Send + Sync + 'static {
         attempt: Attempt,
         result: Value,
     ) -> impl Future<Output = Result<(), ReportError>> + Send;
-    /// An attempt failed.
+    /// An attempt failed; `retry_after`: the least wait before another attempt.
     fn fail(
         &self,
         job: JobId,
         attempt: Attempt,
         error: &str,
         retryable: bool,
+        retry_after: Option<std::time::Duration>,
     ) -> impl Future<Output = Result<(), ReportError>> + Send;
 }
 
@@ -231,13 +232,13 @@ impl Reporter for HttpReporter {
         attempt: Attempt,
         error: &str,
         retryable: bool,
+        retry_after: Option<std::time::Duration>,
     ) -> Result<(), ReportError> {
-        self.post(
-            job,
-            "fail",
-            json!({"attempt": attempt, "error": error, "retryable": retryable}),
-        )
-        .await
+        let mut body = json!({"attempt": attempt, "error": error, "retryable": retryable});
+        if let Some(d) = retry_after {
+            body["retry_after_ms"] = json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        }
+        self.post(job, "fail", body).await
     }
 }
 

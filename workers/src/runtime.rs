@@ -13,7 +13,7 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    executors::Executor,
+    executors::{ExecError, Executor},
     local::LocalQueue,
     queue::{self, Conn, Transport},
     report::{ReportError, Reporter},
@@ -374,9 +374,9 @@ async fn execute<R: Reporter, E: Executor>(
         Some(Ok(Ok(result))) => Outcome::Complete(result),
         // Canceled by its owner: the job is over, nothing to report.
         Some(Ok(Err(_))) if cancel_reason_is_job_over(ctx, env).await => return true,
-        Some(Ok(Err(e))) => Outcome::Fail(e.message, e.retryable),
-        Some(Err(_)) => Outcome::Fail("timed out".into(), true),
-        None => Outcome::Fail("worker stopped".into(), true),
+        Some(Ok(Err(e))) => Outcome::Fail(e),
+        Some(Err(_)) => Outcome::Fail(ExecError::retryable("timed out")),
+        None => Outcome::Fail(ExecError::retryable("worker stopped")),
     };
     match deliver(ctx, env, &outcome).await {
         Ok(()) => {
@@ -398,7 +398,7 @@ async fn execute<R: Reporter, E: Executor>(
 /// What an attempt came to.
 enum Outcome {
     Complete(serde_json::Value),
-    Fail(String, bool),
+    Fail(ExecError),
 }
 
 /// Reports `outcome` until the command side takes it: a transport failure (the command side
@@ -414,8 +414,10 @@ async fn deliver<R: Reporter, E>(
     loop {
         let reported = match outcome {
             Outcome::Complete(result) => ctx.reporter.complete(job, attempt, result.clone()).await,
-            Outcome::Fail(message, retryable) => {
-                ctx.reporter.fail(job, attempt, message, *retryable).await
+            Outcome::Fail(e) => {
+                ctx.reporter
+                    .fail(job, attempt, &e.message, e.retryable, e.retry_after)
+                    .await
             }
         };
         match reported {
@@ -522,7 +524,7 @@ async fn maintain<R: Reporter, E: Executor>(
 async fn recover<R: Reporter, E>(ctx: &Ctx<R, E>, env: &JobEnvelope) -> Recovery {
     match ctx
         .reporter
-        .fail(env.job_id, env.attempt, "worker lost", true)
+        .fail(env.job_id, env.attempt, "worker lost", true, None)
         .await
     {
         Ok(()) => Recovery::Settled,

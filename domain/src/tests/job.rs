@@ -87,6 +87,7 @@ fn fail(n: u32, retryable: bool) -> JobCommand {
         attempt: a(n),
         error: ErrorText::truncated("boom"),
         retryable,
+        retry_after_ms: None,
         now: later(5),
         jitter_seed: 42,
     })
@@ -249,6 +250,46 @@ fn a_retry_does_not_start_before_its_backoff() {
                 attempt: a(2),
                 worker_id: worker("w1"),
                 started_at: r.not_before,
+            }
+            .into(),
+        ]);
+}
+
+#[test]
+fn a_retry_waits_at_least_what_the_failed_call_asked_for() {
+    let fail_asking = |ms: u64| {
+        JobCommand::Fail(FailJob {
+            attempt: a(1),
+            error: ErrorText::truncated("boom"),
+            retryable: true,
+            retry_after_ms: Some(ms),
+            now: later(5),
+            jitter_seed: 42,
+        })
+    };
+    // Longer than the backoff: the retry waits for it.
+    given::<Job>([submitted(None, 3), started(1)])
+        .when(fail_asking(30_000))
+        .then(vec![
+            failed(1, true),
+            JobRetryScheduled {
+                next_attempt: a(2),
+                not_before: later(5) + chrono::Duration::seconds(30),
+            }
+            .into(),
+        ]);
+    // Shorter than the backoff: the backoff stands.
+    given::<Job>([submitted(None, 3), started(1)])
+        .when(fail_asking(1))
+        .then(vec![failed(1, true), retry_scheduled(2)]);
+    // More than a day is a day.
+    given::<Job>([submitted(None, 3), started(1)])
+        .when(fail_asking(u64::MAX))
+        .then(vec![
+            failed(1, true),
+            JobRetryScheduled {
+                next_attempt: a(2),
+                not_before: later(5) + chrono::Duration::days(1),
             }
             .into(),
         ]);

@@ -140,6 +140,7 @@ impl World {
                     attempt: a(n),
                     error: ErrorText::truncated("x"),
                     retryable,
+                    retry_after_ms: None,
                     now: later(2),
                     jitter_seed: 1,
                 }),

@@ -93,7 +93,7 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 }
 
 impl Generic {
-    async fn http(&self, p: HttpRequest) -> Result<Value, ExecError> {
+    pub(crate) async fn http(&self, p: HttpRequest) -> Result<Value, ExecError> {
         let (lo, hi) = payload::HTTP_TIMEOUT_MS;
         let timeout_ms = p
             .timeout_ms

@@ -1,6 +1,9 @@
-//! Load generators that print their figures: `runledger bench submit|sse|streams|rebuild`.
+//! Load generators that print their figures: `runledger bench
+//! submit|sse|streams|rebuild|audit|browser|agent`.
 
+mod agent;
 mod audit;
+mod browser;
 mod rebuild;
 mod sse;
 mod submit;
@@ -75,6 +78,29 @@ pub enum BenchAction {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// Screenshots of a local page through the browser executor on a warm pool
+    /// (`RUNLEDGER_BROWSER_POOL` browsers of `RUNLEDGER_CHROMIUM_PATH`): p50/p99 and jobs/s.
+    Browser {
+        /// Screenshots in all.
+        #[arg(short = 'n', long, default_value_t = 200)]
+        jobs: usize,
+        /// Screenshots at once.
+        #[arg(short = 'c', long, default_value_t = 2)]
+        concurrency: usize,
+    },
+    /// Agent runs against a local fake provider: the orchestration overhead (each run's time
+    /// minus the provider's) as p50/p99.
+    Agent {
+        /// Runs in all.
+        #[arg(short = 'n', long, default_value_t = 500)]
+        runs: usize,
+        /// Runs at once.
+        #[arg(short = 'c', long, default_value_t = 8)]
+        concurrency: usize,
+        /// The fake model's time per call, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        model_ms: u64,
+    },
 }
 
 pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
@@ -108,6 +134,14 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
         BenchAction::Streams { read, streams } => sse::hold(&settings, &read, streams).await,
         BenchAction::Rebuild { events } => rebuild::run(&settings, events).await,
         BenchAction::Audit { events } => audit::run(&settings, events).await,
+        BenchAction::Browser { jobs, concurrency } => {
+            browser::run(&settings, jobs, concurrency).await
+        }
+        BenchAction::Agent {
+            runs,
+            concurrency,
+            model_ms,
+        } => agent::run(&settings, runs, concurrency, model_ms).await,
     }
 }
 

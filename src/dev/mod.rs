@@ -264,14 +264,21 @@ async fn start_workers(
     let reporter = Arc::new(reporter::LocalReporter {
         state: command.clone(),
     });
-    let executor = Arc::new(crate::executors::build(s, &namespaces, profiles, shutdown).await?);
-    match &s.redis_url {
+    // Redis first: a start refused for it launches no browser.
+    let redis = match &s.redis_url {
         Some(url) => {
             let client = workers::queue::Target::open(url, s.redis_cluster)
                 .map_err(|_| anyhow::anyhow!("REDIS_URL does not parse as a Redis URL"))?;
             let conn = workers::queue::connect(&client)
                 .await
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: cannot connect: {e}"))?;
+            Some((client, conn))
+        }
+        None => None,
+    };
+    let executor = Arc::new(crate::executors::build(s, &namespaces, profiles, shutdown).await?);
+    match redis {
+        Some((client, conn)) => {
             let dispatcher =
                 Dispatcher::new(store.clone(), RedisQueue { conn }, NamespaceMap::default())
                     .with_reconcile_grace(s.reconcile_grace);

@@ -208,44 +208,9 @@ async fn provider(fake: Shared) -> String {
     format!("http://{addr}/v1")
 }
 
+/// An agent job as `token`, to its end.
 async fn run_as(dev: &Dev, token: &str, payload: Value) -> Value {
-    let res = client()
-        .post(format!("{}/v1/jobs", dev.url))
-        .bearer_auth(token)
-        .json(&json!({"task_type": "agent.run", "payload": payload}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let id = res.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/v1/jobs/{id}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = get(dev, token, &path).await.1;
-        if matches!(job["status"].as_str(), Some("completed" | "failed")) {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent job did not end: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn other_user(dir: &std::path::Path) -> String {
-    let secret = std::fs::read_to_string(dir.join("jwt-secret")).unwrap();
-    platform::auth::mint(
-        &platform::settings::Secret::new(secret.trim()),
-        "authenticated",
-        domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
-        platform::auth::Role::Customer,
-        Duration::from_secs(600),
-    )
-    .unwrap()
+    run_job(dev, token, "agent.run", payload, 60).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +241,7 @@ async fn the_agent_uses_tools_remembers_per_user_retries_politely_and_keeps_its_
         ],
     );
     let alice = dev.token.clone();
-    let bob = other_user(&dir);
+    let bob = new_customer(&dir);
 
     // A tool call, its answer used, two steps.
     let job = run_as(&dev, &alice, json!({"prompt": format!("FETCH {page}")})).await;

@@ -100,6 +100,11 @@ async fn refused_server() -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), hits)
 }
 
+/// A browser job as `token`, to its end.
+async fn run_as(dev: &Dev, token: &str, task_type: &str, payload: Value) -> Value {
+    run_job(dev, token, task_type, payload, 90).await
+}
+
 fn temp_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("runledger-browser-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -110,39 +115,6 @@ fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Dev {
     let mut env = vec![("RUNLEDGER_HTTP_ALLOW", "127.0.0.1/32")];
     env.extend_from_slice(extra);
     Dev::start(&["--data-dir", dir.to_str().unwrap()], &env)
-}
-
-/// Submits as `token` and waits for a final state; the job's view.
-async fn run_as(dev: &Dev, token: &str, task_type: &str, payload: Value) -> Value {
-    let res = client()
-        .post(format!("{}/v1/jobs", dev.url))
-        .bearer_auth(token)
-        .json(&json!({"task_type": task_type, "payload": payload}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let id = res.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_final(dev, token, &id).await
-}
-
-async fn wait_final(dev: &Dev, token: &str, id: &str) -> Value {
-    let path = format!("/v1/jobs/{id}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let job = get(dev, token, &path).await.1;
-        if matches!(job["status"].as_str(), Some("completed" | "failed")) {
-            return job;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the browser job did not end: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn artifact(dev: &Dev, token: &str, job: &Value, name: &str) -> (u16, String, Vec<u8>) {
@@ -163,18 +135,6 @@ async fn artifact(dev: &Dev, token: &str, job: &Value, name: &str) -> (u16, Stri
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     (status, ct, res.bytes().await.unwrap().to_vec())
-}
-
-fn other_user(dir: &std::path::Path) -> String {
-    let secret = std::fs::read_to_string(dir.join("jwt-secret")).unwrap();
-    platform::auth::mint(
-        &platform::settings::Secret::new(secret.trim()),
-        "authenticated",
-        domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
-        platform::auth::Role::Customer,
-        Duration::from_secs(600),
-    )
-    .unwrap()
 }
 
 /// Decodes a PNG: (width, height, RGBA pixels).
@@ -229,14 +189,13 @@ async fn screenshots_pdfs_and_extracts_of_a_local_page_reach_their_owner_only() 
     assert_eq!(pixel(&rgba, w, 300, 250), [0xd0, 0, 0]);
 
     // Another user: the same 404 as for a job that does not exist.
-    let other = other_user(&dir);
+    let other = new_customer(&dir);
     let (status, _, _) = artifact(&dev, &other, &job, "screenshot.png").await;
     assert_eq!(status, 404);
     let (status, _, _) = artifact(&dev, &dev.token, &job, "other.png").await;
     assert_eq!(status, 404);
 
-    let tall = run_as(
-        &dev,
+    let tall = run_as(&dev,
         &dev.token,
         "browser.screenshot",
         json!({"url": format!("{url}/tall"), "full_page": true, "viewport": {"width": 200, "height": 100}}),
@@ -340,7 +299,7 @@ async fn parallel_jobs_of_two_users_share_no_cookie() {
     let url = site(&refused, cookies.clone()).await;
     let dir = temp_dir();
     let dev = start(&dir, &[]);
-    let other = other_user(&dir);
+    let other = new_customer(&dir);
     let mut runs = Vec::new();
     for i in 0..6 {
         let token = if i % 2 == 0 {
@@ -421,7 +380,7 @@ async fn a_killed_chromium_fails_its_job_retryably_and_the_pool_heals() {
             .status()
             .unwrap();
     }
-    let job = wait_final(&dev, &dev.token, &id).await;
+    let job = wait_final(&dev, &dev.token, &id, 90).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(
         job["attempts"], 2,

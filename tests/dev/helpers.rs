@@ -186,3 +186,44 @@ pub async fn ok_server() -> String {
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/")
 }
+
+/// A token for a new customer, signed with the dev secret kept in `dir`.
+pub fn new_customer(dir: &std::path::Path) -> String {
+    let secret = std::fs::read_to_string(dir.join("jwt-secret")).unwrap();
+    platform::auth::mint(
+        &platform::settings::Secret::new(secret.trim()),
+        "authenticated",
+        domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
+        platform::auth::Role::Customer,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+/// Waits up to `secs` for job `id` to end; its view.
+pub async fn wait_final(dev: &Dev, token: &str, id: &str, secs: u64) -> Value {
+    let path = format!("/v1/jobs/{id}");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let job = get(dev, token, &path).await.1;
+        if matches!(job["status"].as_str(), Some("completed" | "failed")) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Submits as `token`, then waits up to `secs` for the job to end; its view.
+pub async fn run_job(dev: &Dev, token: &str, task_type: &str, payload: Value, secs: u64) -> Value {
+    let res = client()
+        .post(format!("{}/v1/jobs", dev.url))
+        .bearer_auth(token)
+        .json(&json!({"task_type": task_type, "payload": payload}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    wait_final(dev, token, body["job_id"].as_str().unwrap(), secs).await
+}

@@ -425,15 +425,7 @@ async fn the_auditor_reads_one_users_raw_events_as_ndjson() {
     let dev = Dev::start(&["--data-dir", dir.to_str().unwrap()], &[]);
     tour(&dev, 0).await;
     // Another user's job, which the demo user's log must not show.
-    let secret = std::fs::read_to_string(dir.join("jwt-secret")).unwrap();
-    let other = platform::auth::mint(
-        &platform::settings::Secret::new(secret.trim()),
-        "authenticated",
-        domain::ids::UserId::from_uuid(uuid::Uuid::new_v4()),
-        platform::auth::Role::Customer,
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let other = new_customer(&dir);
     let res = client()
         .post(format!("{}/v1/jobs", dev.url))
         .bearer_auth(&other)

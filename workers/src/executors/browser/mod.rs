@@ -185,13 +185,7 @@ impl BrowserExecutor {
             )
             .await?;
         let (w, h) = task.viewport();
-        page.execute(SetDeviceMetricsOverrideParams::new(
-            i64::from(w),
-            i64::from(h),
-            1.0,
-            false,
-        ))
-        .await?;
+        set_viewport(&page, w, h).await?;
         let refusals = Refusals::default();
         let events = page.event_listener::<EventRequestPaused>().await?;
         let interceptor =
@@ -256,13 +250,7 @@ impl BrowserExecutor {
             let metrics = page.layout_metrics().await?;
             let content = metrics.css_content_size.height.ceil();
             h = (content as u32).clamp(1, MAX_FULL_PAGE_HEIGHT);
-            page.execute(SetDeviceMetricsOverrideParams::new(
-                i64::from(w),
-                i64::from(h),
-                1.0,
-                false,
-            ))
-            .await?;
+            set_viewport(page, w, h).await?;
         }
         let png = page
             .screenshot(
@@ -288,6 +276,18 @@ impl BrowserExecutor {
             "bytes": bytes.len(),
         }))
     }
+}
+
+/// The page's viewport, in CSS pixels at scale 1.
+async fn set_viewport(page: &Page, w: u32, h: u32) -> Result<(), CdpError> {
+    page.execute(SetDeviceMetricsOverrideParams::new(
+        i64::from(w),
+        i64::from(h),
+        1.0,
+        false,
+    ))
+    .await
+    .map(|_| ())
 }
 
 /// One match of an extract.

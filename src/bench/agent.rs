@@ -4,11 +4,9 @@
 //! Overhead = the run's wall time minus the time the fake spent answering.
 
 use std::{
+    collections::HashMap,
     process::ExitCode,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -30,12 +28,36 @@ use workers::{
 
 use super::Percentiles;
 
-/// The fake provider: a fixed model time per chat call; what it spent, in microseconds.
+/// The fake provider: a fixed model time per chat call; the time it spent answering each
+/// run (found by the last `run-<n>` tag in a request: recalled memories of earlier runs come
+/// before the prompt).
 #[derive(Clone)]
 struct Fake {
     model_time: Duration,
-    spent_us: Arc<AtomicU64>,
+    spent: Arc<Mutex<HashMap<String, Duration>>>,
     page: String,
+}
+
+impl Fake {
+    fn charge(&self, body: &Value, since: Instant) {
+        let text = body.to_string();
+        let Some(at) = text.rfind("run-") else { return };
+        let tag: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if let Ok(mut m) = self.spent.lock() {
+            *m.entry(tag).or_default() += since.elapsed();
+        }
+    }
+
+    fn spent_on(&self, tag: &str) -> Duration {
+        self.spent
+            .lock()
+            .ok()
+            .and_then(|m| m.get(tag).copied())
+            .unwrap_or_default()
+    }
 }
 
 async fn chat(State(f): State<Fake>, Json(body): Json<Value>) -> Json<Value> {
@@ -53,8 +75,7 @@ async fn chat(State(f): State<Fake>, Json(body): Json<Value>) -> Json<Value> {
     } else {
         "tool_calls"
     };
-    f.spent_us
-        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+    f.charge(&body, t);
     Json(
         json!({"id": "c", "object": "chat.completion", "model": "bench", "choices": [{"index": 0,
         "message": message, "finish_reason": finish}],
@@ -68,8 +89,7 @@ async fn embeddings(State(f): State<Fake>, Json(body): Json<Value>) -> Json<Valu
     let data: Vec<Value> = (0..n)
         .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.5, 0.25, 0.125, 1.0]}))
         .collect();
-    f.spent_us
-        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+    f.charge(&body, t);
     Json(
         json!({"object": "list", "data": data, "model": "bench-embed",
         "usage": {"prompt_tokens": 4, "total_tokens": 4}}),
@@ -94,17 +114,16 @@ pub async fn run(
         axum::routing::get(|| async { "Invoice 2026-12: 1,204 jobs" }),
     ))
     .await?;
-    let spent_us = Arc::new(AtomicU64::new(0));
     let fake = Fake {
         model_time: Duration::from_millis(model_ms),
-        spent_us: spent_us.clone(),
+        spent: Arc::default(),
         page: format!("{page}/invoice"),
     };
     let base = serve(
         Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
-            .with_state(fake),
+            .with_state(fake.clone()),
     )
     .await?;
     let llm = LlmSettings {
@@ -137,23 +156,20 @@ pub async fn run(
             meta: EnvelopeMeta {
                 user_id: users[i % users.len()],
             },
-            payload: json!({"prompt": "How many jobs does my invoice list?"}),
+            payload: json!({"prompt": format!("run-{i}: how many jobs does my invoice list?")}),
         })
     };
     let cancel = CancellationToken::new();
     let envs = (0..runs).map(env).collect::<anyhow::Result<Vec<_>>>()?;
-    // Runs one at a time per slot so each run's share of the fake's time is its own.
     let started = Instant::now();
-    let results: Vec<(Duration, bool)> = futures::stream::iter(envs)
-        .map(|e| {
-            let (executor, cancel, spent) = (&executor, &cancel, &spent_us);
+    let results: Vec<(Duration, bool)> = futures::stream::iter(envs.into_iter().enumerate())
+        .map(|(i, e)| {
+            let (executor, cancel, fake) = (&executor, &cancel, &fake);
             async move {
-                let before = spent.load(Ordering::Relaxed);
                 let t = Instant::now();
                 let ok = executor.run(&e, cancel).await.is_ok();
-                let wall = t.elapsed();
-                let provider = Duration::from_micros(spent.load(Ordering::Relaxed) - before);
-                (wall.saturating_sub(provider), ok)
+                let provider = fake.spent_on(&format!("run-{i}"));
+                (t.elapsed().saturating_sub(provider), ok)
             }
         })
         .buffer_unordered(concurrency.max(1))

@@ -2,7 +2,7 @@
 //! the host is resolved and checked here and the connection pinned to that address (no
 //! proxy, no automatic redirect), and a body is read only up to a cap.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use crate::{executors::ExecError, ssrf::Guard};
 
@@ -15,6 +15,18 @@ pub async fn pinned_client(
     url: &reqwest::Url,
     timeout: Duration,
 ) -> Result<reqwest::Client, ExecError> {
+    let (host, addr) = checked_addr(guard, url).await?;
+    client_for(&host, addr, timeout)
+}
+
+/// `url`'s host and the address to reach it at, checked by the guard.
+///
+/// # Errors
+/// Fatal for a URL that is not http(s) with a host or whose address is forbidden.
+pub async fn checked_addr(
+    guard: &Guard,
+    url: &reqwest::Url,
+) -> Result<(String, SocketAddr), ExecError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ExecError::fatal("only http and https URLs are allowed"));
     }
@@ -27,9 +39,21 @@ pub async fn pinned_client(
         .resolve(&host, port)
         .await
         .map_err(|e| ExecError::fatal(e.to_string()))?;
+    Ok((host, addr))
+}
+
+/// A client that reaches `host` only at `addr` (no proxy, no automatic redirect).
+///
+/// # Errors
+/// Retryable when the client cannot be built.
+pub fn client_for(
+    host: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<reqwest::Client, ExecError> {
     platform::http_client()
         .redirect(reqwest::redirect::Policy::none())
-        .resolve(&host, addr)
+        .resolve(host, addr)
         .timeout(timeout)
         .build()
         .map_err(|e| ExecError::retryable(e.to_string()))

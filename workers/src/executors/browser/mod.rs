@@ -94,6 +94,7 @@ impl BrowserExecutor {
                 guard,
                 max_response: settings.max_response,
                 timeout: settings.timeout,
+                clients: Arc::default(),
             },
             artifacts,
             timeout: settings.timeout,

@@ -5,6 +5,8 @@
 //! recorded: a page that needed one is not rendered.
 
 use std::{
+    collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -20,7 +22,7 @@ use chromiumoxide::{
 };
 use futures::StreamExt;
 
-use crate::{outbound, ssrf::Guard};
+use crate::{executors::ExecError, outbound, ssrf::Guard};
 
 /// Request headers the worker sets itself or that must not be forwarded.
 const DROP_REQUEST: [&str; 5] = [
@@ -48,6 +50,30 @@ pub struct Fetcher {
     pub max_response: usize,
     /// One request's limit.
     pub timeout: Duration,
+    /// Clients by host and checked address: building one (TLS roots) costs more than a
+    /// page's small request, and a pinned client is only ever reused for that same pair.
+    pub clients: Arc<Mutex<HashMap<(String, SocketAddr), reqwest::Client>>>,
+}
+
+/// Cached clients at most; the cache starts over beyond.
+const MAX_CLIENTS: usize = 256;
+
+impl Fetcher {
+    async fn client(&self, url: &reqwest::Url) -> Result<reqwest::Client, ExecError> {
+        let (host, addr) = outbound::checked_addr(&self.guard, url).await?;
+        let key = (host, addr);
+        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(c);
+        }
+        let c = outbound::client_for(&key.0, addr, self.timeout)?;
+        if let Ok(mut m) = self.clients.lock() {
+            if m.len() >= MAX_CLIENTS {
+                m.clear();
+            }
+            m.insert(key, c.clone());
+        }
+        Ok(c)
+    }
 }
 
 /// Requests refused while a page loaded, as reasons.
@@ -121,7 +147,8 @@ async fn fetch(
     let shown: String = ev.request.url.chars().take(200).collect();
     let url = reqwest::Url::parse(&ev.request.url)
         .map_err(|_| Refused::Rule(format!("{shown}: not a URL")))?;
-    let client = outbound::pinned_client(&fetcher.guard, &url, fetcher.timeout)
+    let client = fetcher
+        .client(&url)
         .await
         .map_err(|e| Refused::Rule(format!("{shown}: {}", e.message)))?;
     let method = reqwest::Method::from_bytes(ev.request.method.as_bytes())

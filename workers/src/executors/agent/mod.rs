@@ -322,7 +322,7 @@ fn classify(e: &PromptError) -> ExecError {
         Some(s) if s.as_u16() == 408 || s.as_u16() == 429 || s.is_server_error() => {
             let after = e
                 .provider_response_headers()
-                .and_then(|h| h.get(http_retry_after()))
+                .and_then(|h| h.get(reqwest::header::RETRY_AFTER))
                 .and_then(|v| v.to_str().ok())
                 .and_then(retry_after);
             ExecError::retryable_after(format!("the model provider answered {s}"), after)
@@ -330,10 +330,6 @@ fn classify(e: &PromptError) -> ExecError {
         Some(s) => ExecError::fatal(format!("the model provider refused the request: {s}")),
         None => ExecError::retryable(format!("the model call failed: {e}")),
     }
-}
-
-fn http_retry_after() -> &'static str {
-    "retry-after"
 }
 
 /// `Retry-After`: seconds, or an HTTP date.

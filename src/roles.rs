@@ -120,7 +120,8 @@ pub async fn dispatcher(s: Settings) -> anyhow::Result<ExitCode> {
         workers::queue::RedisQueue { conn: redis },
         domain::task::NamespaceMap::default(),
     )
-    .with_reconcile_grace(s.reconcile_grace);
+    .with_reconcile_grace(s.reconcile_grace)
+    .with_fairness(s.dispatch);
     let namespaces = vec![
         domain::task::Namespace::default_ns(),
         domain::task::Namespace::browser(),

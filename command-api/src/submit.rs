@@ -9,6 +9,7 @@ use axum::{
 use chrono::{DateTime, Duration, Utc};
 use domain::{
     Decider,
+    concurrency::ConcurrencyGroup,
     ids::{CorrelationId, JobId},
     job::{Job, JobCommand, JobEvent, SubmitJob},
     retry::{MaxAttempts, RetryPolicy},
@@ -41,6 +42,10 @@ pub struct SubmitRequest {
     run_at: Option<String>,
     #[serde(default)]
     max_attempts: Option<u32>,
+    #[serde(default)]
+    concurrency_key: Option<String>,
+    #[serde(default)]
+    concurrency_limit: Option<u32>,
 }
 
 /// How far ahead `run_at` may be.
@@ -73,6 +78,9 @@ pub async fn submit(
         .map(MaxAttempts::new)
         .transpose()?
         .unwrap_or_default();
+    let concurrency =
+        ConcurrencyGroup::parse(req.concurrency_key.as_deref(), req.concurrency_limit)
+            .map_err(|e| ApiError::Problem(Problem::bad_request(e.to_string())))?;
     let key = idempotency_key(&headers)?;
     let request_hash = hex::encode(Sha256::digest(&body.raw));
 
@@ -124,6 +132,7 @@ pub async fn submit(
         max_attempts,
         retry: RetryPolicy::default(),
         usage: usage_key,
+        concurrency,
         now,
     }))?;
     let status = match job_events.first() {

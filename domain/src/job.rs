@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
+    concurrency::ConcurrencyGroup,
     envelope::{EnvelopeMeta, JobEnvelope},
     event::{Decider, event_enum},
     ids::{CorrelationId, JobId, UserId, WorkerId},
@@ -99,6 +100,8 @@ pub struct SubmitJob {
     pub retry: RetryPolicy,
     /// The usage ledger holding its reservation.
     pub usage: UsageKey,
+    /// Its concurrency group among its owner's jobs, if any.
+    pub concurrency: Option<ConcurrencyGroup>,
     /// The time of submission.
     pub now: DateTime<Utc>,
 }
@@ -212,6 +215,9 @@ pub struct JobSubmitted {
     pub status: JobStatus,
     /// When.
     pub submitted_at: DateTime<Utc>,
+    /// Its concurrency group among its owner's jobs (absent in events before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyGroup>,
 }
 
 /// A worker started an attempt.
@@ -464,6 +470,9 @@ pub struct JobState {
     /// When the running attempt was last seen (its start or latest heartbeat).
     #[serde(default)]
     pub last_seen: Option<DateTime<Utc>>,
+    /// Its concurrency group among its owner's jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyGroup>,
 }
 
 /// The Job aggregate; its default is a job not yet submitted.
@@ -544,6 +553,7 @@ impl Decider for Job {
                         usage: c.usage,
                         status,
                         submitted_at: c.now,
+                        concurrency: c.concurrency,
                     }
                     .into(),
                 ])
@@ -663,6 +673,7 @@ impl Decider for Job {
                 not_before: e.run_at,
                 last_error: None,
                 last_seen: None,
+                concurrency: e.concurrency.clone(),
             });
             return;
         }

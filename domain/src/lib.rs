@@ -17,6 +17,7 @@
 
 pub mod chain;
 #[cfg(feature = "cqrs")]
+pub mod concurrency;
 pub mod cqrs;
 pub mod customer;
 pub mod envelope;

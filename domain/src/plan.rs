@@ -81,6 +81,74 @@ impl PlanLimits {
     }
 }
 
+/// How many jobs of one user may hold a dispatch slot at once (queued in Redis or running),
+/// per plan: `RUNLEDGER_FREE_CONCURRENCY`, `RUNLEDGER_PRO_CONCURRENCY`,
+/// `RUNLEDGER_ENTERPRISE_CONCURRENCY`; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanConcurrency {
+    /// FREE (default 2).
+    pub free: Option<u32>,
+    /// PRO (default 20).
+    pub pro: Option<u32>,
+    /// ENTERPRISE (default unlimited).
+    pub enterprise: Option<u32>,
+}
+
+impl Default for PlanConcurrency {
+    fn default() -> Self {
+        Self {
+            free: Some(2),
+            pro: Some(20),
+            enterprise: None,
+        }
+    }
+}
+
+impl PlanConcurrency {
+    /// The concurrency limit of `plan`; `None` is unlimited.
+    pub const fn limit(&self, plan: Plan) -> Option<u32> {
+        match plan {
+            Plan::Free => self.free,
+            Plan::Pro => self.pro,
+            Plan::Enterprise => self.enterprise,
+        }
+    }
+}
+
+/// A user's share of dispatch turns when several have jobs ready, per plan
+/// (`RUNLEDGER_FREE_WEIGHT`, …; defaults 1, 2, 4): a turn hands out up to `weight` jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanWeights {
+    /// FREE (default 1).
+    pub free: u32,
+    /// PRO (default 2).
+    pub pro: u32,
+    /// ENTERPRISE (default 4).
+    pub enterprise: u32,
+}
+
+impl Default for PlanWeights {
+    fn default() -> Self {
+        Self {
+            free: 1,
+            pro: 2,
+            enterprise: 4,
+        }
+    }
+}
+
+impl PlanWeights {
+    /// The weight of `plan` (at least 1).
+    pub fn weight(&self, plan: Plan) -> u32 {
+        match plan {
+            Plan::Free => self.free,
+            Plan::Pro => self.pro,
+            Plan::Enterprise => self.enterprise,
+        }
+        .max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +162,21 @@ mod tests {
         let limits = PlanLimits { free: 3, pro: 7 };
         assert_eq!(limits.limit(Plan::Free), Some(3));
         assert_eq!(limits.limit(Plan::Pro), Some(7));
+    }
+
+    #[test]
+    fn concurrency_and_weights_default_per_plan() {
+        let c = PlanConcurrency::default();
+        assert_eq!(c.limit(Plan::Free), Some(2));
+        assert_eq!(c.limit(Plan::Pro), Some(20));
+        assert_eq!(c.limit(Plan::Enterprise), None);
+        let w = PlanWeights::default();
+        assert_eq!(
+            [Plan::Free, Plan::Pro, Plan::Enterprise].map(|p| w.weight(p)),
+            [1, 2, 4]
+        );
+        let zero = PlanWeights { free: 0, ..w };
+        assert_eq!(zero.weight(Plan::Free), 1);
     }
 
     #[test]

@@ -123,7 +123,15 @@ pub fn openapi(mut doc: serde_json::Value) -> serde_json::Value {
             "type": "string", "format": "date-time",
             "description": "RFC 3339; at most 366 days ahead; past or absent: at once"
         },
-        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 25, "default": 3}
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 25, "default": 3},
+        "concurrency_key": {
+            "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9._:-]+$",
+            "description": "At most concurrency_limit of the caller's running jobs share this key"
+        },
+        "concurrency_limit": {
+            "type": "integer", "minimum": 1, "maximum": 1000, "default": 1,
+            "description": "Only with concurrency_key"
+        }
     });
     let payloads = payloads();
     let variant = |task_type: serde_json::Value, payload: serde_json::Value| {
@@ -135,6 +143,10 @@ pub fn openapi(mut doc: serde_json::Value) -> serde_json::Value {
             "required": ["task_type", "payload"],
             "additionalProperties": false,
             "properties": properties,
+            // A limit names its key's group: one without a key is refused. Both spellings,
+            // for 2020-12 validators and for generators that read the older one.
+            "dependentRequired": {"concurrency_limit": ["concurrency_key"]},
+            "dependencies": {"concurrency_limit": ["concurrency_key"]},
         })
     };
     let mut variants: Vec<serde_json::Value> = payloads

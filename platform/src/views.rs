@@ -161,6 +161,24 @@ impl MemoryViews {
         })
     }
 
+    /// How many of `user`'s jobs have `status`, only those before `before` when given.
+    pub fn count(&self, user: Uuid, status: &str, before: Option<(DateTime<Utc>, Uuid)>) -> i64 {
+        self.read(|t| {
+            let Some(ids) = t.by_user.get(&user) else {
+                return 0;
+            };
+            let below = match before {
+                Some(c) => ids.range(..c),
+                None => ids.range(..),
+            };
+            let n = below
+                .filter_map(|(_, id)| t.jobs.get(id))
+                .filter(|j| j.status == status)
+                .count();
+            i64::try_from(n).unwrap_or(i64::MAX)
+        })
+    }
+
     /// `user`'s usage in the period starting at `start`.
     pub fn usage(&self, user: Uuid, start: DateTime<Utc>) -> Option<UsageView> {
         self.read(|t| t.usage.get(&(user, start)).cloned())

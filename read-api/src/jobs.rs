@@ -54,8 +54,20 @@ pub async fn get(
     let user = customer(principal)?;
     let id = Uuid::parse_str(&id).map_err(|_| Problem::not_found("job"))?;
     let row = state.views.job(user, id).await.map_err(|e| internal(&e))?;
-    row.map(|r| Json(to_json(&r)))
-        .ok_or_else(|| Problem::not_found("job"))
+    let Some(row) = row else {
+        return Err(Problem::not_found("job"));
+    };
+    let mut j = to_json(&row);
+    if row.status == "queued" {
+        // The user's own queued jobs submitted before this one: its place in the user's lane.
+        let ahead = state
+            .views
+            .count(user, "queued", Some((row.created_at, row.id)))
+            .await
+            .map_err(|e| internal(&e))?;
+        j["queued_behind"] = json!(ahead);
+    }
+    Ok(Json(j))
 }
 
 /// The caller's jobs, newest first: `?status=&limit=&cursor=`.

@@ -58,6 +58,11 @@ pub async fn current(
         .limit(plan)
         .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
     let (reserved, consumed) = row.as_ref().map_or((0, 0), |r| (r.reserved, r.consumed));
+    let running = state
+        .views
+        .count(user, "running", None)
+        .await
+        .map_err(|e| internal(&e))?;
     Ok(Json(json!({
         "plan": plan.as_str(),
         "period_start": period.start,
@@ -66,6 +71,8 @@ pub async fn current(
         "reserved": reserved,
         "consumed": consumed,
         "remaining": limit.map(|l| (l - reserved - consumed).max(0)),
+        "running": running,
+        "concurrency_limit": state.settings.dispatch.concurrency.limit(plan),
     })))
 }
 

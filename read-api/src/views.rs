@@ -24,6 +24,14 @@ pub trait ReadModels: Send + Sync + 'static {
         cursor: Option<(DateTime<Utc>, Uuid)>,
         limit: usize,
     ) -> Result<Vec<JobView>, sqlx::Error>;
+    /// How many of `user`'s jobs have `status`, counting only those strictly before
+    /// `before` (by creation) when given.
+    async fn count(
+        &self,
+        user: Uuid,
+        status: &str,
+        before: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<i64, sqlx::Error>;
     /// `user`'s usage in the period starting at `start`.
     async fn usage(
         &self,
@@ -95,6 +103,25 @@ impl ReadModels for PgViews {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(p)
         .await
+    }
+
+    async fn count(
+        &self,
+        user: Uuid,
+        status: &str,
+        before: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<i64, sqlx::Error> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM job_views WHERE user_id = $1 AND status = $2 \
+                   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))",
+        )
+        .bind(user)
+        .bind(status)
+        .bind(before.map(|(t, _)| t))
+        .bind(before.map(|(_, id)| id))
+        .fetch_one(&self.0)
+        .await?;
+        Ok(n)
     }
 
     async fn usage(
@@ -203,6 +230,15 @@ impl ReadModels for MemoryViews {
         limit: usize,
     ) -> Result<Vec<JobView>, sqlx::Error> {
         Ok(MemoryViews::jobs(self, user, status, cursor, limit))
+    }
+
+    async fn count(
+        &self,
+        user: Uuid,
+        status: &str,
+        before: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<i64, sqlx::Error> {
+        Ok(MemoryViews::count(self, user, status, before))
     }
 
     async fn usage(

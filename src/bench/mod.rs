@@ -1,9 +1,10 @@
 //! Load generators that print their figures: `runledger bench
-//! submit|sse|streams|rebuild|audit|browser|agent`.
+//! submit|sse|streams|rebuild|audit|browser|agent|fair`.
 
 mod agent;
 mod audit;
 mod browser;
+mod fair;
 mod rebuild;
 mod sse;
 mod submit;
@@ -78,6 +79,23 @@ pub enum BenchAction {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// A light user's latency (POST → SSE `completed`) alone and during a heavy user's burst
+    /// of noop jobs, and the heavy user's drain rate. Run the stack with a usage limit and a
+    /// concurrency that let one user submit and run that many.
+    Fair {
+        /// The command API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        write: String,
+        /// The read API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        read: String,
+        /// The heavy user's jobs.
+        #[arg(long, default_value_t = 10_000)]
+        heavy: usize,
+        /// The light user's jobs, one per 100 ms, alone and then during the burst.
+        #[arg(long, default_value_t = 20)]
+        light: usize,
+    },
     /// Screenshots of a local page through the browser executor on a warm pool
     /// (`RUNLEDGER_BROWSER_POOL` browsers of `RUNLEDGER_CHROMIUM_PATH`): p50/p99 and jobs/s.
     Browser {
@@ -134,6 +152,12 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
         BenchAction::Streams { read, streams } => sse::hold(&settings, &read, streams).await,
         BenchAction::Rebuild { events } => rebuild::run(&settings, events).await,
         BenchAction::Audit { events } => audit::run(&settings, events).await,
+        BenchAction::Fair {
+            write,
+            read,
+            heavy,
+            light,
+        } => fair::run(&settings, &write, &read, heavy, light).await,
         BenchAction::Browser { jobs, concurrency } => {
             browser::run(&settings, jobs, concurrency).await
         }

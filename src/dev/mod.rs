@@ -281,7 +281,8 @@ async fn start_workers(
         Some((client, conn)) => {
             let dispatcher =
                 Dispatcher::new(store.clone(), RedisQueue { conn }, NamespaceMap::default())
-                    .with_reconcile_grace(s.reconcile_grace);
+                    .with_reconcile_grace(s.reconcile_grace)
+                    .with_fairness(s.dispatch);
             tasks.push(tokio::spawn(
                 dispatcher.run(namespaces.clone(), shutdown.clone()),
             ));
@@ -302,7 +303,8 @@ async fn start_workers(
         None => {
             let queue = LocalQueue::new();
             // It refills the queue from the log first, while the port is served.
-            let dispatcher = Dispatcher::new(store.clone(), queue.clone(), NamespaceMap::default());
+            let dispatcher = Dispatcher::new(store.clone(), queue.clone(), NamespaceMap::default())
+                .with_fairness(s.dispatch);
             tasks.push(tokio::spawn(
                 dispatcher.run(namespaces.clone(), shutdown.clone()),
             ));

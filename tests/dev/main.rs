@@ -9,6 +9,7 @@ mod bad_settings;
 mod billing;
 mod browser;
 mod disk_full;
+mod fair;
 mod fuzz;
 mod helpers;
 mod openapi;

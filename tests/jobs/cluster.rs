@@ -86,7 +86,14 @@ async fn a_cluster_node_down_holds_back_only_its_own_jobs() {
     );
     stack.start_dispatcher().await;
     let _w = stack.start_worker(8, &[]);
-    let (user, t) = new_user();
+    // A user whose slots live on another node (one whose slots live on the stopped node
+    // waits for it, as its own jobs).
+    let (user, t) = loop {
+        let (u, t) = new_user();
+        if cluster.owner(&workers::queue::slots_key(u)) != scheduled {
+            break (u, t);
+        }
+    };
     stack.cluster.as_mut().unwrap().stop_node(scheduled);
     let later = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
     let held_back = stack

@@ -59,6 +59,8 @@ impl Stack {
             ("RUNLEDGER_DB_MAX_CONNECTIONS", "16"),
             ("RUNLEDGER_JOB_LEASE_SECS", "5"),
             ("RUNLEDGER_RECONCILE_GRACE_SECS", "2"),
+            // These tests are about the contract, not fairness (tests/jobs/fair.rs).
+            ("RUNLEDGER_FREE_CONCURRENCY", "unlimited"),
         ]
         .into_iter()
         .chain(extra.iter().copied())
@@ -150,6 +152,7 @@ impl Stack {
             NamespaceMap::default(),
         )
         .with_reconcile_grace(Duration::from_secs(2))
+        .with_fairness(self.command.settings.dispatch)
     }
 
     pub async fn start_dispatcher(&self) {

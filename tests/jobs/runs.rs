@@ -120,7 +120,7 @@ async fn ssrf_is_refused_directly_by_redirect_and_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_dispatchers_never_enqueue_a_job_twice() {
-    let stack = Stack::start("100000").await;
+    let stack = Stack::start_with("100000", &[("RUNLEDGER_DISPATCH_WINDOW", "1000")]).await;
     let (_, t) = new_user();
     let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339();
     let mut jobs = Vec::new();
@@ -141,6 +141,9 @@ async fn two_dispatchers_never_enqueue_a_job_twice() {
         x.unwrap();
         y.unwrap();
         let (x, y) = tokio::join!(a.promote(&ns), b.promote(&ns));
+        x.unwrap();
+        y.unwrap();
+        let (x, y) = tokio::join!(a.feed(), b.feed());
         x.unwrap();
         y.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,6 +4,7 @@
 
 pub mod dispatcher;
 pub mod executors;
+pub mod fair;
 pub mod local;
 pub mod outbound;
 pub mod queue;

@@ -3,14 +3,19 @@
 //! not outlive the process: the dispatcher refills it from the log at start.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
 };
 
-use domain::{envelope::JobEnvelope, ids::JobId, task::Namespace};
+use domain::{
+    concurrency::ConcurrencyGroup,
+    envelope::JobEnvelope,
+    ids::{JobId, UserId},
+    task::Namespace,
+};
 use tokio::sync::Notify;
 
-use crate::queue::{Ended, Held, JobQueue};
+use crate::queue::{Claim, Ended, Held, JobQueue, Slot};
 
 #[derive(Default)]
 struct Inner {
@@ -22,6 +27,9 @@ struct Inner {
     /// The attempt of each job waiting in `scheduled`, and its key there.
     waiting: HashMap<JobId, (u32, (i64, u64))>,
     arrivals: u64,
+    /// The jobs holding each user's slots, and each (user, group)'s.
+    slots: HashMap<UserId, HashSet<JobId>>,
+    groups: HashMap<(UserId, String), HashSet<JobId>>,
 }
 
 impl Inner {
@@ -161,26 +169,23 @@ impl JobQueue for Arc<LocalQueue> {
         Ok(())
     }
 
-    async fn promote(&mut self, ns: &Namespace) -> redis::RedisResult<usize> {
+    async fn take_due(&mut self, ns: &Namespace) -> redis::RedisResult<Vec<JobEnvelope>> {
         let now = chrono::Utc::now().timestamp_millis();
-        let due: Vec<JobEnvelope> = {
-            let mut inner = self.inner();
-            let keys: Vec<(i64, u64)> = inner
-                .scheduled
-                .range(..(now + 1, 0))
-                .filter(|(_, (n, _))| n == ns)
-                .map(|(k, _)| *k)
-                .collect();
-            let due: Vec<JobEnvelope> = keys
-                .iter()
-                .filter_map(|k| inner.scheduled.remove(k).map(|(_, e)| e))
-                .collect();
-            for e in &due {
-                inner.waiting.remove(&e.job_id);
-            }
-            due
-        };
-        Ok(due.iter().filter(|env| self.push(ns, env)).count())
+        let mut inner = self.inner();
+        let keys: Vec<(i64, u64)> = inner
+            .scheduled
+            .range(..(now + 1, 0))
+            .filter(|(_, (n, _))| n == ns)
+            .map(|(k, _)| *k)
+            .collect();
+        let due: Vec<JobEnvelope> = keys
+            .iter()
+            .filter_map(|k| inner.scheduled.remove(k).map(|(_, e)| e))
+            .collect();
+        for e in &due {
+            inner.waiting.remove(&e.job_id);
+        }
+        Ok(due)
     }
 
     async fn forget(
@@ -220,6 +225,72 @@ impl JobQueue for Arc<LocalQueue> {
         let ready = inner.ready.get(ns).map_or(0, VecDeque::len);
         let scheduled = inner.scheduled.values().filter(|(n, _)| n == ns).count();
         Ok((ready as i64, scheduled as i64))
+    }
+
+    async fn waiting(&mut self, ns: &Namespace) -> redis::RedisResult<usize> {
+        Ok(self.inner().ready.get(ns).map_or(0, VecDeque::len))
+    }
+
+    async fn claim(
+        &mut self,
+        user: UserId,
+        job: JobId,
+        limit: Option<u32>,
+        group: Option<&ConcurrencyGroup>,
+    ) -> redis::RedisResult<Claim> {
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        let held = inner.slots.entry(user).or_default();
+        let group_key = group.map(|g| (user, g.key.clone()));
+        if held.contains(&job) {
+            if let Some(k) = group_key {
+                inner.groups.entry(k).or_default().insert(job);
+            }
+            return Ok(Claim::Held);
+        }
+        if limit.is_some_and(|l| held.len() >= l as usize) {
+            return Ok(Claim::UserFull);
+        }
+        if let (Some(k), Some(g)) = (group_key, group) {
+            let members = inner.groups.entry(k).or_default();
+            if !members.contains(&job) && members.len() >= g.limit as usize {
+                return Ok(Claim::GroupFull);
+            }
+            members.insert(job);
+        }
+        held.insert(job);
+        Ok(Claim::Held)
+    }
+
+    async fn release(&mut self, slots: &[Slot]) -> redis::RedisResult<()> {
+        let mut inner = self.inner();
+        for s in slots {
+            if let Some(held) = inner.slots.get_mut(&s.user) {
+                held.remove(&s.job);
+                if held.is_empty() {
+                    inner.slots.remove(&s.user);
+                }
+            }
+            if let Some(key) = &s.group {
+                let k = (s.user, key.clone());
+                if let Some(members) = inner.groups.get_mut(&k) {
+                    members.remove(&s.job);
+                    if members.is_empty() {
+                        inner.groups.remove(&k);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn slots(&mut self, user: UserId) -> redis::RedisResult<Vec<JobId>> {
+        Ok(self
+            .inner()
+            .slots
+            .get(&user)
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default())
     }
 }
 
@@ -280,10 +351,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(q.depth(&ns).await.unwrap(), (0, 2));
-        assert_eq!(q.promote(&ns).await.unwrap(), 1);
-        assert_eq!(q.promote(&ns).await.unwrap(), 0);
-        assert_eq!(q.depth(&ns).await.unwrap(), (1, 1));
-        assert_eq!(q.pull(&ns).await.job_id, due);
+        let taken = q.take_due(&ns).await.unwrap();
+        assert_eq!(taken.iter().map(|e| e.job_id).collect::<Vec<_>>(), [due]);
+        assert!(q.take_due(&ns).await.unwrap().is_empty());
+        assert_eq!(q.depth(&ns).await.unwrap(), (0, 1));
     }
 
     #[tokio::test]
@@ -296,7 +367,47 @@ mod tests {
         q.withdraw(&ns, &env(ready, 1), "").await.unwrap();
         q.withdraw(&ns, &env(waiting, 1), "").await.unwrap();
         assert_eq!(q.depth(&ns).await.unwrap(), (0, 0));
-        assert_eq!(q.promote(&ns).await.unwrap(), 0);
+        assert!(q.take_due(&ns).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn slots_hold_the_limits_and_a_claim_counts_once() {
+        let mut q = LocalQueue::new();
+        let user = UserId::from_uuid(uuid::Uuid::new_v4());
+        let group = ConcurrencyGroup {
+            key: "k".into(),
+            limit: 1,
+        };
+        let (a, b, c) = (job(), job(), job());
+        assert_eq!(
+            q.claim(user, a, Some(2), Some(&group)).await.unwrap(),
+            Claim::Held
+        );
+        assert_eq!(
+            q.claim(user, a, Some(2), Some(&group)).await.unwrap(),
+            Claim::Held
+        );
+        assert_eq!(
+            q.claim(user, b, Some(2), Some(&group)).await.unwrap(),
+            Claim::GroupFull
+        );
+        assert_eq!(q.claim(user, b, Some(2), None).await.unwrap(), Claim::Held);
+        assert_eq!(
+            q.claim(user, c, Some(2), None).await.unwrap(),
+            Claim::UserFull
+        );
+        assert_eq!(q.slots(user).await.unwrap().len(), 2);
+        q.release(&[Slot {
+            user,
+            job: a,
+            group: Some("k".into()),
+        }])
+        .await
+        .unwrap();
+        assert_eq!(
+            q.claim(user, c, Some(2), Some(&group)).await.unwrap(),
+            Claim::Held
+        );
     }
 
     #[tokio::test]

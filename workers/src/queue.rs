@@ -4,7 +4,13 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use domain::{envelope::JobEnvelope, ids::JobId, retry::Attempt, task::Namespace};
+use domain::{
+    concurrency::ConcurrencyGroup,
+    envelope::JobEnvelope,
+    ids::{JobId, UserId},
+    retry::Attempt,
+    task::Namespace,
+};
 use redis::{
     Client, Cmd, RedisFuture, Script, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
@@ -201,6 +207,92 @@ pub fn alive_key(ns: &Namespace, worker: &str) -> String {
     format!("{{{}}}:alive:{worker}", ns.queue_key())
 }
 
+/// The slots `user`'s jobs hold (queued in Redis or running): a SET of job ids. Its hash tag
+/// is the user, so a claim touches one cluster slot.
+pub fn slots_key(user: UserId) -> String {
+    format!("runledger:slots:{{{user}}}")
+}
+
+/// The slots of `user`'s jobs in concurrency group `key`, in the user's cluster slot.
+pub fn group_key(user: UserId, key: &str) -> String {
+    format!("runledger:slots:{{{user}}}:group:{key}")
+}
+
+/// The answer to a slot claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The job holds a slot (now, or since an earlier claim).
+    Held,
+    /// The user holds as many slots as its plan allows.
+    UserFull,
+    /// The job's concurrency group holds as many as its limit.
+    GroupFull,
+}
+
+/// A slot to give back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The job's owner.
+    pub user: UserId,
+    /// The job.
+    pub job: JobId,
+    /// Its concurrency group's key.
+    pub group: Option<String>,
+}
+
+fn claim_script() -> Script {
+    // A job already holding its slot keeps it (a claim redone after a crash, or by a second
+    // dispatcher, counts once); otherwise both counts are checked before either is taken.
+    Script::new(
+        r"local job = ARGV[1]
+          if redis.call('SISMEMBER', KEYS[1], job) == 1 then
+            if KEYS[2] then redis.call('SADD', KEYS[2], job) end
+            return 1
+          end
+          local limit = tonumber(ARGV[2])
+          if limit > 0 and redis.call('SCARD', KEYS[1]) >= limit then return 0 end
+          if KEYS[2] and redis.call('SISMEMBER', KEYS[2], job) == 0
+             and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+            return -1
+          end
+          if KEYS[2] then redis.call('SADD', KEYS[2], job) end
+          redis.call('SADD', KEYS[1], job)
+          return 1",
+    )
+}
+
+fn undelivered_script() -> Script {
+    // Entries stay in the stream until acknowledged: those not yet handed out are the
+    // stream's length less the group's pending ones.
+    Script::new(
+        r"local len = redis.call('XLEN', KEYS[1])
+          local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1])
+          if ok and pending then return len - pending[1] end
+          return len",
+    )
+}
+
+/// Runs `cmds` in one round trip on one server; one command each, sent together, on a
+/// cluster (their keys may live in different slots).
+async fn run_each(conn: &mut Conn, cmds: Vec<Cmd>) -> redis::RedisResult<()> {
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    if conn.is_cluster() {
+        let sent = futures::future::join_all(cmds.iter().map(|c| {
+            let mut conn = conn.clone();
+            async move { c.query_async::<Value>(&mut conn).await }
+        }))
+        .await;
+        return sent.into_iter().find_map(Result::err).map_or(Ok(()), Err);
+    }
+    let mut pipe = redis::pipe();
+    for c in cmds {
+        pipe.add_command(c).ignore();
+    }
+    pipe.query_async(conn).await
+}
+
 /// Connects, with a response timeout long enough for blocking reads; the connection comes
 /// back by itself after an outage.
 ///
@@ -345,9 +437,12 @@ pub trait JobQueue: Send + Sync + 'static {
         env: &JobEnvelope,
         bytes: &str,
     ) -> impl Future<Output = redis::RedisResult<()>> + Send;
-    /// Moves due envelopes of `ns` to ready; how many.
-    fn promote(&mut self, ns: &Namespace)
-    -> impl Future<Output = redis::RedisResult<usize>> + Send;
+    /// Takes the due envelopes of `ns` out of `scheduled` (the dispatcher's backlog gets
+    /// them); of two dispatchers, each envelope goes to one.
+    fn take_due(
+        &mut self,
+        ns: &Namespace,
+    ) -> impl Future<Output = redis::RedisResult<Vec<JobEnvelope>>> + Send;
     /// These attempts ended: nothing of them will be pushed again, so their at-most-once
     /// records go (in Redis, the markers of each namespace of `namespaces`).
     fn forget(
@@ -376,6 +471,25 @@ pub trait JobQueue: Send + Sync + 'static {
         &mut self,
         ns: &Namespace,
     ) -> impl Future<Output = redis::RedisResult<(i64, i64)>> + Send;
+    /// Envelopes of `ns` ready and not yet handed to a worker.
+    fn waiting(&mut self, ns: &Namespace)
+    -> impl Future<Output = redis::RedisResult<usize>> + Send;
+    /// A slot for `job` of `user`, unless the user holds `limit` (`None`: unlimited) or its
+    /// `group` holds the group's limit. Atomic, and idempotent per job.
+    fn claim(
+        &mut self,
+        user: UserId,
+        job: JobId,
+        limit: Option<u32>,
+        group: Option<&ConcurrencyGroup>,
+    ) -> impl Future<Output = redis::RedisResult<Claim>> + Send;
+    /// Gives these slots back (idempotent).
+    fn release(&mut self, slots: &[Slot]) -> impl Future<Output = redis::RedisResult<()>> + Send;
+    /// The jobs holding a slot of `user`.
+    fn slots(
+        &mut self,
+        user: UserId,
+    ) -> impl Future<Output = redis::RedisResult<Vec<JobId>>> + Send;
 }
 
 /// The Redis contract `jobs:<namespace>:<type>`.
@@ -469,7 +583,7 @@ impl JobQueue for RedisQueue {
         Ok(())
     }
 
-    async fn promote(&mut self, ns: &Namespace) -> redis::RedisResult<usize> {
+    async fn take_due(&mut self, ns: &Namespace) -> redis::RedisResult<Vec<JobEnvelope>> {
         let now = chrono::Utc::now().timestamp_millis();
         let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(ns.scheduled_key())
@@ -480,20 +594,22 @@ impl JobQueue for RedisQueue {
             .arg(200)
             .query_async(&mut self.conn)
             .await?;
-        let mut promoted = 0;
+        let mut taken = Vec::new();
         for bytes in due {
-            if let Ok(env) = serde_json::from_str::<JobEnvelope>(&bytes)
-                && self.push_ready(ns, &env, &bytes).await?
-            {
-                promoted += 1;
-            }
-            let _: i64 = redis::cmd("ZREM")
+            // ZREM's 1 says this dispatcher owns the entry. A crash before it is pushed
+            // leaves the job to the reconciler, which pushes it again after the grace.
+            let removed: i64 = redis::cmd("ZREM")
                 .arg(ns.scheduled_key())
                 .arg(&bytes)
                 .query_async(&mut self.conn)
                 .await?;
+            if removed == 1
+                && let Ok(env) = serde_json::from_str::<JobEnvelope>(&bytes)
+            {
+                taken.push(env);
+            }
         }
-        Ok(promoted)
+        Ok(taken)
     }
 
     async fn forget(
@@ -625,5 +741,73 @@ impl JobQueue for RedisQueue {
             .query_async(&mut self.conn)
             .await?;
         Ok((ready, scheduled))
+    }
+    async fn waiting(&mut self, ns: &Namespace) -> redis::RedisResult<usize> {
+        let n: i64 = match transport(ns) {
+            Transport::List => {
+                redis::cmd("LLEN")
+                    .arg(ns.queue_key())
+                    .query_async(&mut self.conn)
+                    .await?
+            }
+            Transport::Stream => {
+                undelivered_script()
+                    .key(ns.stream_key())
+                    .arg(ns.group_name())
+                    .invoke_async(&mut self.conn)
+                    .await?
+            }
+        };
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn claim(
+        &mut self,
+        user: UserId,
+        job: JobId,
+        limit: Option<u32>,
+        group: Option<&ConcurrencyGroup>,
+    ) -> redis::RedisResult<Claim> {
+        let script = claim_script();
+        let mut call = script.key(slots_key(user));
+        if let Some(g) = group {
+            call.key(group_key(user, &g.key));
+        }
+        let got: i64 = call
+            .arg(job.to_string())
+            .arg(limit.unwrap_or(0))
+            .arg(group.map_or(0, |g| g.limit))
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(match got {
+            1 => Claim::Held,
+            0 => Claim::UserFull,
+            _ => Claim::GroupFull,
+        })
+    }
+
+    async fn release(&mut self, slots: &[Slot]) -> redis::RedisResult<()> {
+        let mut cmds = Vec::new();
+        for s in slots {
+            let job = s.job.to_string();
+            cmds.push(redis::cmd("SREM").arg(slots_key(s.user)).arg(&job).clone());
+            if let Some(key) = &s.group {
+                cmds.push(
+                    redis::cmd("SREM")
+                        .arg(group_key(s.user, key))
+                        .arg(&job)
+                        .clone(),
+                );
+            }
+        }
+        run_each(&mut self.conn, cmds).await
+    }
+
+    async fn slots(&mut self, user: UserId) -> redis::RedisResult<Vec<JobId>> {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(slots_key(user))
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(ids.iter().filter_map(|i| JobId::parse(i).ok()).collect())
     }
 }

@@ -36,6 +36,7 @@ fn job_handle_matches_decide() {
         max_attempts: MaxAttempts::new(1).unwrap(),
         retry: RetryPolicy::default(),
         usage: usage_key(),
+        concurrency: None,
         now: t0(),
     };
     let submitted = Job::default()

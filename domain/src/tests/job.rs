@@ -22,6 +22,7 @@ fn submit(run_at: Option<DateTime<Utc>>, max_attempts: u32) -> SubmitJob {
             cap_ms: 60_000,
         },
         usage: usage_key(),
+        concurrency: None,
         now: t0(),
     }
 }
@@ -45,6 +46,7 @@ fn submitted(run_at: Option<DateTime<Utc>>, max_attempts: u32) -> JobEvent {
         usage: c.usage,
         status,
         submitted_at: t0(),
+        concurrency: None,
     }
     .into()
 }

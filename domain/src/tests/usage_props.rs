@@ -113,6 +113,7 @@ impl World {
                             max_attempts: MaxAttempts::new(2).unwrap(),
                             retry: RetryPolicy::default(),
                             usage: usage_key(),
+                            concurrency: None,
                             now: t0(),
                         }),
                     );

@@ -1,9 +1,11 @@
 //! Typed settings from environment variables, validated before anything starts.
 
 mod billing;
+mod dispatch;
 mod executors;
 
 pub use billing::Billing;
+pub use dispatch::DispatchSettings;
 pub use executors::{BrowserSettings, LlmProvider, LlmSettings};
 
 use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
@@ -107,6 +109,8 @@ pub struct Settings {
     pub billing: Option<Billing>,
     /// `RUNLEDGER_AUDIT_SIGNING_KEY`: signs audit digests.
     pub audit_key: Option<Secret>,
+    /// Fair dispatch: concurrency and weights per plan, the ready queues' window.
+    pub dispatch: DispatchSettings,
     /// The browser executor.
     pub browser: BrowserSettings,
     /// The agent executor, when `RUNLEDGER_LLM_MODEL` is set.
@@ -295,7 +299,9 @@ impl Settings {
         let audit_key = billing::audit_key(owned("RUNLEDGER_AUDIT_SIGNING_KEY"))?;
         let browser = executors::browser(&owned)?;
         let llm = executors::llm(&owned)?;
+        let dispatch = dispatch::dispatch(&owned)?;
         Ok(Self {
+            dispatch,
             browser,
             llm,
             artifacts_dir: get("RUNLEDGER_ARTIFACTS_DIR").map_or_else(

@@ -1,40 +1,60 @@
 //! The dispatcher: follows the event log from its checkpoint and keeps the Redis contract
 //! filled — ready jobs to `jobs:<ns>:queue` (or the browser stream), future and retrying
-//! ones to `jobs:<ns>:scheduled` — and promotes scheduled envelopes when due.
+//! ones to `jobs:<ns>:scheduled` — and takes scheduled envelopes back when due.
+//!
+//! Ready jobs wait in a per-user backlog ([`crate::fair`]) and go to the queue in weighted
+//! round-robin, only while the queue holds fewer than the window and the user (and the
+//! job's concurrency group) holds fewer slots than its plan allows. Slots are a set per user
+//! in Redis, claimed atomically and idempotently per job, so several dispatchers keep the
+//! limits exact; a slot is given back when the attempt ends (a lease that expired ends it).
+//! The stored checkpoint never passes a job still in the backlog, so a restart finds it.
 //!
 //! Each (job, attempt) is pushed at most once: a marker in the target's slot is set by the
-//! same script that pushes. Promotion pushes first (the marker is the claim, so two
-//! dispatchers cannot both push), then ZREMs; a crash in between leaves the entry to be
-//! removed by the next round, never lost and never doubled. When an attempt ends, its
-//! markers go.
+//! same script that pushes. When an attempt ends, its markers go.
 //!
 //! Redis holds no truth: every few seconds the dispatcher compares the jobs waiting in the
-//! log (the process manager's `live_jobs`) with what the queues hold, and pushes again a job
-//! that nothing has held for the grace period (Redis restarted empty, `FLUSHDB`, a failover,
-//! a worker that popped it and died before reporting its start).
+//! log (the process manager's `live_jobs`) with what the queues and the backlog hold, and
+//! pushes again a job that nothing has held for the grace period (Redis restarted empty,
+//! `FLUSHDB`, a failover, a worker that popped it and died before reporting its start).
 
-use std::{collections::HashMap, time::Duration};
+mod feed;
+mod plans;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use domain::{
     Decider,
     envelope::JobEnvelope,
-    ids::JobId,
+    ids::{JobId, UserId},
     job::{FailJob, Job, JobCommand, JobEvent, JobStatus},
     task::{Namespace, NamespaceMap},
 };
-use platform::store::{
-    EventStore, Metadata, StoreError,
-    poison::{self, Decoded},
-    reader::RecordedEvent,
+use platform::{
+    settings::DispatchSettings,
+    store::{
+        EventStore, Metadata, StoreError,
+        poison::{self, Decoded},
+        reader::RecordedEvent,
+    },
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{Ended, JobQueue};
+pub use self::plans::Plans;
+use crate::{
+    fair::Backlog,
+    queue::{Ended, JobQueue, Slot},
+};
 
 /// The checkpoint's name.
 pub const CHECKPOINT: &str = "dispatcher";
 const BATCH: i64 = 500;
+/// How often the slots of users at their limit are checked against their jobs.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a dispatcher round failed; it is redone from the checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +73,7 @@ impl From<sqlx::Error> for DispatchError {
     }
 }
 
-/// The dispatcher's dependencies.
+/// The dispatcher's dependencies and state.
 pub struct Dispatcher<Q> {
     /// The event store (to read the log and load jobs).
     pub store: EventStore,
@@ -61,20 +81,33 @@ pub struct Dispatcher<Q> {
     pub queue: Q,
     /// Task type → namespace.
     pub namespaces: NamespaceMap,
-    /// The position reached, for a volatile queue (its checkpoint is not stored).
+    /// Where the next read starts (`None`: at the stored checkpoint).
     position: Option<i64>,
     /// The namespaces it serves (markers to delete, queues to reconcile).
     served: Vec<Namespace>,
     /// How long a waiting job may go unheld before it is pushed again.
     grace: Duration,
-    /// Redis writes that succeeded in the current batch.
+    /// Events of the current batch handled without a Redis error (a write, or a job put in
+    /// the backlog).
     pushed: usize,
+    /// Concurrency and weights per plan, the ready queues' window.
+    fair: DispatchSettings,
+    /// Ready jobs waiting for their turn; shared with the maintenance task.
+    backlog: Arc<Mutex<Backlog>>,
+    /// Users' plans.
+    plans: Plans,
+    /// Slots this dispatcher claimed, by job, to give back when the attempt ends.
+    holders: HashMap<JobId, Slot>,
+    /// Users at their limit, not asked again until one of their slots frees (or a second
+    /// passes: another dispatcher, or the sweep, may have freed one).
+    full: HashMap<UserId, Instant>,
 }
 
 impl<Q: JobQueue> Dispatcher<Q> {
-    /// A dispatcher filling `queue`.
+    /// A dispatcher filling `queue`, with the default fairness settings.
     pub fn new(store: EventStore, queue: Q, namespaces: NamespaceMap) -> Self {
         Self {
+            plans: Plans::new(store.clone()),
             store,
             queue,
             namespaces,
@@ -82,6 +115,10 @@ impl<Q: JobQueue> Dispatcher<Q> {
             served: vec![Namespace::default_ns(), Namespace::browser()],
             grace: Duration::from_secs(30),
             pushed: 0,
+            fair: DispatchSettings::default(),
+            backlog: Arc::default(),
+            holders: HashMap::new(),
+            full: HashMap::new(),
         }
     }
 
@@ -90,6 +127,47 @@ impl<Q: JobQueue> Dispatcher<Q> {
     pub fn with_reconcile_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
+    }
+
+    /// Concurrency limits and weights per plan, and the window (`RUNLEDGER_*_CONCURRENCY`,
+    /// `RUNLEDGER_*_WEIGHT`, `RUNLEDGER_DISPATCH_WINDOW`).
+    #[must_use]
+    pub fn with_fairness(mut self, fair: DispatchSettings) -> Self {
+        self.fair = fair;
+        self
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        match self.backlog.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Jobs of `ns` waiting in the backlog.
+    pub fn backlog_len(&self, ns: &Namespace) -> usize {
+        self.backlog().len(ns)
+    }
+
+    /// A copy sharing the store, queue, backlog and plans, for the maintenance task.
+    fn sibling(&self) -> Self
+    where
+        Q: Clone,
+    {
+        Self {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            namespaces: self.namespaces.clone(),
+            position: None,
+            served: self.served.clone(),
+            grace: self.grace,
+            pushed: 0,
+            fair: self.fair,
+            backlog: self.backlog.clone(),
+            plans: self.plans.clone(),
+            holders: HashMap::new(),
+            full: HashMap::new(),
+        }
     }
 
     /// Refills a volatile queue from the log: jobs waiting to run are queued or scheduled
@@ -125,7 +203,10 @@ impl<Q: JobQueue> Dispatcher<Q> {
             };
             let ns = self.namespaces.route(&state.task_type);
             match (state.status, state.not_before) {
-                (JobStatus::Queued, _) => self.enqueue_ready(&ns, &env).await?,
+                (JobStatus::Queued, _) => {
+                    self.wait_turn(&ns, env, state.concurrency.clone(), None)
+                        .await?;
+                }
                 (JobStatus::Scheduled | JobStatus::Retrying, at) => {
                     let due = at.unwrap_or_else(Utc::now).timestamp_millis();
                     self.enqueue_scheduled(&ns, &env, due).await?;
@@ -157,8 +238,8 @@ impl<Q: JobQueue> Dispatcher<Q> {
     /// Handles one batch after the checkpoint; returns how many events it read.
     ///
     /// # Errors
-    /// [`DispatchError`]; the checkpoint stays and the batch is redone (pushes are
-    /// idempotent).
+    /// [`DispatchError`]; the checkpoint stays and the batch is redone (pushes and claims
+    /// are idempotent).
     pub async fn step(&mut self) -> Result<usize, DispatchError> {
         let from = match self.position {
             Some(p) => p,
@@ -166,20 +247,32 @@ impl<Q: JobQueue> Dispatcher<Q> {
         };
         let read = self.store.read_from(from, BATCH).await?;
         let Some(last) = read.last().map(|e| e.position) else {
+            self.position = Some(from);
             return Ok(0);
         };
         let count = read.len();
         let (events, poison) = poison::split(CHECKPOINT, read);
         self.store.park(CHECKPOINT, &poison).await?;
         let mut ended = Vec::new();
+        let mut freed = Vec::new();
         self.pushed = 0;
         let mut failed = None;
         for (e, decoded) in &events {
-            let Decoded::Job(job, event) = decoded else {
-                continue;
+            let (job, event) = match decoded {
+                Decoded::Job(job, event) => (*job, event),
+                Decoded::Subscription(_) => {
+                    if let Ok(user) = UserId::parse(&e.aggregate_id) {
+                        self.plans.forget(user);
+                    }
+                    continue;
+                }
+                _ => continue,
             };
-            match self.handle(e, *job, event).await {
-                Ok(Some(end)) => ended.push(end),
+            match self.handle(e, job, event).await {
+                Ok(Some(end)) => {
+                    freed.push(self.slot_of(end.job).await?);
+                    ended.push(end);
+                }
                 Ok(None) => {}
                 // One failing push (a cluster node down, say) does not hold back the other
                 // jobs: the reconciler pushes it again once it is reachable.
@@ -198,16 +291,48 @@ impl<Q: JobQueue> Dispatcher<Q> {
         {
             return Err(err.into());
         }
-        match self.position {
-            Some(_) => self.position = Some(last),
-            None => self.store.save_checkpoint(CHECKPOINT, last).await?,
+        // Before the checkpoint: a crash redoes the batch, and giving back twice is harmless.
+        let freed: Vec<Slot> = freed.into_iter().flatten().collect();
+        self.queue.release(&freed).await?;
+        for s in &freed {
+            self.full.remove(&s.user);
         }
+        if self.queue.durable() {
+            // Never past a job still waiting in the backlog: a restart reads it again.
+            let keep = self
+                .backlog()
+                .first_position()
+                .map_or(last, |p| (p - 1).min(last));
+            self.store.save_checkpoint(CHECKPOINT, keep).await?;
+        }
+        self.position = Some(last);
         // After the checkpoint: a batch redone after a crash must find its markers. A crash
         // here leaves them to their TTL.
         if let Err(e) = self.queue.forget(&self.served, &ended).await {
             tracing::warn!(message = "Deleting the markers of ended attempts failed; they expire by themselves.", error = %e);
         }
         Ok(count)
+    }
+
+    /// The slot `job` holds, to give back: known from its claim or its backlog entry, else
+    /// from its events (claimed by another dispatcher, or before a restart).
+    async fn slot_of(&mut self, job: JobId) -> Result<Option<Slot>, DispatchError> {
+        if let Some(slot) = self.holders.remove(&job) {
+            return Ok(Some(slot));
+        }
+        if let Some(p) = self.backlog().remove(job) {
+            return Ok(Some(Slot {
+                user: p.user(),
+                job,
+                group: p.group.map(|g| g.key),
+            }));
+        }
+        let loaded = self.store.load_fresh::<Job>(&job.to_string()).await?.state;
+        Ok(loaded.state().map(|s| Slot {
+            user: s.user_id,
+            job,
+            group: s.concurrency.as_ref().map(|g| g.key.clone()),
+        }))
     }
 
     /// Another try at the parked events an operator asked to retry (`runledger events
@@ -219,13 +344,17 @@ impl<Q: JobQueue> Dispatcher<Q> {
     pub async fn retry_parked(&mut self) -> Result<usize, DispatchError> {
         let events = self.store.take_retries(CHECKPOINT).await?;
         let mut ended = Vec::new();
+        let mut freed = Vec::new();
         for (e, decoded) in &events {
             if let Decoded::Job(job, event) = decoded
                 && let Some(end) = self.handle(e, *job, event).await?
             {
+                freed.push(self.slot_of(end.job).await?);
                 ended.push(end);
             }
         }
+        let freed: Vec<Slot> = freed.into_iter().flatten().collect();
+        self.queue.release(&freed).await?;
         self.queue.forget(&self.served, &ended).await?;
         Ok(events.len())
     }
@@ -255,9 +384,21 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 match s.run_at {
                     Some(at) => {
                         self.enqueue_scheduled(&ns, &env, at.timestamp_millis())
-                            .await?
+                            .await?;
                     }
-                    None => self.enqueue_ready(&ns, &env).await?,
+                    None => {
+                        self.wait_turn(&ns, env, s.concurrency.clone(), Some(e.position))
+                            .await?;
+                    }
+                }
+            }
+            JobEvent::JobStarted(s) => {
+                // Pushed by another dispatcher (or before a restart) and taken by a worker.
+                let mut backlog = self.backlog();
+                if backlog.holds(job, s.attempt.get())
+                    && !backlog.holds(job, s.attempt.get().saturating_add(1))
+                {
+                    backlog.remove(job);
                 }
             }
             JobEvent::JobRetryScheduled(r) => {
@@ -286,7 +427,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             JobEvent::JobFailed(f) => return Ok(ended(f.attempt, false)),
             JobEvent::JobCompleted(c) => return Ok(ended(c.attempt, true)),
             JobEvent::JobDeadLettered(d) => return Ok(ended(d.attempts, true)),
-            JobEvent::JobStarted(_) | JobEvent::JobHeartbeat(_) => {}
+            JobEvent::JobHeartbeat(_) => {}
         }
         Ok(None)
     }
@@ -316,7 +457,8 @@ impl<Q: JobQueue> Dispatcher<Q> {
         let mut repushed = 0;
         for l in waiting {
             let job = JobId::from_uuid(l.job_id);
-            if held.contains(&(job, u32::try_from(l.attempt).unwrap_or(0))) {
+            let attempt = u32::try_from(l.attempt).unwrap_or(0);
+            if held.contains(&(job, attempt)) || self.backlog().holds(job, attempt) {
                 continue;
             }
             let loaded = self
@@ -331,7 +473,8 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 state.status,
                 JobStatus::Queued | JobStatus::Scheduled | JobStatus::Retrying
             );
-            if !waits || held.contains(&(job, env.attempt.get())) {
+            let attempt = env.attempt.get();
+            if !waits || held.contains(&(job, attempt)) || self.backlog().holds(job, attempt) {
                 continue;
             }
             let ns = self.namespaces.route(&state.task_type);
@@ -341,28 +484,30 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 .map(|t| t.timestamp_millis())
                 .filter(|d| *d > now);
             let bytes = serde_json::to_string(&env).unwrap_or_default();
-            self.queue.repush(&ns, &env, &bytes, due).await?;
+            match due {
+                Some(_) => self.queue.repush(&ns, &env, &bytes, due).await?,
+                None => {
+                    // The queue lost it after its push: its marker goes, so its turn can push.
+                    self.queue
+                        .forget(
+                            std::slice::from_ref(&ns),
+                            &[Ended {
+                                job,
+                                attempt: env.attempt,
+                                job_over: false,
+                            }],
+                        )
+                        .await?;
+                    self.wait_turn(&ns, env, state.concurrency.clone(), None)
+                        .await?;
+                }
+            }
             repushed += 1;
             metrics::counter!("runledger_queue_repushed_total", "namespace" => ns.as_str().to_owned())
                 .increment(1);
-            tracing::warn!(message = "Pushed again a waiting job no queue held.", job_id = %job, attempt = env.attempt.get());
+            tracing::warn!(message = "Pushed again a waiting job no queue held.", job_id = %job, attempt);
         }
         Ok(repushed)
-    }
-
-    async fn enqueue_ready(
-        &mut self,
-        ns: &Namespace,
-        env: &JobEnvelope,
-    ) -> Result<(), DispatchError> {
-        let bytes = serde_json::to_string(env).unwrap_or_default();
-        let pushed = self.queue.push_ready(ns, env, &bytes).await?;
-        self.pushed += 1;
-        if pushed {
-            metrics::counter!("runledger_dispatched_total", "namespace" => ns.as_str().to_owned())
-                .increment(1);
-        }
-        Ok(())
     }
 
     async fn enqueue_scheduled(
@@ -377,26 +522,44 @@ impl<Q: JobQueue> Dispatcher<Q> {
         Ok(())
     }
 
-    /// Moves due envelopes of `ns` from `scheduled` to the ready structure; returns how many.
+    /// Takes due envelopes of `ns` out of `scheduled` into the backlog; returns how many.
     ///
     /// # Errors
     /// Queue errors.
     pub async fn promote(&mut self, ns: &Namespace) -> Result<usize, DispatchError> {
-        Ok(self.queue.promote(ns).await?)
+        let due = self.queue.take_due(ns).await?;
+        let n = due.len();
+        for env in due {
+            // The envelope does not carry the job's concurrency group; its events do.
+            let group = self
+                .store
+                .load_fresh::<Job>(&env.job_id.to_string())
+                .await?
+                .state
+                .state()
+                .and_then(|s| s.concurrency.clone());
+            self.wait_turn(ns, env, group, None).await?;
+        }
+        Ok(n)
     }
 
-    /// `runledger_queue_depth{namespace, state}`: ready and scheduled envelopes.
+    /// `runledger_queue_depth{namespace, state}`: ready and scheduled envelopes, and those
+    /// waiting in the backlog.
     async fn gauge_depth(&mut self, ns: &Namespace) {
         if let Ok((r, s)) = self.queue.depth(ns).await {
             let name = ns.as_str().to_owned();
             metrics::gauge!("runledger_queue_depth", "namespace" => name.clone(), "state" => "ready").set(r as f64);
-            metrics::gauge!("runledger_queue_depth", "namespace" => name, "state" => "scheduled")
+            metrics::gauge!("runledger_queue_depth", "namespace" => name.clone(), "state" => "scheduled")
                 .set(s as f64);
+            metrics::gauge!("runledger_queue_depth", "namespace" => name, "state" => "backlog")
+                .set(self.backlog_len(ns) as f64);
         }
     }
 
-    /// Runs until `shutdown`: the log, and promotion of `namespaces` every 100 ms.
-    /// A volatile queue is refilled first (see [`Dispatcher::refill`]).
+    /// Runs until `shutdown`: the log, the backlog, and promotion of `namespaces` every
+    /// 100 ms. A volatile queue is refilled first (see [`Dispatcher::refill`]); a durable one
+    /// reads the log up to its end before the first job is handed out, so an attempt that
+    /// ended while it was away is not pushed again.
     pub async fn run(mut self, promote: Vec<Namespace>, shutdown: CancellationToken)
     where
         Q: Clone,
@@ -411,20 +574,23 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 }
             }
         }
+        loop {
+            match self.step().await {
+                Ok(n) if n < usize::try_from(BATCH).unwrap_or(usize::MAX) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(message = "Catching up with the log failed; retrying.", error = %e);
+                    wait(&shutdown, Duration::from_millis(500)).await;
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
         // Promotion, reconciliation and parked retries run beside the log, on their own
         // connection: a slow or unreachable node of theirs never holds back dispatch.
-        let maintenance = tokio::spawn(
-            Self {
-                store: self.store.clone(),
-                queue: self.queue.clone(),
-                namespaces: self.namespaces.clone(),
-                position: None,
-                served: self.served.clone(),
-                grace: self.grace,
-                pushed: 0,
-            }
-            .maintain(shutdown.clone()),
-        );
+        let maintenance = tokio::spawn(self.sibling().maintain(shutdown.clone()));
+        let mut last_sweep = Instant::now();
         while !shutdown.is_cancelled() {
             let read = match self.step().await {
                 Ok(n) => n,
@@ -434,6 +600,16 @@ impl<Q: JobQueue> Dispatcher<Q> {
                     continue;
                 }
             };
+            if let Err(e) = self.feed().await {
+                tracing::warn!(message = "Feeding the ready queues failed; retrying.", error = %e);
+                wait(&shutdown, Duration::from_millis(200)).await;
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                if let Err(e) = self.sweep().await {
+                    tracing::warn!(message = "Sweeping stale slots failed.", error = %e);
+                }
+                last_sweep = Instant::now();
+            }
             if read == 0 {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
@@ -445,8 +621,8 @@ impl<Q: JobQueue> Dispatcher<Q> {
         let _ = maintenance.await;
     }
 
-    /// Every 100 ms promotes due envelopes and gauges the queues; every third of the grace
-    /// period reconciles the queues with the log and retries parked events.
+    /// Every 100 ms takes due envelopes into the backlog and gauges the queues; every third
+    /// of the grace period reconciles the queues with the log and retries parked events.
     async fn maintain(mut self, shutdown: CancellationToken) {
         let reconcile_every =
             (self.grace / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));

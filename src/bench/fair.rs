@@ -1,0 +1,169 @@
+//! `runledger bench fair`: a light user's latency (POST → SSE `completed`) alone and during a
+//! heavy user's burst, and the heavy user's drain rate, against running roles (or `dev`).
+
+use std::{
+    collections::HashMap,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::{StreamExt, stream};
+use platform::settings::Settings;
+use serde_json::{Value, json};
+
+use super::{Percentiles, tokens};
+
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Records when each job's `completed` event arrives on `res`.
+async fn watch(mut res: reqwest::Response, arrivals: Arrivals) {
+    let mut buf = String::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        let now = Instant::now();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            if let Ok(v) = serde_json::from_str::<Value>(data.trim())
+                && v["status"] == "completed"
+                && let (Some(id), Ok(mut a)) = (v["id"].as_str(), arrivals.lock())
+            {
+                a.entry(id.to_owned()).or_insert(now);
+            }
+        }
+    }
+}
+
+struct Bench {
+    client: reqwest::Client,
+    write: String,
+    arrivals: Arrivals,
+}
+
+impl Bench {
+    async fn submit(&self, token: &str) -> Option<(String, Instant)> {
+        let t0 = Instant::now();
+        let res = self
+            .client
+            .post(format!("{}/v1/jobs", self.write))
+            .bearer_auth(token)
+            .json(&json!({"task_type": "noop", "payload": {}}))
+            .send()
+            .await
+            .ok()?;
+        let v: Value = res.json().await.ok()?;
+        Some((v["job_id"].as_str()?.to_owned(), t0))
+    }
+
+    /// `n` jobs one per 100 ms; their latencies once done (or after 30 s).
+    async fn light(&self, token: &str, n: usize) -> (Vec<Duration>, usize) {
+        let mut sent = Vec::new();
+        for _ in 0..n {
+            sent.extend(self.submit(token).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+        self.wait(&ids, Duration::from_secs(30)).await;
+        let arrivals = self.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+        let lat: Vec<Duration> = sent
+            .iter()
+            .filter_map(|(id, t0)| arrivals.get(id).map(|a| a.saturating_duration_since(*t0)))
+            .collect();
+        let missing = n - lat.len();
+        (lat, missing)
+    }
+
+    /// Waits until every job of `ids` completed, or `within` passed; when the last did.
+    async fn wait(&self, ids: &[String], within: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let a = self.arrivals.lock().ok()?;
+                if ids.iter().all(|id| a.contains_key(id)) {
+                    return ids.iter().filter_map(|id| a.get(id)).max().copied();
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub async fn run(
+    settings: &Settings,
+    write: &str,
+    read: &str,
+    heavy: usize,
+    light: usize,
+) -> anyhow::Result<ExitCode> {
+    let users = tokens(settings, 3)?;
+    let (heavy_user, light_user, alone_user) = (&users[0].1, &users[1].1, &users[2].1);
+    let bench = Arc::new(Bench {
+        client: reqwest::Client::new(),
+        write: write.to_owned(),
+        arrivals: Arc::default(),
+    });
+    for (_, t) in &users {
+        let res = bench
+            .client
+            .get(format!("{read}/v1/jobs/stream"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .context("opening a stream")?;
+        anyhow::ensure!(res.status() == 200, "stream refused: {}", res.status());
+        tokio::spawn(watch(res, bench.arrivals.clone()));
+    }
+    let (idle, idle_missing) = bench.light(light_user, light).await;
+
+    // The heavy user's burst, 64 submissions in flight, with the light user beside it.
+    let started = Instant::now();
+    let burst = {
+        let (bench, token) = (bench.clone(), heavy_user.clone());
+        tokio::spawn(async move {
+            stream::iter(0..heavy)
+                .map(|_| bench.submit(&token))
+                .buffer_unordered(64)
+                .filter_map(|r| async move { r.map(|(id, _)| id) })
+                .collect::<Vec<String>>()
+                .await
+        })
+    };
+    let (busy, busy_missing) = bench.light(alone_user, light).await;
+    let ids = burst.await?;
+    let submitted = started.elapsed();
+    let last = bench
+        .wait(&ids, Duration::from_secs(600))
+        .await
+        .context("the heavy user's jobs did not all complete in 10 minutes")?;
+    let drain = last.saturating_duration_since(started);
+    println!(
+        "bench fair: one heavy user's {heavy}-job burst, a light user's {light} jobs one per 100 ms"
+    );
+    println!(
+        "  light alone        {} (missing {idle_missing})",
+        Percentiles::new(idle)
+    );
+    println!(
+        "  light during burst {} (missing {busy_missing})",
+        Percentiles::new(busy)
+    );
+    println!(
+        "  heavy burst        {} accepted in {:.2} s, all completed after {:.2} s: {:.0} jobs/s",
+        ids.len(),
+        submitted.as_secs_f64(),
+        drain.as_secs_f64(),
+        ids.len() as f64 / drain.as_secs_f64()
+    );
+    Ok(if idle_missing + busy_missing == 0 && ids.len() == heavy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

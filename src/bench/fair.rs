@@ -2,9 +2,8 @@
 //! heavy user's burst, and the heavy user's drain rate, against running roles (or `dev`).
 
 use std::{
-    collections::HashMap,
     process::ExitCode,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,30 +12,11 @@ use futures::{StreamExt, stream};
 use platform::settings::Settings;
 use serde_json::{Value, json};
 
-use super::{Percentiles, tokens};
-
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
-
-/// Records when each job's `completed` event arrives on `res`.
-async fn watch(mut res: reqwest::Response, arrivals: Arrivals) {
-    let mut buf = String::new();
-    while let Ok(Some(chunk)) = res.chunk().await {
-        let now = Instant::now();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
-                continue;
-            };
-            if let Ok(v) = serde_json::from_str::<Value>(data.trim())
-                && v["status"] == "completed"
-                && let (Some(id), Ok(mut a)) = (v["id"].as_str(), arrivals.lock())
-            {
-                a.entry(id.to_owned()).or_insert(now);
-            }
-        }
-    }
-}
+use super::{
+    Percentiles,
+    sse::{Arrivals, read_stream},
+    tokens,
+};
 
 struct Bench {
     client: reqwest::Client,
@@ -118,7 +98,11 @@ pub async fn run(
             .await
             .context("opening a stream")?;
         anyhow::ensure!(res.status() == 200, "stream refused: {}", res.status());
-        tokio::spawn(watch(res, bench.arrivals.clone()));
+        tokio::spawn(read_stream(
+            res,
+            bench.arrivals.clone(),
+            "completed".to_owned(),
+        ));
     }
     let (idle, idle_missing) = bench.light(light_user, light).await;
 

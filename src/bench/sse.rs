@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use super::{Percentiles, tokens};
 
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+pub(super) type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
-/// Reads one SSE response, recording when each job's `queued` event arrived.
-async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals, until: String) {
+/// Reads one SSE response, recording when each job's `until` event arrived.
+pub(super) async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals, until: String) {
     let mut buf = String::new();
     while let Ok(Some(chunk)) = res.chunk().await {
         let now = Instant::now();

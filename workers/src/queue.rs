@@ -284,7 +284,14 @@ async fn run_each(conn: &mut Conn, cmds: Vec<Cmd>) -> redis::RedisResult<()> {
             async move { c.query_async::<Value>(&mut conn).await }
         }))
         .await;
-        return sent.into_iter().find_map(Result::err).map_or(Ok(()), Err);
+        let Some(e) = sent.into_iter().find_map(Result::err) else {
+            return Ok(());
+        };
+        // The copies that failed are gone: the connection kept is the one to renew.
+        if let Conn::Cluster(c) = conn {
+            c.renew_after(&e).await;
+        }
+        return Err(e);
     }
     let mut pipe = redis::pipe();
     for c in cmds {
@@ -625,26 +632,12 @@ impl JobQueue for RedisQueue {
             .flat_map(|ns| [ready_key(ns), ns.scheduled_key()])
             .flat_map(|base| ended.iter().map(move |e| marker(&base, e.job, e.attempt)))
             .collect();
-        if self.conn.is_cluster() {
-            // The keys live in different slots: one command each, sent together.
-            let sent = futures::future::join_all(keys.iter().map(|k| {
-                let mut conn = self.conn.clone();
-                async move {
-                    redis::cmd("UNLINK")
-                        .arg(k)
-                        .query_async::<i64>(&mut conn)
-                        .await
-                }
-            }))
-            .await;
-            return sent.into_iter().find_map(Result::err).map_or(Ok(()), Err);
-        }
-        // One round trip.
-        let mut pipe = redis::pipe();
-        for k in &keys {
-            pipe.cmd("UNLINK").arg(k).ignore();
-        }
-        pipe.query_async(&mut self.conn).await
+        // The keys live in different slots on a cluster: one command each, sent together.
+        let cmds = keys
+            .iter()
+            .map(|k| redis::cmd("UNLINK").arg(k).clone())
+            .collect();
+        run_each(&mut self.conn, cmds).await
     }
 
     async fn held(&mut self, namespaces: &[Namespace]) -> redis::RedisResult<Option<Held>> {

@@ -26,7 +26,10 @@ pub fn free_port() -> u16 {
 }
 
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_runledger"));
+    // Its own process group, so dropping it also ends the Chromium it launched.
+    cmd.process_group(0);
     cmd.arg("dev")
         .args(args)
         .env_clear()
@@ -123,6 +126,9 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
+        // The whole group: a killed `runledger dev` would leave its browsers running.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{
     Percentiles,
-    sse::{Arrivals, read_stream},
+    sse::{Arrivals, watch_streams},
     tokens,
 };
 
@@ -89,21 +89,7 @@ pub async fn run(
         write: write.to_owned(),
         arrivals: Arc::default(),
     });
-    for (_, t) in &users {
-        let res = bench
-            .client
-            .get(format!("{read}/v1/jobs/stream"))
-            .bearer_auth(t)
-            .send()
-            .await
-            .context("opening a stream")?;
-        anyhow::ensure!(res.status() == 200, "stream refused: {}", res.status());
-        tokio::spawn(read_stream(
-            res,
-            bench.arrivals.clone(),
-            "completed".to_owned(),
-        ));
-    }
+    watch_streams(&bench.client, read, &users, &bench.arrivals, "completed").await?;
     let (idle, idle_missing) = bench.light(light_user, light).await;
 
     // The heavy user's burst, 64 submissions in flight, with the light user beside it.

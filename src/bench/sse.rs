@@ -17,7 +17,7 @@ use super::{Percentiles, tokens};
 pub(super) type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// Reads one SSE response, recording when each job's `until` event arrived.
-pub(super) async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals, until: String) {
+async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals, until: String) {
     let mut buf = String::new();
     while let Ok(Some(chunk)) = res.chunk().await {
         let now = Instant::now();
@@ -39,6 +39,28 @@ pub(super) async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals, 
     }
 }
 
+/// Opens each user's stream on `read`, recording into `arrivals` when each job's `until`
+/// event arrives.
+pub(super) async fn watch_streams(
+    client: &reqwest::Client,
+    read: &str,
+    users: &[(domain::ids::UserId, String)],
+    arrivals: &Arrivals,
+    until: &str,
+) -> anyhow::Result<()> {
+    for (_, t) in users {
+        let res = client
+            .get(format!("{read}/v1/jobs/stream"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .context("opening a stream")?;
+        anyhow::ensure!(res.status() == 200, "stream refused: {}", res.status());
+        tokio::spawn(read_stream(res, arrivals.clone(), until.to_owned()));
+    }
+    Ok(())
+}
+
 pub async fn latency(
     settings: &Settings,
     write: &str,
@@ -51,16 +73,7 @@ pub async fn latency(
     let users = tokens(settings, users)?;
     let client = reqwest::Client::new();
     let arrivals: Arrivals = Arc::default();
-    for (_, t) in &users {
-        let res = client
-            .get(format!("{read}/v1/jobs/stream"))
-            .bearer_auth(t)
-            .send()
-            .await
-            .context("opening a stream")?;
-        anyhow::ensure!(res.status() == 200, "stream refused: {}", res.status());
-        tokio::spawn(read_stream(res, arrivals.clone(), until.to_owned()));
-    }
+    watch_streams(&client, read, &users, &arrivals, until).await?;
     // One second at the same rate first, not counted: connections, caches and pools warm up.
     let warmup: Vec<_> = (0..rate as usize)
         .map(|i| {

@@ -48,9 +48,10 @@ impl Skip {
     }
 
     fn skips(&self, p: &Pending) -> bool {
-        p.group
-            .as_ref()
-            .is_some_and(|g| self.groups.contains(&(p.user(), g.key.clone())))
+        !self.groups.is_empty()
+            && p.group
+                .as_ref()
+                .is_some_and(|g| self.groups.contains(&(p.user(), g.key.clone())))
     }
 }
 
@@ -109,10 +110,11 @@ impl Backlog {
         true
     }
 
-    /// Takes `job` out if `attempt` of it is what waits.
+    /// Takes `job` out if what waits of it is `attempt` or an earlier one (a later attempt,
+    /// queued since, stays).
     pub fn take(&mut self, job: JobId, attempt: u32) -> Option<Pending> {
         match self.index.get(&job) {
-            Some((_, _, a)) if *a == attempt => self.remove(job),
+            Some((_, _, a)) if *a <= attempt => self.remove(job),
             _ => None,
         }
     }
@@ -276,6 +278,20 @@ mod tests {
         assert!(b.next(&ns, &skip).is_none());
         assert_eq!(b.len(&ns), 2);
         assert_eq!(b.lane_len(&ns, user(1)), 1);
+    }
+
+    #[test]
+    fn take_leaves_a_later_attempt_waiting() {
+        let ns = Namespace::default_ns();
+        let mut b = Backlog::default();
+        let mut retry = job(1, 0, 5);
+        retry.env.attempt = Attempt::new(2).unwrap();
+        b.add(&ns, 1, retry);
+        let id = job(1, 0, 0).env.job_id;
+        assert!(b.take(id, 1).is_none(), "attempt 1 ended; attempt 2 still waits");
+        assert!(b.holds(id, 2));
+        assert!(b.take(id, 2).is_some());
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -74,66 +74,63 @@ impl<Q: JobQueue> Dispatcher<Q> {
     }
 
     async fn feed_namespace(&mut self, ns: &Namespace) -> Result<usize, DispatchError> {
-        let ns = ns.clone();
         let mut pushed = 0;
         let mut failed = None;
-        {
-            let mut room = self
-                .fair
-                .window
-                .saturating_sub(self.queue.waiting(&ns).await?);
-            let mut skip = Skip::default();
-            for user in self.full.keys() {
-                skip.user(*user);
+        let mut room = self
+            .fair
+            .window
+            .saturating_sub(self.queue.waiting(ns).await?);
+        let mut skip = Skip::default();
+        for user in self.full.keys() {
+            skip.user(*user);
+        }
+        while room > 0 {
+            let Some(p) = self.backlog().next(ns, &skip) else {
+                break;
+            };
+            let (user, job) = (p.user(), p.env.job_id);
+            let limit = self.fair.concurrency.limit(self.plans.get(user).await?);
+            let claim = match self.queue.claim(user, job, limit, p.group.as_ref()).await {
+                Ok(c) => c,
+                // The node holding this user's slots is unreachable: the user waits, the
+                // others go on.
+                Err(e) => {
+                    tracing::warn!(message = "Claiming a slot failed; the user's jobs wait.", user_id = %user, error = %e);
+                    skip.user(user);
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            match claim {
+                Claim::Held => {}
+                Claim::UserFull => {
+                    skip.user(user);
+                    self.full.insert(user, Instant::now());
+                    continue;
+                }
+                Claim::GroupFull => {
+                    if let Some(g) = &p.group {
+                        skip.group(user, &g.key);
+                    }
+                    continue;
+                }
             }
-            while room > 0 {
-                let Some(p) = self.backlog().next(&ns, &skip) else {
-                    break;
-                };
-                let (user, job) = (p.user(), p.env.job_id);
-                let limit = self.fair.concurrency.limit(self.plans.get(user).await?);
-                let claim = match self.queue.claim(user, job, limit, p.group.as_ref()).await {
-                    Ok(c) => c,
-                    // The node holding this user's slots is unreachable: the user waits, the
-                    // others go on.
-                    Err(e) => {
-                        tracing::warn!(message = "Claiming a slot failed; the user's jobs wait.", user_id = %user, error = %e);
-                        skip.user(user);
-                        failed.get_or_insert(e);
-                        continue;
-                    }
-                };
-                match claim {
-                    Claim::Held => {}
-                    Claim::UserFull => {
-                        skip.user(user);
-                        self.full.insert(user, Instant::now());
-                        continue;
-                    }
-                    Claim::GroupFull => {
-                        if let Some(g) = &p.group {
-                            skip.group(user, &g.key);
-                        }
-                        continue;
-                    }
-                }
-                self.holders.insert(
+            self.holders.insert(
+                job,
+                Slot {
+                    user,
                     job,
-                    Slot {
-                        user,
-                        job,
-                        group: p.group.as_ref().map(|g| g.key.clone()),
-                    },
-                );
-                let bytes = serde_json::to_string(&p.env).unwrap_or_default();
-                let fresh = self.queue.push_ready(&ns, &p.env, &bytes).await?;
-                self.backlog().take(job, p.env.attempt.get());
-                if fresh {
-                    room -= 1;
-                    pushed += 1;
-                    metrics::counter!("runledger_dispatched_total", "namespace" => ns.as_str().to_owned())
+                    group: p.group.as_ref().map(|g| g.key.clone()),
+                },
+            );
+            let bytes = serde_json::to_string(&p.env).unwrap_or_default();
+            let fresh = self.queue.push_ready(ns, &p.env, &bytes).await?;
+            self.backlog().take(job, p.env.attempt.get());
+            if fresh {
+                room -= 1;
+                pushed += 1;
+                metrics::counter!("runledger_dispatched_total", "namespace" => ns.as_str().to_owned())
                         .increment(1);
-                }
             }
         }
         match failed {

@@ -270,7 +270,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             };
             match self.handle(e, job, event).await {
                 Ok(Some(end)) => {
-                    freed.push(self.slot_of(end.job).await?);
+                    freed.push(self.slot_of(end).await?);
                     ended.push(end);
                 }
                 Ok(None) => {}
@@ -316,11 +316,15 @@ impl<Q: JobQueue> Dispatcher<Q> {
 
     /// The slot `job` holds, to give back: known from its claim or its backlog entry, else
     /// from its events (claimed by another dispatcher, or before a restart).
-    async fn slot_of(&mut self, job: JobId) -> Result<Option<Slot>, DispatchError> {
+    async fn slot_of(&mut self, end: Ended) -> Result<Option<Slot>, DispatchError> {
+        let job = end.job;
+        // The ended attempt leaves the backlog too (canceled before its push, or claimed and
+        // not yet pushed), so it is never handed out afterwards.
+        let waiting = self.backlog().take(job, end.attempt.get());
         if let Some(slot) = self.holders.remove(&job) {
             return Ok(Some(slot));
         }
-        if let Some(p) = self.backlog().remove(job) {
+        if let Some(p) = waiting {
             return Ok(Some(Slot {
                 user: p.user(),
                 job,
@@ -349,7 +353,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             if let Decoded::Job(job, event) = decoded
                 && let Some(end) = self.handle(e, *job, event).await?
             {
-                freed.push(self.slot_of(end.job).await?);
+                freed.push(self.slot_of(end).await?);
                 ended.push(end);
             }
         }
@@ -394,12 +398,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             }
             JobEvent::JobStarted(s) => {
                 // Pushed by another dispatcher (or before a restart) and taken by a worker.
-                let mut backlog = self.backlog();
-                if backlog.holds(job, s.attempt.get())
-                    && !backlog.holds(job, s.attempt.get().saturating_add(1))
-                {
-                    backlog.remove(job);
-                }
+                self.backlog().take(job, s.attempt.get());
             }
             JobEvent::JobRetryScheduled(r) => {
                 let job = self.store.load_fresh::<Job>(&e.aggregate_id).await?.state;

@@ -288,7 +288,10 @@ mod tests {
         retry.env.attempt = Attempt::new(2).unwrap();
         b.add(&ns, 1, retry);
         let id = job(1, 0, 0).env.job_id;
-        assert!(b.take(id, 1).is_none(), "attempt 1 ended; attempt 2 still waits");
+        assert!(
+            b.take(id, 1).is_none(),
+            "attempt 1 ended; attempt 2 still waits"
+        );
         assert!(b.holds(id, 2));
         assert!(b.take(id, 2).is_some());
         assert!(b.is_empty());

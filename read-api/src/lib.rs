@@ -3,6 +3,7 @@
 pub mod artifacts;
 pub mod audit;
 pub mod audit_events;
+pub mod dashboard;
 pub mod digest;
 pub mod jobs;
 pub mod state;
@@ -98,6 +99,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/audit/events", get(audit_events::events))
         .route("/v1/audit/digest", get(digest::get))
         .with_state(state)
+        .merge(dashboard::routes())
 }
 
 /// `/metrics`, with the number of open streams.

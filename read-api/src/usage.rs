@@ -122,5 +122,17 @@ pub async fn subscription(
         "period_start": period.start,
         "period_end": period.end,
         "stripe_customer": customer,
+        "checkout": for_sale(&state),
     })))
+}
+
+/// The plans a checkout sells here: none when billing is off.
+fn for_sale(state: &AppState) -> Vec<&'static str> {
+    state.settings.billing.as_ref().map_or_else(Vec::new, |b| {
+        let mut plans = vec![Plan::Pro.as_str()];
+        if b.price_enterprise.is_some() {
+            plans.push(Plan::Enterprise.as_str());
+        }
+        plans
+    })
 }

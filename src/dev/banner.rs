@@ -34,6 +34,15 @@ pub fn banner(
     } else {
         ("<a token from your JWKS issuer>".into(), String::new())
     };
+    // The token rides in the fragment, which browsers never send: see the dashboard's ADR.
+    let dashboard = if s.jwt_secret.is_some() {
+        format!(
+            "Open the dashboard, signed in as the demo customer:\n  {url}/#access_token={user}\n\
+             or as the auditor:\n  {url}/audit#access_token={auditor}\n"
+        )
+    } else {
+        format!("Open the dashboard and paste a token: {url}/signin\n")
+    };
     let month = chrono::Utc::now().format("%Y-%m");
     // The same values for a second shell: `. .runledger/env`.
     let source = match data {
@@ -57,6 +66,7 @@ pub fn banner(
          TOKEN={user}\n\
          AUDITOR_TOKEN={auditor}\n\
          {source}\n\
+         {dashboard}\n\
          Submit a job:\n  \
          curl -s -X POST $URL/v1/jobs -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"task_type\":\"noop\",\"payload\":{{}}}}'\n\
          Watch your jobs live:\n  \

@@ -8,6 +8,7 @@ mod agent;
 mod bad_settings;
 mod billing;
 mod browser;
+mod dashboard;
 mod disk_full;
 mod fair;
 mod fuzz;

@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 const LAYOUT: &str = include_str!("../assets/dashboard/layout.html");
 const APP_JS: &str = include_str!("../assets/dashboard/app.js");
 const APP_CSS: &str = include_str!("../assets/dashboard/app.css");
+/// The usage meter, on the jobs and the usage pages.
+const METER: &str = include_str!("../assets/dashboard/meter.html");
 
 /// One page: its path, title, nav label (none: not in the nav) and body.
 struct Page {
@@ -118,6 +120,7 @@ fn render(page: &Page, js: &str, css: &str) -> String {
         .replace("{{js}}", js)
         .replace("{{css}}", css)
         .replace("{{main}}", page.body)
+        .replace("{{meter}}", METER)
 }
 
 /// The dashboard's routes: its pages and its two assets.
@@ -201,7 +204,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_page_names_its_assets_and_no_placeholder_is_left() {
+    fn every_page_names_its_assets_and_every_slot_is_filled() {
         for (page, html) in PAGES.iter().zip(RENDERED.iter()) {
             assert!(!html.contains("{{"), "{}", page.path);
             assert!(html.contains(&format!("/assets/app.js?v={}", *JS_VERSION)));

@@ -376,6 +376,10 @@ async function jobsPage() {
     // and creation time following from its view; another shows only if it falls on this page.
     if (cursor || !matches(j.status)) return;
     const fresh = j.attempts === 0 && (j.status === 'queued' || j.status === 'scheduled');
+    // Unfiltered, the first page held the newest jobs and took every new one since: an
+    // unknown job that is not new is older than the page, so no request is made for it
+    // (another user's burst draining would otherwise cost one request per change).
+    if (!fresh && !status && more) return;
     const added = rowFor(j);
     if (fresh) {
       place(added);

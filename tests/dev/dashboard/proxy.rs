@@ -78,33 +78,28 @@ impl Proxy {
 }
 
 async fn pipe(client: TcpStream, server: TcpStream, log: Arc<Mutex<Log>>) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let up = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = cr.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(());
-            }
-            note_request(&String::from_utf8_lossy(&buf[..n]), &log);
-            sw.write_all(&buf[..n]).await?;
-        }
-    };
-    let down = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = sr.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(());
-            }
-            note_changes(&String::from_utf8_lossy(&buf[..n]), &log);
-            cw.write_all(&buf[..n]).await?;
-        }
-    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
     tokio::select! {
-        _ = up => {},
-        _ = down => {},
+        _ = pump(cr, sw, |t| note_request(t, &log)) => {},
+        _ = pump(sr, cw, |t| note_changes(t, &log)) => {},
+    }
+}
+
+/// Copies `from` to `to` until either ends, showing `note` each chunk first.
+async fn pump(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    note: impl Fn(&str),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        note(&String::from_utf8_lossy(&buf[..n]));
+        to.write_all(&buf[..n]).await?;
     }
 }
 

@@ -223,12 +223,12 @@ fn month_of(at: DateTime<Utc>) -> String {
 
 /// The billing role: every `RUNLEDGER_BILLING_REPORT_SECS`, report, then reconcile this
 /// month and the last; `runledger_billing_reconcile_differences` on `/metrics`.
-pub async fn role(s: Settings) -> anyhow::Result<ExitCode> {
-    platform::telemetry::init(&s.log_filter);
+pub async fn role(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
+    s.init_telemetry("billing");
     platform::metrics::handle();
     let b = s.require_billing()?.clone();
+    crate::roles::schema(&s, migrate).await?;
     let pool = platform::db::connect(s.require_database()?, s.db_max_connections).await?;
-    platform::db::migrate(&pool).await?;
     let store = EventStore::new(pool.clone());
     let views = read_api::PgViews(pool);
     let api = Api::new(&b)?;

@@ -64,20 +64,48 @@ enum Action {
     Billing {
         #[command(subcommand)]
         action: Option<BillingAction>,
+        /// Apply pending migrations first (small installs; a deployment with several
+        /// replicas runs `runledger migrate` once instead).
+        #[arg(long)]
+        migrate: bool,
     },
     /// Serve the write side: job submission, cancel, worker reports; runs the process manager.
-    CommandApi,
+    CommandApi {
+        /// Apply pending migrations first (small installs; a deployment with several
+        /// replicas runs `runledger migrate` once instead).
+        #[arg(long)]
+        migrate: bool,
+    },
     /// Serve the read side: job views, usage, subscription, the per-user SSE stream.
-    ReadApi,
+    ReadApi {
+        /// Apply pending migrations first (small installs; a deployment with several
+        /// replicas runs `runledger migrate` once instead).
+        #[arg(long)]
+        migrate: bool,
+    },
     /// Run the projections (read models), or rebuild one.
     Projections {
         #[command(subcommand)]
         action: Option<ProjectionsAction>,
+        /// Apply pending migrations first (small installs; a deployment with several
+        /// replicas runs `runledger migrate` once instead).
+        #[arg(long)]
+        migrate: bool,
     },
     /// Publish the event log to NATS JetStream, in global order.
-    Relay,
+    Relay {
+        /// Apply pending migrations first (small installs; a deployment with several
+        /// replicas runs `runledger migrate` once instead).
+        #[arg(long)]
+        migrate: bool,
+    },
     /// Keep the Redis queues filled from the event log; promote scheduled jobs when due.
-    Dispatcher,
+    Dispatcher {
+        /// Apply pending migrations first (small installs; a deployment with several
+        /// replicas runs `runledger migrate` once instead).
+        #[arg(long)]
+        migrate: bool,
+    },
     /// Pull jobs from a namespace's queue, run them, report outcomes to RUNLEDGER_COMMAND_URL.
     Worker {
         /// default or browser (or a configured namespace).
@@ -87,6 +115,9 @@ enum Action {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Print every setting (environment variable) with its default and meaning, as the
+    /// Markdown of docs/settings.md.
+    Settings,
     /// Tokens for the configured HS256 secret (RUNLEDGER_JWT_SECRET).
     Token {
         #[command(subcommand)]
@@ -232,6 +263,10 @@ fn main() -> ExitCode {
     platform::install_crypto();
     let result = match cli.command {
         Action::Schemas { action, dir } => schemas(action, &dir),
+        Action::Settings => {
+            print!("{}", platform::settings::table::markdown());
+            Ok(ExitCode::SUCCESS)
+        }
         Action::Token {
             action: TokenAction::Mint { sub, role, ttl },
         } => mint(&sub, role, ttl),
@@ -248,7 +283,7 @@ fn main() -> ExitCode {
             let data = if in_memory {
                 dev::Data::InMemory
             } else {
-                dev::Data::Dir(data_dir_or_default(data_dir))
+                dev::Data::Dir(data_dir.unwrap_or_else(|| s.data_dir.clone()))
             };
             rt.block_on(dev::run(s, data, concurrency))
         }),
@@ -268,7 +303,7 @@ fn main() -> ExitCode {
             let (from, to) = (from.unwrap_or_else(|| month.clone()), to.unwrap_or(month));
             rt.block_on(audit::replay(
                 &s,
-                data_dir_or_default(data_dir),
+                data_dir.unwrap_or_else(|| s.data_dir.clone()),
                 &user,
                 &from,
                 &to,
@@ -287,33 +322,39 @@ fn main() -> ExitCode {
             let s = settings()?;
             rt.block_on(audit::digest(
                 &s,
-                data_dir_or_default(data_dir),
+                data_dir.unwrap_or_else(|| s.data_dir.clone()),
                 &period,
                 user.as_deref(),
             ))
         }),
-        Action::Billing { action } => runtime().and_then(|rt| {
+        Action::Billing { action, migrate } => runtime().and_then(|rt| {
             let s = settings()?;
             rt.block_on(async {
                 match action {
-                    None => billing::role(s).await,
+                    None => billing::role(s, migrate).await,
                     Some(BillingAction::Report { json, data_dir }) => {
-                        billing::report(&s, &data_dir_or_default(data_dir), json).await
+                        billing::report(&s, &data_dir.unwrap_or_else(|| s.data_dir.clone()), json)
+                            .await
                     }
                     Some(BillingAction::Reconcile {
                         period,
                         format,
                         data_dir,
                     }) => {
-                        billing::reconcile(&s, &data_dir_or_default(data_dir), &period, format)
-                            .await
+                        billing::reconcile(
+                            &s,
+                            &data_dir.unwrap_or_else(|| s.data_dir.clone()),
+                            &period,
+                            format,
+                        )
+                        .await
                     }
                 }
             })
         }),
         Action::Events { action, data_dir } => runtime().and_then(|rt| {
             let s = settings()?;
-            let dir = data_dir_or_default(data_dir);
+            let dir = data_dir.unwrap_or_else(|| s.data_dir.clone());
             rt.block_on(async {
                 match action {
                     EventsAction::Parked { consumer, json } => {
@@ -326,16 +367,26 @@ fn main() -> ExitCode {
             })
         }),
         Action::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
-        Action::CommandApi => runtime().and_then(|rt| rt.block_on(command_api())),
-        Action::ReadApi => runtime().and_then(|rt| rt.block_on(roles::read_api(settings()?))),
-        Action::Projections { action: None } => {
-            runtime().and_then(|rt| rt.block_on(roles::projections(settings()?)))
+        Action::CommandApi { migrate } => {
+            runtime().and_then(|rt| rt.block_on(roles::command_api(settings()?, migrate)))
+        }
+        Action::ReadApi { migrate } => {
+            runtime().and_then(|rt| rt.block_on(roles::read_api(settings()?, migrate)))
         }
         Action::Projections {
+            action: None,
+            migrate,
+        } => runtime().and_then(|rt| rt.block_on(roles::projections(settings()?, migrate))),
+        Action::Projections {
             action: Some(ProjectionsAction::Rebuild { name }),
+            ..
         } => runtime().and_then(|rt| rt.block_on(roles::rebuild(settings()?, name))),
-        Action::Relay => runtime().and_then(|rt| rt.block_on(roles::relay(settings()?))),
-        Action::Dispatcher => runtime().and_then(|rt| rt.block_on(roles::dispatcher(settings()?))),
+        Action::Relay { migrate } => {
+            runtime().and_then(|rt| rt.block_on(roles::relay(settings()?, migrate)))
+        }
+        Action::Dispatcher { migrate } => {
+            runtime().and_then(|rt| rt.block_on(roles::dispatcher(settings()?, migrate)))
+        }
         Action::Worker {
             namespace,
             concurrency,
@@ -343,6 +394,8 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(roles::worker(settings()?, &namespace, concurrency))),
         Action::Bench { action } => runtime().and_then(|rt| rt.block_on(bench::run(action))),
     };
+    // Spans still buffered leave before the process does.
+    platform::telemetry::shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -350,12 +403,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `--data-dir`, else `RUNLEDGER_DATA_DIR`, else `./.runledger`.
-fn data_dir_or_default(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("RUNLEDGER_DATA_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(".runledger"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -385,22 +432,6 @@ async fn migrate() -> anyhow::Result<ExitCode> {
     let pool = platform::db::connect_for_migrations(s.require_database()?).await?;
     platform::db::migrate(&pool).await?;
     eprintln!("runledger: migrations applied");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn command_api() -> anyhow::Result<ExitCode> {
-    let s = settings()?;
-    platform::telemetry::init(&s.log_filter);
-    let addr = s.addr;
-    let state = command_api::build(s).await?;
-    if let Some(pool) = state.store.postgres() {
-        platform::db::migrate(pool).await?;
-    }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(message = "Command API listening.", addr = %addr);
-    command_api::run(listener, state, platform::shutdown::on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

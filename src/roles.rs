@@ -15,14 +15,34 @@ async fn bus(settings: &Settings) -> anyhow::Result<NoticeBus> {
 }
 
 async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    let pool =
-        platform::db::connect(settings.require_database()?, settings.db_max_connections).await?;
-    platform::db::migrate(&pool).await?;
-    Ok(pool)
+    Ok(platform::db::connect(settings.require_database()?, settings.db_max_connections).await?)
 }
 
-pub async fn read_api(s: Settings) -> anyhow::Result<ExitCode> {
-    platform::telemetry::init(&s.log_filter);
+/// Applies the migrations (`--migrate`) or checks that `runledger migrate` did, on a
+/// connection of its own (a migration's statements are not cut short).
+pub async fn schema(settings: &Settings, migrate: bool) -> anyhow::Result<()> {
+    let pool = platform::db::connect_for_migrations(settings.require_database()?).await?;
+    platform::db::prepare(&pool, migrate).await?;
+    pool.close().await;
+    Ok(())
+}
+
+pub async fn command_api(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
+    s.init_telemetry("command-api");
+    schema(&s, migrate).await?;
+    let addr = s.addr;
+    let state = command_api::build(s).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(message = "Command API listening.", addr = %addr);
+    command_api::run(listener, state, platform::shutdown::on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn read_api(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
+    s.init_telemetry("read-api");
+    schema(&s, migrate).await?;
     let addr = s.addr;
     let bus = bus(&s).await?;
     let shutdown = platform::shutdown::on_signal();
@@ -47,8 +67,9 @@ async fn metrics_endpoint(
     Ok(())
 }
 
-pub async fn projections(s: Settings) -> anyhow::Result<ExitCode> {
-    platform::telemetry::init(&s.log_filter);
+pub async fn projections(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
+    s.init_telemetry("projections");
+    schema(&s, migrate).await?;
     let bus = bus(&s).await?;
     let pool = pool(&s).await?;
     let shutdown = platform::shutdown::on_signal();
@@ -64,6 +85,7 @@ pub async fn projections(s: Settings) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn rebuild(s: Settings, projection: Projection) -> anyhow::Result<ExitCode> {
+    schema(&s, false).await?;
     let pool = pool(&s).await?;
     let head = platform::store::reader::head(&pool).await?;
     let mut shown = 0;
@@ -87,26 +109,30 @@ pub async fn rebuild(s: Settings, projection: Projection) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn relay(s: Settings) -> anyhow::Result<ExitCode> {
-    platform::telemetry::init(&s.log_filter);
+pub async fn relay(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
+    s.init_telemetry("relay");
+    schema(&s, migrate).await?;
     let url = s.require_nats()?.to_owned();
     let pool = pool(&s).await?;
     let client = platform::nats::connect(&url)
         .await
         .context("connecting to NATS")?;
+    let shutdown = platform::shutdown::on_signal();
+    metrics_endpoint(&s, &shutdown).await?;
     tracing::info!(message = "Relay running.");
     projections::relay::run(
         platform::store::EventStore::new(pool),
         client,
         s.nats_prefix.clone(),
-        platform::shutdown::on_signal(),
+        shutdown,
     )
     .await;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn dispatcher(s: Settings) -> anyhow::Result<ExitCode> {
-    platform::telemetry::init(&s.log_filter);
+pub async fn dispatcher(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
+    s.init_telemetry("dispatcher");
+    schema(&s, migrate).await?;
     let pool = pool(&s).await?;
     let client = workers::queue::Target::open(s.require_redis()?, s.redis_cluster)
         .context("REDIS_URL does not parse")?;
@@ -132,7 +158,7 @@ pub async fn dispatcher(s: Settings) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow::Result<ExitCode> {
-    platform::telemetry::init(&s.log_filter);
+    s.init_telemetry("worker");
     let namespace = domain::task::Namespace::parse(namespace).context("--namespace")?;
     let command_url = s
         .command_url
@@ -155,6 +181,7 @@ pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow:
         credentials,
     ));
     let shutdown = platform::shutdown::on_signal();
+    metrics_endpoint(&s, &shutdown).await?;
     let executor = std::sync::Arc::new(
         crate::executors::build(
             &s,

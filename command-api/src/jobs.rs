@@ -72,13 +72,18 @@ async fn execute(
     command: JobCommand,
 ) -> Result<(domain::job::JobStatus, Attempt), ApiError> {
     let id_text = id.to_string();
+    let span = tracing::Span::current();
+    span.record("job_id", tracing::field::display(id));
     // Refusals come back as 404 for a job that does not exist or is not the caller's.
     let check = |job: &Job| match job.state() {
         Some(_) if allowed(job) => Ok(()),
         _ => Err(JobError::NotFound),
     };
     let meta = |job: &Job| match job.state() {
-        Some(s) => metadata(&s.correlation_id, principal),
+        Some(s) => {
+            span.record("correlation_id", tracing::field::display(&s.correlation_id));
+            metadata(&s.correlation_id, principal)
+        }
         None => Default::default(),
     };
     let executed = state

@@ -20,6 +20,7 @@ use platform::store::{
     reader::RecordedEvent,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The checkpoint's name.
 pub const CHECKPOINT: &str = "process-manager";
@@ -158,6 +159,13 @@ pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
     let (events, poison) = poison::split(CHECKPOINT, read);
     store.park(CHECKPOINT, &poison).await?;
     react_all(store, &events, last).await?;
+    // Measured when a batch came back full, i.e. when there may be a lag.
+    let lag = if count as i64 == BATCH {
+        store.head().await.map_or(0, |h| h - last)
+    } else {
+        0
+    };
+    metrics::gauge!("runledger_process_manager_lag_events").set(lag as f64);
     Ok(count)
 }
 
@@ -202,9 +210,11 @@ async fn react_all(
     // Ledgers are independent: their commands run concurrently (and commit in one group),
     // each ledger's in log order.
     futures::future::try_join_all(by_ledger.into_values().map(|reactions| async move {
-        for r in reactions {
+        for mut r in reactions {
+            let span = r.span();
             if let Err(e) = store
                 .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
+                .instrument(span)
                 .await?
             {
                 tracing::warn!(message = "Usage command refused.", job_id = %r.job_id, error = %e);
@@ -273,6 +283,27 @@ struct Reaction {
     command: UsageCommand,
     metadata: Metadata,
     job_id: JobId,
+}
+
+impl Reaction {
+    /// Its span, in the trace of the event that called for it; the command's events carry
+    /// the span on.
+    fn span(&mut self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "process_manager.react",
+            job_id = %self.job_id,
+            correlation_id = self.metadata.get("correlation_id").map_or("", String::as_str),
+        );
+        platform::telemetry::continue_from(
+            &span,
+            self.metadata.get("traceparent").map(String::as_str),
+        );
+        match platform::telemetry::traceparent_of(&span) {
+            Some(tp) => self.metadata.insert("traceparent".into(), tp),
+            None => self.metadata.remove("traceparent"),
+        };
+        span
+    }
 }
 
 fn react(
@@ -406,6 +437,10 @@ fn inherited_metadata(event: &RecordedEvent) -> Metadata {
         .and_then(|v| v.as_str())
     {
         meta.insert("correlation_id".into(), c.to_owned());
+    }
+    if let Some(tp) = event.metadata.get("traceparent").and_then(|v| v.as_str()) {
+        // The cause's; [`Reaction::span`] replaces it with the reaction's own.
+        meta.insert("traceparent".into(), tp.to_owned());
     }
     meta.insert("actor".into(), "process-manager".into());
     meta.insert("caused_by".into(), event.event_id.to_string());

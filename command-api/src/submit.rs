@@ -113,6 +113,9 @@ pub async fn submit(
     let usage_key = UsageKey::new(user, &period);
     let usage_id = usage_key.aggregate_id();
     let job_id = JobId::from_uuid(uuid::Uuid::new_v4());
+    let span = tracing::Span::current();
+    span.record("job_id", tracing::field::display(job_id));
+    span.record("correlation_id", tracing::field::display(&correlation_id));
     let meta = metadata(&correlation_id, principal);
     let reserve = ReserveUnit {
         job_id,

@@ -32,6 +32,10 @@ pub struct JobEnvelope {
 pub struct EnvelopeMeta {
     /// The job's owner.
     pub user_id: UserId,
+    /// The W3C trace context of the dispatch (`00-<trace id>-<span id>-<flags>`), present
+    /// when traces are exported: a worker in any language continues the job's trace from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[cfg(test)]
@@ -47,6 +51,7 @@ mod tests {
             task_type: TaskType::parse("browser.screenshot").unwrap(),
             meta: EnvelopeMeta {
                 user_id: UserId::parse("66666666-7777-4888-9999-000000000000").unwrap(),
+                traceparent: None,
             },
             payload: serde_json::json!({"url": "http://example.test/"}),
         };

@@ -494,7 +494,10 @@ impl Job {
             attempt: s.attempt,
             correlation_id: s.correlation_id.clone(),
             task_type: s.task_type.clone(),
-            meta: EnvelopeMeta { user_id: s.user_id },
+            meta: EnvelopeMeta {
+                user_id: s.user_id,
+                traceparent: None,
+            },
             payload: s.payload.clone(),
         })
     }

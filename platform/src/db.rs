@@ -38,6 +38,11 @@ pub enum DbError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database lacks migrations this binary needs.
+    #[error(
+        "the database lacks {0} migration(s) this version needs: run `runledger migrate` first (or start the role with --migrate)"
+    )]
+    NotMigrated(usize),
 }
 
 /// Connects a pool of at most `max` connections.
@@ -47,7 +52,7 @@ pub enum DbError {
 pub async fn connect(url: &Secret, max: u32) -> Result<PgPool, DbError> {
     // Nothing waits for ever: a lock held by a stuck session, a runaway statement, or a
     // transaction left open by a dead task (it would also hold back every reader's snapshot).
-    connect_with(
+    let pool = connect_with(
         url,
         max,
         &[
@@ -56,7 +61,9 @@ pub async fn connect(url: &Secret, max: u32) -> Result<PgPool, DbError> {
             ("idle_in_transaction_session_timeout", "60s"),
         ],
     )
-    .await
+    .await?;
+    crate::metrics::watch_pool(&pool);
+    Ok(pool)
 }
 
 /// Connects for `runledger migrate`: a migration may rewrite a large table, so statements
@@ -104,6 +111,45 @@ fn reason(e: &sqlx::Error) -> String {
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// How many of this binary's migrations the database has not applied. Migrations the
+/// database has and this binary does not know are a newer version's (a rolling deployment):
+/// they are expected to keep the schema readable by this one.
+///
+/// # Errors
+/// [`DbError::Connect`] when the database cannot be read.
+pub async fn pending(pool: &PgPool) -> Result<usize, DbError> {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(v) => v,
+            // No table: never migrated.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => vec![],
+            Err(e) => return Err(DbError::Connect(reason(&e))),
+        };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .count())
+}
+
+/// At a role's start: applies the migrations when `migrate` (`--migrate`, for small
+/// installs), else refuses to run on a database that lacks some (a rolling deployment runs
+/// `runledger migrate` once, before the new replicas).
+///
+/// # Errors
+/// [`DbError::NotMigrated`], or the migration's or connection's error.
+pub async fn prepare(pool: &PgPool, migrate: bool) -> Result<(), DbError> {
+    if migrate {
+        return self::migrate(pool).await;
+    }
+    match pending(pool).await? {
+        0 => Ok(()),
+        n => Err(DbError::NotMigrated(n)),
+    }
 }
 
 /// Opens (creating it when missing) and migrates the embedded database: the file

@@ -1,25 +1,62 @@
 //! Prometheus metrics: one recorder per process, rendered by an HTTP route.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use axum::{Router, routing::get};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static POOLS: Mutex<Vec<sqlx::PgPool>> = Mutex::new(Vec::new());
+
+/// Bucket bounds (seconds) of every `*_seconds` histogram: from a fast API call to a slow
+/// browser or agent job, so alerts can take quantiles across replicas.
+const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.2, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
 
 /// Installs the recorder (once) and returns the handle that renders `/metrics`.
 pub fn handle() -> Option<PrometheusHandle> {
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
         .clone()
 }
 
-/// The text exposition of every metric, with this process's resident memory.
+/// Reports `pool`'s use on `/metrics` (`runledger_db_pool_connections{state}` and
+/// `runledger_db_pool_max_connections`, summed over the process's pools).
+pub fn watch_pool(pool: &sqlx::PgPool) {
+    if let Ok(mut pools) = POOLS.lock() {
+        pools.retain(|p| !p.is_closed());
+        pools.push(pool.clone());
+    }
+}
+
+/// The text exposition of every metric, with this process's resident memory and pools.
 pub fn render() -> String {
     if let Some(rss) = resident_bytes() {
         metrics::gauge!("runledger_process_resident_bytes").set(rss as f64);
+    }
+    if let Ok(pools) = POOLS.lock()
+        && !pools.is_empty()
+    {
+        let (mut size, mut idle, mut max) = (0u64, 0u64, 0u64);
+        for p in pools.iter().filter(|p| !p.is_closed()) {
+            size += u64::from(p.size());
+            idle += p.num_idle() as u64;
+            max += u64::from(p.options().get_max_connections());
+        }
+        let busy = size.saturating_sub(idle);
+        metrics::gauge!("runledger_db_pool_connections", "state" => "in_use").set(busy as f64);
+        metrics::gauge!("runledger_db_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("runledger_db_pool_max_connections").set(max as f64);
     }
     handle().map(|h| h.render()).unwrap_or_default()
 }
@@ -47,18 +84,38 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
 }
 
 /// Middleware recording `runledger_http_request_duration_seconds{method, route, status}`,
-/// with the matched route pattern (not the raw path, so ids do not explode the labels).
+/// with the matched route pattern (not the raw path, so ids do not explode the labels); and
+/// the request's span, a child of the caller's `traceparent` header when it sends one. Its
+/// `job_id` and `correlation_id` are filled in by the handlers that know them.
 pub async fn track(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument;
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        job_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_from(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
     let started = std::time::Instant::now();
-    let res = next.run(req).await;
+    let res = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
     metrics::histogram!(
         "runledger_http_request_duration_seconds",
         "method" => method,

@@ -24,6 +24,13 @@ pub struct JobChange {
     pub attempts: i32,
     /// When it changed.
     pub updated_at: DateTime<Utc>,
+    /// The span that projected it, when traces are exported: the SSE event joins the job's
+    /// trace. Only in notices; a change read back from the read model has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The job's correlation id, with `traceparent` (for the SSE event's span).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 /// Every change of one user's jobs in one projection commit.

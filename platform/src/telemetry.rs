@@ -1,36 +1,203 @@
-//! JSON logs through tracing.
+//! Logs through tracing; traces over OTLP when an endpoint is configured.
+//!
+//! A job's trace crosses processes in W3C `traceparent` strings: in event metadata, in the
+//! envelope's `meta.traceparent`, and in the `traceparent` header of worker reports. Without
+//! an endpoint no OpenTelemetry layer is installed and [`traceparent`] is `None`, so nothing
+//! is recorded, carried or exported.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
 
-/// Installs the JSON log subscriber with `filter` (an `EnvFilter` directive such as `info`).
-/// A second call is a no-op, so tests may call it freely.
-pub fn init(filter: &str) {
+use opentelemetry::{
+    Context,
+    trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+    },
+};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, registry::LookupSpan};
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Installs JSON logs with `filter` (an `EnvFilter` directive such as `info`), and traces to
+/// `otlp` (the collector's base URL, `OTEL_EXPORTER_OTLP_ENDPOINT`) as `service`. A second
+/// call is a no-op, so tests may call it freely.
+pub fn init(filter: &str, otlp: Option<&str>, service: &str) {
     let filter = EnvFilter::try_new(quiet(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_target(true);
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_target(true),
-        )
+        .with(otel_layer(otlp, service))
+        .with(logs.with_filter(filter))
         .try_init();
 }
 
-/// Installs a compact human-readable subscriber with `filter` on standard error, for
-/// `runledger dev` in a terminal (standard output carries its banner).
-pub fn init_human(filter: &str) {
+/// As [`init`], with compact human-readable logs on standard error, for `runledger dev` in a
+/// terminal (standard output carries its banner).
+pub fn init_human(filter: &str, otlp: Option<&str>, service: &str) {
     let filter = EnvFilter::try_new(quiet(filter)).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let logs = fmt::layer()
+        .compact()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            fmt::layer()
-                .compact()
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr),
-        )
+        .with(otel_layer(otlp, service))
+        .with(logs.with_filter(filter))
         .try_init();
+}
+
+/// The OpenTelemetry layer, when `otlp` is set: runledger's own spans at info and above
+/// (its filter is independent of the log filter, so quiet logs still give whole traces).
+fn otel_layer<S>(otlp: Option<&str>, service: &str) -> Option<impl Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let base = otlp?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')))
+        .build()
+        .map_err(|e| eprintln!("runledger: OTLP exporter not started: {e}"))
+        .ok()?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("runledger");
+    if PROVIDER.set(provider).is_err() {
+        return None;
+    }
+    EXPORTING.store(true, Ordering::Relaxed);
+    let spans = EnvFilter::new("info,h2=off,hyper=off,reqwest=off,sqlx=off,chromiumoxide=off");
+    Some(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(spans),
+    )
+}
+
+/// Sends the spans still buffered; call before the process exits.
+pub fn shutdown() {
+    if let Some(p) = PROVIDER.get() {
+        let _ = p.shutdown();
+    }
+}
+
+/// Whether spans are exported: per-event spans of the hot loops exist only then.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// The current span's W3C `traceparent`, when traces are exported.
+pub fn traceparent() -> Option<String> {
+    traceparent_of(&tracing::Span::current())
+}
+
+/// `span`'s W3C `traceparent`, when traces are exported.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if !exporting() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Makes `span` (not yet entered) a child of the remote span `traceparent` names. A missing
+/// or malformed value leaves it a root: a trace is never worth refusing work for.
+pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
+    if !exporting() {
+        return;
+    }
+    if let Some(sc) = traceparent.and_then(parse) {
+        let _ = span.set_parent(Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// A span for one step (`relay.publish`, `projection.apply`, …) of handling `event`, in the
+/// trace its metadata names: only when traces are exported and the event carries one, so
+/// the hot loops create no span otherwise.
+pub fn event_span(
+    step: &'static str,
+    event: &crate::store::reader::RecordedEvent,
+) -> Option<tracing::Span> {
+    if !exporting() {
+        return None;
+    }
+    let meta = |k: &str| event.metadata.get(k).and_then(serde_json::Value::as_str);
+    let tp = meta("traceparent")?;
+    let span = tracing::info_span!(
+        "event",
+        otel.name = step,
+        event_type = %event.event_type,
+        position = event.position,
+        job_id = tracing::field::Empty,
+        correlation_id = meta("correlation_id").unwrap_or(""),
+    );
+    if event.aggregate_type == "job" {
+        span.record("job_id", event.aggregate_id.as_str());
+    } else if let Some(job) = job_in(&event.payload) {
+        span.record("job_id", job.as_str());
+    }
+    continue_from(&span, Some(tp));
+    Some(span)
+}
+
+/// The `job_id` of a usage event's payload (`{"UnitReserved":{"job_id":…}}`).
+pub(crate) fn job_in(payload: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let find = |v: &serde_json::Value| v.get("job_id").and_then(|j| j.as_str()).map(str::to_owned);
+    find(&v).or_else(|| v.as_object()?.values().find_map(find))
+}
+
+/// Parses a W3C `traceparent`: `version-traceid-spanid-flags`, lowercase hex, ids not zero.
+pub fn parse(value: &str) -> Option<SpanContext> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    // Version 00 has exactly four fields; a later version may append more.
+    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    if !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let sc = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags),
+        true,
+        TraceState::default(),
+    );
+    sc.is_valid().then_some(sc)
 }
 
 /// `filter`, with chromiumoxide held to errors unless the filter names it: it warns about
@@ -41,5 +208,33 @@ fn quiet(filter: &str) -> String {
         filter.to_owned()
     } else {
         format!("{filter},chromiumoxide=error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn a_w3c_traceparent_parses_and_bad_ones_do_not() {
+        let sc = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(sc.is_sampled() && sc.is_remote());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+        assert!(parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later").is_some());
     }
 }

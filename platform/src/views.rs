@@ -262,6 +262,8 @@ mod tests {
             status: "queued".into(),
             attempts: 0,
             updated_at: at,
+            traceparent: None,
+            correlation_id: None,
         }
     }
 

@@ -172,13 +172,29 @@ pub(crate) fn evolve(
             JobEvent::JobCompleted(c) => {
                 row.status = "completed".into();
                 row.result = Some(c.result.clone());
+                let took = (e.recorded_at - row.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                metrics::histogram!("runledger_job_latency_seconds", "task_type" => row.task_type.clone())
+                    .record(took.as_secs_f64());
+                ended(&row.task_type, "completed");
             }
-            JobEvent::JobRetryScheduled(_) => row.status = "retrying".into(),
+            JobEvent::JobRetryScheduled(_) => {
+                row.status = "retrying".into();
+                metrics::counter!("runledger_job_retries_total", "task_type" => row.task_type.clone())
+                    .increment(1);
+            }
             JobEvent::JobDeadLettered(d) => {
                 row.status = "failed".into();
                 row.error = Some(d.error.as_str().to_owned());
+                metrics::counter!("runledger_dead_letters_total", "task_type" => row.task_type.clone())
+                    .increment(1);
+                ended(&row.task_type, "failed");
             }
-            JobEvent::JobCanceled(_) => row.status = "canceled".into(),
+            JobEvent::JobCanceled(_) => {
+                row.status = "canceled".into();
+                ended(&row.task_type, "canceled");
+            }
         }
         row.updated_at = e.recorded_at;
         row.position = e.position;
@@ -192,8 +208,16 @@ pub(crate) fn evolve(
             status: row.status.clone(),
             attempts: row.attempts,
             updated_at: row.updated_at,
+            traceparent: None,
+            correlation_id: None,
         },
     ))
+}
+
+/// Counts a job's end in `runledger_jobs_ended_total{task_type, status}`.
+fn ended(task_type: &str, status: &'static str) {
+    metrics::counter!("runledger_jobs_ended_total", "task_type" => task_type.to_owned(), "status" => status)
+        .increment(1);
 }
 
 /// New jobs: each is submitted once, and each batch is applied once.

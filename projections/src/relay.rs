@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use platform::store::{EventStore, reader::RecordedEvent};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The checkpoint's name.
 pub const CHECKPOINT: &str = "relay";
@@ -65,8 +66,11 @@ async fn step(
         let msg = PublishMessage::build()
             .payload(message(e).to_string().into())
             .message_id(e.event_id.to_string());
+        let span =
+            platform::telemetry::event_span("relay.publish", e).unwrap_or_else(tracing::Span::none);
         acks.push(
             js.send_publish(subject(prefix, e), msg)
+                .instrument(span)
                 .await
                 .map_err(|e| RelayError::Nats(e.to_string()))?,
         );

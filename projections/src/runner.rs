@@ -51,6 +51,15 @@ pub async fn step(
         return Ok(0);
     };
     let count = read.len();
+    // Each traced event's span covers its batch's apply and commit.
+    let spans: std::collections::HashMap<i64, (tracing::Span, Option<String>)> = read
+        .iter()
+        .filter_map(|e| {
+            let span = platform::telemetry::event_span("projection.apply", e)?;
+            let correlation = e.metadata.get("correlation_id").and_then(|c| c.as_str());
+            Some((e.position, (span, correlation.map(str::to_owned))))
+        })
+        .collect();
     let (events, poison) = poison::split_raw("projections", read);
     let mut notices = Vec::new();
     for (p, cp) in projections.iter().zip(&from) {
@@ -71,6 +80,15 @@ pub async fn step(
             .increment(newer.len() as u64);
     }
     tx.commit().await?;
+    if !spans.is_empty() {
+        for c in notices.iter_mut().flat_map(|n| n.changes.iter_mut()) {
+            if let Some((span, correlation)) = spans.get(&c.position) {
+                c.traceparent = platform::telemetry::traceparent_of(span);
+                c.correlation_id.clone_from(correlation);
+            }
+        }
+    }
+    drop(spans);
     for n in notices {
         bus.publish(n).await;
     }

@@ -64,6 +64,20 @@ pub(crate) fn deltas(
             UsageEvent::PeriodClosed(_) => d.closed = true,
         }
     }
+    for (outcome, n) in [
+        (
+            "reserved",
+            deltas
+                .values()
+                .map(|d| d.reserved + d.consumed + d.released)
+                .sum::<i64>(),
+        ),
+        ("committed", deltas.values().map(|d| d.consumed).sum()),
+        ("released", deltas.values().map(|d| d.released).sum()),
+    ] {
+        metrics::counter!("runledger_usage_units_total", "outcome" => outcome)
+            .increment(u64::try_from(n).unwrap_or(0));
+    }
     Ok(deltas)
 }
 

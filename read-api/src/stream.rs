@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -178,6 +179,7 @@ pub async fn stream(
 }
 
 fn event(c: &JobChange) -> Event {
+    metrics::counter!("runledger_sse_events_sent_total").increment(1);
     Event::default()
         .id(c.position.to_string())
         .event("job")
@@ -185,6 +187,27 @@ fn event(c: &JobChange) -> Event {
         json!({"id": c.id, "status": c.status, "attempts": c.attempts, "updated_at": c.updated_at})
             .to_string(),
     )
+}
+
+/// Sends `c`; in the job's trace when its notice carries one.
+async fn send_traced(
+    tx: &mpsc::Sender<Event>,
+    user: Uuid,
+    c: &JobChange,
+) -> Result<(), mpsc::error::SendError<Event>> {
+    let Some(tp) = c.traceparent.as_deref() else {
+        return tx.send(event(c)).await;
+    };
+    let span = tracing::info_span!(
+        "sse.send",
+        job_id = %c.id,
+        correlation_id = c.correlation_id.as_deref().unwrap_or(""),
+        user_id = %user,
+        status = %c.status,
+        position = c.position,
+    );
+    platform::telemetry::continue_from(&span, Some(tp));
+    tx.send(event(c)).instrument(span).await
 }
 
 /// Feeds one connection until it closes.
@@ -227,7 +250,7 @@ async fn follow(
                     if c.position <= last {
                         continue;
                     }
-                    if tx.send(event(c)).await.is_err() {
+                    if send_traced(&tx, user, c).await.is_err() {
                         return;
                     }
                     last = c.position;

@@ -207,6 +207,8 @@ impl ReadModels for PgViews {
                 status,
                 attempts,
                 updated_at,
+                traceparent: None,
+                correlation_id: None,
             })
             .collect())
     }

@@ -155,6 +155,7 @@ pub async fn run(
             task_type: TaskType::parse("agent.run")?,
             meta: EnvelopeMeta {
                 user_id: users[i % users.len()],
+                traceparent: None,
             },
             payload: json!({"prompt": format!("run-{i}: how many jobs does my invoice list?")}),
         })

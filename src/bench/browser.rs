@@ -51,6 +51,7 @@ pub async fn run(settings: &Settings, jobs: usize, concurrency: usize) -> anyhow
             task_type: TaskType::parse("browser.screenshot")?,
             meta: EnvelopeMeta {
                 user_id: UserId::from_uuid(uuid::Uuid::new_v4()),
+                traceparent: None,
             },
             payload: json!({"url": url}),
         })

@@ -46,7 +46,9 @@ pub enum Data {
 /// Runs until Ctrl-C / SIGTERM.
 pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Result<ExitCode> {
     platform::telemetry::init_human(
-        &std::env::var("RUNLEDGER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        s.log_filter_or("warn"),
+        s.otlp_endpoint.as_deref(),
+        "runledger-dev",
     );
     let _lock = match &data {
         Data::Dir(dir) => Some(lock_data_dir(dir)?),

@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// Shared with tests/ops, which uses more of it.
+#[allow(dead_code)]
 mod stack;
 
 use std::{

@@ -82,6 +82,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`Stack::start`], with `extra` in every role's environment.
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
         platform::install_crypto();
         let db = TestDb::create().await;
         let nats = NatsServer::start().await;
@@ -99,6 +104,7 @@ impl Stack {
             ("RUNLEDGER_LOG", "error"),
         ]
         .into_iter()
+        .chain(extra.iter().copied())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let (a, b, r) = (free_port(), free_port(), free_port());
@@ -147,6 +153,42 @@ impl Stack {
         };
         stack.all_up().await;
         stack
+    }
+
+    /// Adds role `name` (`args`, the common environment with `extra` over it, a listen
+    /// address of its own) and starts it.
+    pub fn add_role(&mut self, name: &str, args: &[&str], extra: &[(&str, String)]) {
+        let mut env: Vec<(String, String)> = self.roles[0]
+            .env
+            .iter()
+            .filter(|(k, _)| k != "RUNLEDGER_ADDR" && !extra.iter().any(|(e, _)| e == k))
+            .cloned()
+            .collect();
+        env.push((
+            "RUNLEDGER_ADDR".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ));
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let mut role = Role {
+            name: name.to_owned(),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            env,
+            port: None,
+            child: None,
+        };
+        role.spawn();
+        self.roles.push(role);
+    }
+
+    /// Every role's listen address (its `/metrics`), by name.
+    pub fn addrs(&self) -> Vec<(String, String)> {
+        self.roles
+            .iter()
+            .filter_map(|r| {
+                let addr = r.env.iter().find(|(k, _)| k == "RUNLEDGER_ADDR")?;
+                Some((r.name.clone(), format!("http://{}", addr.1)))
+            })
+            .collect()
     }
 
     /// Starts every role that is not running and waits for the HTTP ones to answer.

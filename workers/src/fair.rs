@@ -214,7 +214,10 @@ mod tests {
                 attempt: Attempt::FIRST,
                 correlation_id: CorrelationId::parse("c").unwrap(),
                 task_type: TaskType::parse("noop").unwrap(),
-                meta: EnvelopeMeta { user_id: user(u) },
+                meta: EnvelopeMeta {
+                    user_id: user(u),
+                    traceparent: None,
+                },
                 payload: serde_json::json!({}),
             },
             group: None,

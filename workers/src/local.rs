@@ -316,6 +316,7 @@ mod tests {
             task_type: TaskType::parse("noop").unwrap(),
             meta: EnvelopeMeta {
                 user_id: UserId::from_uuid(uuid::Uuid::new_v4()),
+                traceparent: None,
             },
             payload: serde_json::json!({}),
         }

@@ -520,6 +520,19 @@ fn repush_script() -> Script {
     )
 }
 
+/// Removes from list `KEYS[1]` every entry that starts with `ARGV[1]`.
+fn withdraw_script() -> Script {
+    Script::new(
+        r"local n = 0
+          for _, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+            if string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+              n = n + redis.call('LREM', KEYS[1], 0, v)
+            end
+          end
+          return n",
+    )
+}
+
 /// Adds the (job, attempt) of each envelope in `raw` to `held`.
 fn hold_all(held: &mut Held, raw: impl IntoIterator<Item = String>) {
     for bytes in raw {
@@ -575,11 +588,14 @@ impl JobQueue for RedisQueue {
         bytes: &str,
     ) -> redis::RedisResult<()> {
         if transport(ns) == Transport::List {
-            let _: i64 = redis::cmd("LREM")
-                .arg(ns.queue_key())
-                .arg(0)
-                .arg(bytes)
-                .query_async(&mut self.conn)
+            // Matched by the envelope's leading fields, not its whole bytes: a pushed
+            // envelope may also carry `meta.traceparent`. The list holds at most the
+            // dispatch window, so the scan is short.
+            let prefix = bytes.find(r#""meta":"#).map_or(bytes, |i| &bytes[..i]);
+            let _: i64 = withdraw_script()
+                .key(ns.queue_key())
+                .arg(prefix)
+                .invoke_async(&mut self.conn)
                 .await?;
         }
         let _: i64 = redis::cmd("ZREM")

@@ -159,14 +159,11 @@ impl HttpReporter {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
-            let res = match self
-                .client
-                .post(&url)
-                .bearer_auth(&token)
-                .json(&body)
-                .send()
-                .await
-            {
+            let mut req = self.client.post(&url).bearer_auth(&token).json(&body);
+            if let Some(tp) = platform::telemetry::traceparent() {
+                req = req.header("traceparent", tp);
+            }
+            let res = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = e.to_string();

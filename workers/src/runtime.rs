@@ -11,6 +11,7 @@ use std::{sync::Arc, time::Duration};
 use domain::{envelope::JobEnvelope, job::ConflictKind, task::Namespace};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     executors::{ExecError, Executor},
@@ -336,6 +337,24 @@ async fn attempt<R: Reporter, E: Executor>(
     env: &JobEnvelope,
     claim: Option<(Conn, String)>,
 ) -> Attempted {
+    // In the job's trace when the envelope carries one; every log line of the attempt
+    // names the job and its correlation id.
+    let span = tracing::info_span!(
+        "worker.execute",
+        job_id = %env.job_id,
+        correlation_id = %env.correlation_id,
+        task_type = %env.task_type,
+        attempt = env.attempt.get(),
+    );
+    platform::telemetry::continue_from(&span, env.meta.traceparent.as_deref());
+    start_and_run(ctx, env, claim).instrument(span).await
+}
+
+async fn start_and_run<R: Reporter, E: Executor>(
+    ctx: &Ctx<R, E>,
+    env: &JobEnvelope,
+    claim: Option<(Conn, String)>,
+) -> Attempted {
     match ctx
         .reporter
         .start(env.job_id, env.attempt, &ctx.cfg.worker_id)
@@ -457,31 +476,35 @@ fn heartbeat<R: Reporter, E>(
         ctx.cfg.worker_id.clone(),
     );
     let (job, attempt) = (env.job_id, env.attempt);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-            if let Err(e) = reporter.heartbeat(job, attempt).await
-                && (e.job_is_over() || matches!(e, ReportError::Conflict(_)))
-            {
-                cancel.cancel();
-                return;
-            }
-            if let Some((conn, id)) = claim.as_mut() {
-                let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
-                    .arg(ns.stream_key())
-                    .arg(ns.group_name())
-                    .arg(&worker)
-                    .arg(0)
-                    .arg(&*id)
-                    .arg("JUSTID")
-                    .query_async(conn)
-                    .await;
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = reporter.heartbeat(job, attempt).await
+                    && (e.job_is_over() || matches!(e, ReportError::Conflict(_)))
+                {
+                    cancel.cancel();
+                    return;
+                }
+                if let Some((conn, id)) = claim.as_mut() {
+                    let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                        .arg(ns.stream_key())
+                        .arg(ns.group_name())
+                        .arg(&worker)
+                        .arg(0)
+                        .arg(&*id)
+                        .arg("JUSTID")
+                        .query_async(conn)
+                        .await;
+                }
             }
         }
-    })
+        .instrument(span),
+    )
 }
 
 /// Liveness, and recovery of dead workers' jobs.

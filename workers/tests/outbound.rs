@@ -72,6 +72,7 @@ fn envelope(payload: Value) -> JobEnvelope {
         task_type: TaskType::parse("http.request").unwrap(),
         meta: EnvelopeMeta {
             user_id: UserId::from_uuid(uuid::Uuid::new_v4()),
+            traceparent: None,
         },
         payload,
     }

@@ -210,20 +210,30 @@ pub async fn webhook(
         b.webhook_secret.expose(),
         Utc::now().timestamp(),
     )
-    .map_err(|e| webhook_problem("webhook-signature", "Bad webhook signature", e.to_string()))?;
-    let event = event::parse(&body, &prices(b))
-        .map_err(|e| webhook_problem("webhook-malformed", "Malformed webhook", e.to_string()))?;
+    .map_err(|e| {
+        count("bad_signature");
+        webhook_problem("webhook-signature", "Bad webhook signature", e.to_string())
+    })?;
+    let event = event::parse(&body, &prices(b)).map_err(|e| {
+        count("malformed");
+        webhook_problem("webhook-malformed", "Malformed webhook", e.to_string())
+    })?;
     let (user, customer, change) = match event.kind {
-        Kind::Ignored(reason) => return Ok(received(false, Some(reason))),
+        Kind::Ignored(reason) => {
+            count("ignored");
+            return Ok(received(false, Some(reason)));
+        }
         Kind::CheckoutCompleted {
             customer_id,
             user_id,
         } => {
             let Some(user) = user_of(&state, user_id, Some(&customer_id)).await? else {
+                count("ignored");
                 return Ok(received(false, Some("no runledger user for this customer")));
             };
             // Stripe retries anything but 2xx: a customer of another user is acknowledged.
             let linked = link(&state, user, &customer_id).await?;
+            count(if linked { "applied" } else { "ignored" });
             return Ok(received(
                 linked,
                 (!linked).then_some("the customer or the user is linked to another"),
@@ -236,6 +246,7 @@ pub async fn webhook(
         } => (user_id, customer_id, change),
     };
     let Some(user) = user_of(&state, user, customer.as_ref()).await? else {
+        count("ignored");
         return Ok(received(false, Some("no runledger user for this customer")));
     };
     let command = SubscriptionCommand::ApplyStripeEvent(ApplyStripeEvent {
@@ -251,12 +262,24 @@ pub async fn webhook(
         .await
         .map_err(store_problem)?;
     Ok(match outcome {
-        Ok(_) => received(true, None),
+        Ok(_) => {
+            count("applied");
+            received(true, None)
+        }
         Err(SubscriptionError::DuplicateStripeEvent(_)) => {
+            count("duplicate");
             received(false, Some("this event was applied before"))
         }
-        Err(e) => received(false, Some(&e.to_string())),
+        Err(e) => {
+            count("ignored");
+            received(false, Some(&e.to_string()))
+        }
     })
+}
+
+/// Counts a webhook delivery in `runledger_billing_webhook_events_total{outcome}`.
+fn count(outcome: &'static str) {
+    metrics::counter!("runledger_billing_webhook_events_total", "outcome" => outcome).increment(1);
 }
 
 /// The user an event is for: the subscription's `metadata.user_id`, else the customer's link.

@@ -3,6 +3,7 @@
 mod billing;
 mod dispatch;
 mod executors;
+pub mod table;
 
 pub use billing::Billing;
 pub use dispatch::DispatchSettings;
@@ -81,8 +82,14 @@ pub struct Settings {
     /// `RUNLEDGER_RECONCILE_GRACE_SECS` (default 30, 1 to 3600): a waiting job that no queue
     /// has held for this long is pushed again by the dispatcher.
     pub reconcile_grace: Duration,
-    /// `RUNLEDGER_LOG` (default `info`): a tracing filter.
-    pub log_filter: String,
+    /// `RUNLEDGER_LOG`: a tracing filter (default `info` for the roles, `warn` for
+    /// `runledger dev`); see [`Settings::log_filter_or`].
+    pub log_filter: Option<String>,
+    /// `RUNLEDGER_DATA_DIR` (default `./.runledger`): where `runledger dev` keeps its events.
+    pub data_dir: std::path::PathBuf,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the OpenTelemetry collector's OTLP/HTTP base URL; traces
+    /// are exported (HTTP/protobuf, to `/v1/traces`) only when it is set.
+    pub otlp_endpoint: Option<String>,
     /// `RUNLEDGER_SSE_HEARTBEAT_SECS` (default 15): comment lines that keep idle streams open.
     pub sse_heartbeat: Duration,
     /// `RUNLEDGER_CHANGES_RETENTION_HOURS` (default 168, 1 to 8760): how long the SSE replay
@@ -294,6 +301,13 @@ impl Settings {
             }
             http_allow.push(cidr.to_owned());
         }
+        let otlp_endpoint = match get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            Some(_) => return Err(bad("OTEL_EXPORTER_OTLP_ENDPOINT", "must be an http(s) URL")),
+            None => None,
+        };
         let owned = |k: &str| get(k).map(str::to_owned);
         let billing = billing::billing(&owned)?;
         let audit_key = billing::audit_key(owned("RUNLEDGER_AUDIT_SIGNING_KEY"))?;
@@ -359,7 +373,9 @@ impl Settings {
                 "RUNLEDGER_RECONCILE_GRACE_SECS",
                 1..=3_600,
             )?),
-            log_filter: get("RUNLEDGER_LOG").unwrap_or("info").to_owned(),
+            log_filter: get("RUNLEDGER_LOG").map(str::to_owned),
+            data_dir: std::path::PathBuf::from(get("RUNLEDGER_DATA_DIR").unwrap_or("./.runledger")),
+            otlp_endpoint,
             sse_heartbeat: Duration::from_secs(
                 number(
                     get("RUNLEDGER_SSE_HEARTBEAT_SECS"),
@@ -370,6 +386,20 @@ impl Settings {
             ),
             changes_retention,
         })
+    }
+
+    /// The log filter: `RUNLEDGER_LOG`, else `default`.
+    pub fn log_filter_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.log_filter.as_deref().unwrap_or(default)
+    }
+
+    /// Installs logs (JSON) and, with `OTEL_EXPORTER_OTLP_ENDPOINT`, traces for `role`.
+    pub fn init_telemetry(&self, role: &str) {
+        crate::telemetry::init(
+            self.log_filter_or("info"),
+            self.otlp_endpoint.as_deref(),
+            &format!("runledger-{role}"),
+        );
     }
 
     /// The database URL, for roles that need Postgres.

@@ -14,6 +14,7 @@ mod sqlite;
 mod writer;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
+use tracing::Instrument;
 
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::Decider;
@@ -258,7 +259,11 @@ impl EventStore {
     /// # Errors
     /// [`CommitError`].
     pub async fn commit(&self, unit: WriteUnit) -> Result<(), CommitError> {
-        self.writer.commit(unit).await
+        if !crate::telemetry::exporting() {
+            return self.writer.commit(unit).await;
+        }
+        let span = append_span(&unit);
+        self.writer.commit(unit).instrument(span).await
     }
 
     /// Caches the state after a successful commit.
@@ -363,6 +368,42 @@ impl EventStore {
 /// aggregate and slow fsyncs (a loaded box), eight tries were seen to lose; sixteen add at
 /// most ~1 s of backoff in that worst case.
 pub const MAX_ATTEMPTS: u32 = 16;
+
+/// The span of an append, naming the job and correlation id its events are about.
+fn append_span(unit: &WriteUnit) -> tracing::Span {
+    let field = |k: &str| {
+        unit.appends
+            .iter()
+            .flat_map(|a| a.events.iter())
+            .find_map(|e| {
+                let meta: serde_json::Map<String, Value> =
+                    serde_json::from_str(&e.metadata).ok()?;
+                let payload: serde_json::Map<String, Value> =
+                    serde_json::from_str(&e.payload).ok()?;
+                meta.get(k)
+                    .or_else(|| payload.get(k))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+    };
+    let job = unit
+        .appends
+        .iter()
+        .find(|a| a.aggregate_type == "job")
+        .map(|a| a.aggregate_id.clone())
+        .or_else(|| {
+            unit.appends
+                .iter()
+                .flat_map(|a| a.events.iter())
+                .find_map(|e| crate::telemetry::job_in(&e.payload))
+        });
+    tracing::info_span!(
+        "eventstore.append",
+        job_id = job.as_deref().unwrap_or(""),
+        correlation_id = field("correlation_id").as_deref().unwrap_or(""),
+        events = unit.appends.iter().map(|a| a.events.len()).sum::<usize>(),
+    )
+}
 
 /// Sleeps before retry `attempt` (0-based): 2 ms doubling to 128 ms, each with full jitter.
 pub async fn backoff(attempt: u32) {

@@ -381,9 +381,13 @@ impl<Q: JobQueue> Dispatcher<Q> {
         match event {
             JobEvent::JobSubmitted(s) => {
                 let job = Job::replay([event]);
-                let Some(env) = job.envelope() else {
+                let Some(mut env) = job.envelope() else {
                     return Ok(None);
                 };
+                // The dispatch joins the submission's trace, and the worker continues it.
+                if let Some(span) = platform::telemetry::event_span("dispatcher.dispatch", e) {
+                    env.meta.traceparent = platform::telemetry::traceparent_of(&span);
+                }
                 let ns = self.namespaces.route(&s.task_type);
                 match s.run_at {
                     Some(at) => {

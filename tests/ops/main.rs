@@ -1,0 +1,11 @@
+//! Operations: one trace per job across the roles apart (an OTLP receiver written here),
+//! the metrics that alerts and dashboards name, and the deployment files under `deploy/`.
+
+#[path = "../faults/stack.rs"]
+#[allow(dead_code)]
+mod stack;
+
+mod deploy;
+mod metrics;
+mod otlp;
+mod traces;

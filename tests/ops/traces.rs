@@ -1,0 +1,243 @@
+//! One job, one trace: from the client's `POST /v1/jobs` through the store, the process
+//! manager, the relay, the projections, the dispatcher and the worker to the SSE event, each
+//! role a process of its own exporting to the receiver.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use domain::ids::UserId;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    otlp::{Receiver, Span},
+    stack::{Seen, Stack, token, watch},
+};
+
+/// The spans a job's trace must hold, and the services that send them.
+const EXPECTED: &[(&str, &str)] = &[
+    ("POST /v1/jobs", "runledger-command-api"),
+    ("eventstore.append", "runledger-command-api"),
+    ("dispatcher.dispatch", "runledger-dispatcher"),
+    ("worker.execute", "runledger-worker"),
+    ("POST /v1/worker/jobs/{id}/start", "runledger-command-api"),
+    (
+        "POST /v1/worker/jobs/{id}/complete",
+        "runledger-command-api",
+    ),
+    ("process_manager.react", "runledger-command-api"),
+    ("relay.publish", "runledger-relay"),
+    ("projection.apply", "runledger-projections"),
+    ("sse.send", "runledger-read-api"),
+];
+
+fn missing(spans: &[Span]) -> Vec<&'static str> {
+    EXPECTED
+        .iter()
+        .filter(|(name, service)| {
+            !spans
+                .iter()
+                .any(|s| s.name == *name && s.service == *service)
+        })
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no span {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_is_one_trace_from_submit_to_its_sse_event() {
+    let receiver = Receiver::start().await;
+    let stack = Stack::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    let user = UserId::from_uuid(uuid::Uuid::new_v4());
+    let token = token(user);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = CancellationToken::new();
+    tokio::spawn(watch(
+        stack.read.clone(),
+        token.clone(),
+        seen.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The client's own trace: the job's spans must all land in it.
+    let trace_id = hex::encode(rand::random::<[u8; 16]>());
+    let client_span = hex::encode(rand::random::<[u8; 8]>());
+    let res = stack
+        .client
+        .post(format!("{}/v1/jobs", stack.writes[0]))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .header("x-correlation-id", "trace-me-1")
+        .json(&json!({"task_type": "noop", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job_id = res.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let done = seen
+            .lock()
+            .unwrap()
+            .jobs
+            .get(&job_id)
+            .is_some_and(|s| s.iter().any(|st| st == "completed"));
+        let spans = receiver.trace(&trace_id);
+        if done && missing(&spans).is_empty() {
+            break spans;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "completed on SSE: {done}; spans missing: {:?}; received: {:?}",
+            missing(&spans),
+            spans
+                .iter()
+                .map(|s| (&s.service, &s.name))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stop.cancel();
+
+    // One tree: the request's span is the only child of the client's span; every other
+    // span's parent is a span of the trace.
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let roots: Vec<&Span> = spans.iter().filter(|s| s.parent == client_span).collect();
+    assert_eq!(roots.len(), 1, "{roots:#?}");
+    assert_eq!(roots[0].name, "POST /v1/jobs");
+    for s in &spans {
+        assert!(
+            s.parent == client_span || ids.contains(s.parent.as_str()),
+            "{} ({}) has a parent outside the trace",
+            s.name,
+            s.service
+        );
+    }
+    // Parented by causality.
+    let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent_of = |s: &Span| by_id.get(s.parent.as_str()).map(|p| p.name.clone());
+    let submit = one(&spans, "POST /v1/jobs");
+    let dispatch = one(&spans, "dispatcher.dispatch");
+    assert_eq!(
+        dispatch.parent, submit.span_id,
+        "the dispatch follows the submission"
+    );
+    let execute = one(&spans, "worker.execute");
+    assert_eq!(
+        execute.parent, dispatch.span_id,
+        "the worker continues the envelope's context"
+    );
+    for report in [
+        "POST /v1/worker/jobs/{id}/start",
+        "POST /v1/worker/jobs/{id}/complete",
+    ] {
+        assert_eq!(
+            one(&spans, report).parent,
+            execute.span_id,
+            "{report} is sent from the execution"
+        );
+    }
+    let react = one(&spans, "process_manager.react");
+    assert_eq!(
+        parent_of(react).as_deref(),
+        Some("POST /v1/worker/jobs/{id}/complete"),
+        "the unit is committed because of the completion"
+    );
+    for s in spans.iter().filter(|s| s.name == "sse.send") {
+        assert_eq!(parent_of(s).as_deref(), Some("projection.apply"));
+    }
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name == "eventstore.append")
+            .any(|s| s.parent == submit.span_id),
+        "the submission's append is inside its request"
+    );
+    // Every span names the job and its correlation id.
+    for s in &spans {
+        assert_eq!(
+            s.attributes.get("job_id").map(String::as_str),
+            Some(job_id.as_str()),
+            "{} ({}) lacks job_id: {:?}",
+            s.name,
+            s.service,
+            s.attributes
+        );
+        assert_eq!(
+            s.attributes.get("correlation_id").map(String::as_str),
+            Some("trace-me-1"),
+            "{} ({}) lacks correlation_id",
+            s.name,
+            s.service
+        );
+    }
+    let services: HashSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services.len(), 6, "{services:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_nothing_is_exported_and_no_context_travels() {
+    let stack = Stack::start().await;
+    let user = UserId::from_uuid(uuid::Uuid::new_v4());
+    let token = token(user);
+    let res = stack
+        .client
+        .post(format!("{}/v1/jobs", stack.writes[0]))
+        .bearer_auth(&token)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({"task_type": "noop", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job_id = res.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = stack
+            .client
+            .get(format!("{}/v1/jobs/{job_id}", stack.read))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "completed" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No traceparent reached the events: the envelope and the log stay as before.
+    let traced: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE metadata::jsonb ? 'traceparent'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(traced, 0);
+}

@@ -29,6 +29,16 @@ pub async fn schema(settings: &Settings, migrate: bool) -> anyhow::Result<()> {
 
 pub async fn command_api(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
     s.init_telemetry("command-api");
+    for name in [
+        "runledger_command_conflicts_total",
+        "runledger_leases_expired_total",
+    ] {
+        platform::metrics::zero(name, &[]);
+    }
+    platform::metrics::zero(
+        "runledger_events_parked_total",
+        &[("consumer", command_api::process::CHECKPOINT)],
+    );
     schema(&s, migrate).await?;
     let addr = s.addr;
     let state = command_api::build(s).await?;
@@ -69,6 +79,10 @@ async fn metrics_endpoint(
 
 pub async fn projections(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
     s.init_telemetry("projections");
+    platform::metrics::zero(
+        "runledger_events_parked_total",
+        &[("consumer", "projections")],
+    );
     schema(&s, migrate).await?;
     let bus = bus(&s).await?;
     let pool = pool(&s).await?;
@@ -132,6 +146,14 @@ pub async fn relay(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
 
 pub async fn dispatcher(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
     s.init_telemetry("dispatcher");
+    platform::metrics::zero("runledger_dispatch_failures_total", &[]);
+    platform::metrics::zero(
+        "runledger_events_parked_total",
+        &[("consumer", workers::dispatcher::CHECKPOINT)],
+    );
+    for ns in ["default", "browser"] {
+        platform::metrics::zero("runledger_queue_repushed_total", &[("namespace", ns)]);
+    }
     schema(&s, migrate).await?;
     let pool = pool(&s).await?;
     let client = workers::queue::Target::open(s.require_redis()?, s.redis_cluster)
@@ -159,6 +181,7 @@ pub async fn dispatcher(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> 
 
 pub async fn worker(s: Settings, namespace: &str, concurrency: usize) -> anyhow::Result<ExitCode> {
     s.init_telemetry("worker");
+    platform::metrics::zero("runledger_outcome_retries_total", &[]);
     let namespace = domain::task::Namespace::parse(namespace).context("--namespace")?;
     let command_url = s
         .command_url

@@ -30,6 +30,18 @@ pub fn handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Exposes counter `name` with `labels` at 0 before its first event, so a rate or an alert
+/// on it has a series to work with from the start (rather than none until it first fails).
+pub fn zero(name: &'static str, labels: &[(&'static str, &'static str)]) {
+    // Recorded nowhere before the recorder exists.
+    handle();
+    let labels: Vec<metrics::Label> = labels
+        .iter()
+        .map(|(k, v)| metrics::Label::new(*k, *v))
+        .collect();
+    metrics::counter!(name, labels).increment(0);
+}
+
 /// Reports `pool`'s use on `/metrics` (`runledger_db_pool_connections{state}` and
 /// `runledger_db_pool_max_connections`, summed over the process's pools).
 pub fn watch_pool(pool: &sqlx::PgPool) {

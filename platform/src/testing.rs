@@ -24,8 +24,19 @@ impl TestDb {
     ///
     /// # Panics
     /// When Postgres is not reachable: the test cannot run.
-    #[allow(clippy::expect_used)]
     pub async fn create() -> Self {
+        let db = Self::create_empty().await;
+        #[allow(clippy::expect_used)]
+        db::migrate(&db.pool).await.expect("migrate test database");
+        db
+    }
+
+    /// Creates a new database with no migration applied (what a fresh server holds).
+    ///
+    /// # Panics
+    /// When Postgres is not reachable: the test cannot run.
+    #[allow(clippy::expect_used)]
+    pub async fn create_empty() -> Self {
         let admin = admin_url();
         let name = format!("rl_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin)
@@ -42,7 +53,6 @@ impl TestDb {
         let pool = db::connect(&Secret::new(url.clone()), 40)
             .await
             .expect("connect test database");
-        db::migrate(&pool).await.expect("migrate test database");
         Self { url, pool, name }
     }
 }

@@ -332,6 +332,11 @@ impl Stack {
             .env("RUNLEDGER_COMMAND_URL", &self.write)
             .env("RUNLEDGER_JWT_SECRET", SECRET)
             .env("RUNLEDGER_LOG", "warn")
+            .env("RUNLEDGER_ADDR", {
+                // Its /metrics: a port of its own.
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            })
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -9,7 +9,7 @@ use domain::ids::UserId;
 use platform::stripe_fake::FakeStripe;
 use serde_json::{Value, json};
 
-use crate::stack::{Stack, token};
+use crate::stack::{Seen, Stack, token, watch};
 
 /// `runledger_*` names in `text` (PromQL expressions, dashboard JSON).
 pub fn metric_names(text: &str) -> BTreeSet<String> {
@@ -150,6 +150,13 @@ async fn every_metric_the_alerts_and_dashboards_name_is_exposed_by_a_role() {
 
     let user = UserId::from_uuid(uuid::Uuid::new_v4());
     let token = token(user);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(watch(
+        stack.read.clone(),
+        token.clone(),
+        std::sync::Arc::new(std::sync::Mutex::new(Seen::default())),
+        stop.clone(),
+    ));
     let submit = |body: Value| {
         let (client, token, command) = (stack.client.clone(), token.clone(), command.clone());
         async move {
@@ -226,4 +233,5 @@ async fn every_metric_the_alerts_and_dashboards_name_is_exposed_by_a_role() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    stop.cancel();
 }

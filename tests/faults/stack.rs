@@ -43,6 +43,8 @@ impl Role {
             return;
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runledger"));
+        // A group of its own: a kill takes the browsers a worker launched with it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -57,6 +59,9 @@ impl Role {
     /// SIGKILL: no shutdown, no cleanup.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -241,3 +241,119 @@ async fn without_an_endpoint_nothing_is_exported_and_no_context_travels() {
             .unwrap();
     assert_eq!(traced, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_stays_in_the_trace_and_a_traced_envelope_is_withdrawn_on_cancel() {
+    let receiver = Receiver::start().await;
+    let site = {
+        let app = axum::Router::new().route(
+            "/broken",
+            axum::routing::get(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    };
+    let stack = Stack::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUNLEDGER_HTTP_ALLOW", "127.0.0.1/32"),
+    ])
+    .await;
+    let token = token(UserId::from_uuid(uuid::Uuid::new_v4()));
+    let trace_id = hex::encode(rand::random::<[u8; 16]>());
+    let post = |body: Value, traceparent: Option<String>| {
+        let (client, url, token) = (
+            stack.client.clone(),
+            format!("{}/v1/jobs", stack.writes[0]),
+            token.clone(),
+        );
+        async move {
+            let mut req = client.post(url).bearer_auth(token).json(&body);
+            if let Some(tp) = traceparent {
+                req = req.header("traceparent", tp);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 202);
+            res.json::<Value>().await.unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let failing = post(
+        json!({"task_type": "http.request", "payload": {"url": format!("{site}/broken")}, "max_attempts": 2}),
+        Some(format!("00-{trace_id}-{}-01", hex::encode(rand::random::<[u8; 8]>()))),
+    )
+    .await;
+    let later = post(
+        json!({"task_type": "noop", "payload": {}, "run_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
+        None,
+    )
+    .await;
+
+    // Both attempts run in the submission's trace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let spans = receiver.trace(&trace_id);
+        let attempts: HashSet<String> = spans
+            .iter()
+            .filter(|s| s.name == "worker.execute")
+            .filter_map(|s| s.attributes.get("attempt").cloned())
+            .collect();
+        if attempts.len() == 2 {
+            assert!(
+                spans
+                    .iter()
+                    .all(|s| s.attributes.get("job_id") == Some(&failing))
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "attempts traced: {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The scheduled envelope carries a traceparent; the cancel still takes it out.
+    let client = redis::Client::open(stack.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let scheduled: Vec<String> = redis::cmd("ZRANGE")
+        .arg("jobs:default:scheduled")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        scheduled
+            .iter()
+            .any(|e| e.contains(&later) && e.contains("\"traceparent\":\"00-")),
+        "{scheduled:?}"
+    );
+    let res = stack
+        .client
+        .post(format!("{}/v1/jobs/{later}/cancel", stack.writes[1]))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let scheduled: Vec<String> = redis::cmd("ZRANGE")
+            .arg("jobs:default:scheduled")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !scheduled.iter().any(|e| e.contains(&later)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{scheduled:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

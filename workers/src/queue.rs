@@ -520,6 +520,18 @@ fn repush_script() -> Script {
     )
 }
 
+/// `s` with Redis glob's special characters escaped (a correlation id may hold them).
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Removes from list `KEYS[1]` every entry that starts with `ARGV[1]`.
 fn withdraw_script() -> Script {
     Script::new(
@@ -587,23 +599,44 @@ impl JobQueue for RedisQueue {
         _env: &JobEnvelope,
         bytes: &str,
     ) -> redis::RedisResult<()> {
+        // Matched by the envelope's leading fields (job, attempt, correlation id, task
+        // type), not its whole bytes: a pushed envelope may also carry `meta.traceparent`.
+        let prefix = bytes.find(r#""meta":"#).map_or(bytes, |i| &bytes[..i]);
         if transport(ns) == Transport::List {
-            // Matched by the envelope's leading fields, not its whole bytes: a pushed
-            // envelope may also carry `meta.traceparent`. The list holds at most the
-            // dispatch window, so the scan is short.
-            let prefix = bytes.find(r#""meta":"#).map_or(bytes, |i| &bytes[..i]);
+            // The list holds at most the dispatch window, so the scan is short.
             let _: i64 = withdraw_script()
                 .key(ns.queue_key())
                 .arg(prefix)
                 .invoke_async(&mut self.conn)
                 .await?;
         }
-        let _: i64 = redis::cmd("ZREM")
-            .arg(ns.scheduled_key())
-            .arg(bytes)
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(())
+        // Likewise in `scheduled`: ZSCAN is incremental, so a large set blocks no one.
+        let key = ns.scheduled_key();
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut self.conn)
+                .await?;
+            // Members and scores alternate.
+            for member in found.iter().step_by(2) {
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(&key)
+                    .arg(member)
+                    .query_async(&mut self.conn)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     async fn take_due(&mut self, ns: &Namespace) -> redis::RedisResult<Vec<JobEnvelope>> {

@@ -410,6 +410,9 @@ impl<Q: JobQueue> Dispatcher<Q> {
                     return Ok(None);
                 };
                 env.attempt = r.next_attempt;
+                if let Some(span) = platform::telemetry::event_span("dispatcher.dispatch", e) {
+                    env.meta.traceparent = platform::telemetry::traceparent_of(&span);
+                }
                 let ns = self.namespaces.route(&state.task_type);
                 self.enqueue_scheduled(&ns, &env, r.not_before.timestamp_millis())
                     .await?;

@@ -371,21 +371,16 @@ pub const MAX_ATTEMPTS: u32 = 16;
 
 /// The span of an append, naming the job and correlation id its events are about.
 fn append_span(unit: &WriteUnit) -> tracing::Span {
-    let field = |k: &str| {
-        unit.appends
-            .iter()
-            .flat_map(|a| a.events.iter())
-            .find_map(|e| {
-                let meta: serde_json::Map<String, Value> =
-                    serde_json::from_str(&e.metadata).ok()?;
-                let payload: serde_json::Map<String, Value> =
-                    serde_json::from_str(&e.payload).ok()?;
-                meta.get(k)
-                    .or_else(|| payload.get(k))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-    };
+    // One unit's events share their metadata: the first names the correlation id.
+    let correlation = unit
+        .appends
+        .iter()
+        .flat_map(|a| a.events.iter())
+        .next()
+        .and_then(|e| {
+            let meta: HashMap<String, String> = serde_json::from_str(&e.metadata).ok()?;
+            meta.get("correlation_id").cloned()
+        });
     let job = unit
         .appends
         .iter()
@@ -400,7 +395,7 @@ fn append_span(unit: &WriteUnit) -> tracing::Span {
     tracing::info_span!(
         "eventstore.append",
         job_id = job.as_deref().unwrap_or(""),
-        correlation_id = field("correlation_id").as_deref().unwrap_or(""),
+        correlation_id = correlation.as_deref().unwrap_or(""),
         events = unit.appends.iter().map(|a| a.events.len()).sum::<usize>(),
     )
 }

@@ -155,14 +155,16 @@ pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
-/// A span for one step (`relay.publish`, `projection.apply`, …) of handling `event`, in the
-/// trace its metadata names: only when traces are exported and the event carries one, so
-/// the hot loops create no span otherwise.
+/// A span for one step (`relay.publish`, `projection.apply`, …) of handling job event
+/// `event`, in the trace its metadata names: only when traces are exported and the event
+/// carries one, so the hot loops create no span otherwise.
 pub fn event_span(
     step: &'static str,
     event: &crate::store::reader::RecordedEvent,
 ) -> Option<tracing::Span> {
-    if !exporting() {
+    // The job's own events make its path through a role; a usage event's span there would
+    // double the spans per job and show nothing new (its append is in the trace already).
+    if !exporting() || event.aggregate_type != "job" {
         return None;
     }
     let meta = |k: &str| event.metadata.get(k).and_then(serde_json::Value::as_str);
@@ -172,14 +174,9 @@ pub fn event_span(
         otel.name = step,
         event_type = %event.event_type,
         position = event.position,
-        job_id = tracing::field::Empty,
+        job_id = event.aggregate_id.as_str(),
         correlation_id = meta("correlation_id").unwrap_or(""),
     );
-    if event.aggregate_type == "job" {
-        span.record("job_id", event.aggregate_id.as_str());
-    } else if let Some(job) = job_in(&event.payload) {
-        span.record("job_id", job.as_str());
-    }
     continue_from(&span, Some(tp));
     Some(span)
 }

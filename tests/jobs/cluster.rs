@@ -48,8 +48,7 @@ async fn jobs_run_on_a_redis_cluster_and_survive_a_killed_worker() {
     // A stream worker process on the cluster, killed while it runs the sleeps.
     let mut child = stack.spawn_worker_process("browser", 4);
     stack.wait_started(4).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_group(&mut child);
     let _list = stack.start_worker(8, &["127.0.0.1/32".to_owned()]);
     let _stream = stack.start_worker_on(Namespace::browser(), 4, &[]);
     jobs.extend(sleeps.iter().cloned());

@@ -318,29 +318,31 @@ impl Stack {
 impl Stack {
     /// `runledger worker` as a child process on `namespace`.
     pub fn spawn_worker_process(&self, namespace: &str, concurrency: usize) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
-            .args([
-                "worker",
-                "--namespace",
-                namespace,
-                "--concurrency",
-                &concurrency.to_string(),
-            ])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("REDIS_URL", self.redis_url())
-            .env("RUNLEDGER_COMMAND_URL", &self.write)
-            .env("RUNLEDGER_JWT_SECRET", SECRET)
-            .env("RUNLEDGER_LOG", "warn")
-            .env("RUNLEDGER_ADDR", {
-                // Its /metrics: a port of its own.
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().to_string()
-            })
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"));
+        // A group of its own, so [`kill_group`] takes the browsers it launched with it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.args([
+            "worker",
+            "--namespace",
+            namespace,
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", self.redis_url())
+        .env("RUNLEDGER_COMMAND_URL", &self.write)
+        .env("RUNLEDGER_JWT_SECRET", SECRET)
+        .env("RUNLEDGER_LOG", "warn")
+        .env("RUNLEDGER_ADDR", {
+            // Its /metrics: a port of its own.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
     }
 
     /// Waits until at least `n` attempts have started.
@@ -442,4 +444,14 @@ pub async fn target(fails: usize) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
+}
+
+/// SIGKILL to a child started by [`Stack::spawn_worker_process`] and its process group (a
+/// crash of the machine's worker, browsers included), then reaps it.
+pub fn kill_group(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    child.wait().unwrap();
 }

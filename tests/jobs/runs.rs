@@ -191,8 +191,7 @@ async fn a_killed_worker_process_loses_no_job_and_counts_none_twice() {
     let mut child = stack.spawn_worker_process("default", 6);
     // Wait until it runs some jobs, then kill it outright.
     stack.wait_started(3).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_group(&mut child);
     // A survivor takes over: the dead worker's jobs come back after its lease.
     let _w = stack.start_worker(6, &[]);
     stack.wait_final(&jobs, Duration::from_secs(90)).await;
@@ -338,8 +337,7 @@ async fn stream_entries_of_a_killed_worker_are_claimed_and_retried() {
     .await;
     let mut child = stack.spawn_worker_process("browser", 4);
     stack.wait_started(4).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_group(&mut child);
     let _w = stack.start_worker_on(Namespace::browser(), 4, &[]);
     stack.wait_final(&jobs, Duration::from_secs(60)).await;
     for j in &jobs {

@@ -10,6 +10,17 @@ use std::{
 use platform::settings::table::known;
 use serde_yaml_ng::Value;
 
+/// What a deployment must run.
+const ROLES: &[&str] = &[
+    "migrate",
+    "command-api",
+    "read-api",
+    "projections",
+    "relay",
+    "dispatcher",
+    "worker",
+];
+
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
@@ -102,17 +113,9 @@ fn the_compose_file_runs_real_commands_with_real_settings() {
             _ => {}
         }
     }
-    for role in [
-        "migrate",
-        "command-api",
-        "read-api",
-        "projections",
-        "relay",
-        "dispatcher",
-        "worker",
-    ] {
+    for role in ROLES {
         assert!(
-            roles.iter().any(|r| r == role),
+            roles.iter().any(|r| r.as_str() == *role),
             "compose runs no {role}: {roles:?}"
         );
     }
@@ -227,17 +230,9 @@ fn the_kubernetes_manifests_run_real_commands_with_real_settings() {
     for kind in ["Deployment", "Job", "PodDisruptionBudget", "Service"] {
         assert!(kinds.contains(kind), "no {kind} in deploy/k8s: {kinds:?}");
     }
-    for role in [
-        "migrate",
-        "command-api",
-        "read-api",
-        "projections",
-        "relay",
-        "dispatcher",
-        "worker",
-    ] {
+    for role in ROLES {
         assert!(
-            roles.iter().any(|r| r == role),
+            roles.iter().any(|r| r.as_str() == *role),
             "k8s runs no {role}: {roles:?}"
         );
     }

@@ -46,6 +46,35 @@ fn missing(spans: &[Span]) -> Vec<&'static str> {
         .collect()
 }
 
+/// Submits `body` as `token`'s job on the first replica, with the headers given; its id.
+async fn submit(stack: &Stack, token: &str, body: Value, headers: &[(&str, String)]) -> String {
+    let mut req = stack
+        .client
+        .post(format!("{}/v1/jobs", stack.writes[0]))
+        .bearer_auth(token)
+        .json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    res.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The entries of the default namespace's `scheduled` set.
+async fn scheduled_entries(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg("jobs:default:scheduled")
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
     spans
         .iter()
@@ -76,21 +105,16 @@ async fn a_job_is_one_trace_from_submit_to_its_sse_event() {
     // The client's own trace: the job's spans must all land in it.
     let trace_id = hex::encode(rand::random::<[u8; 16]>());
     let client_span = hex::encode(rand::random::<[u8; 8]>());
-    let res = stack
-        .client
-        .post(format!("{}/v1/jobs", stack.writes[0]))
-        .bearer_auth(&token)
-        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
-        .header("x-correlation-id", "trace-me-1")
-        .json(&json!({"task_type": "noop", "payload": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let job_id = res.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = submit(
+        &stack,
+        &token,
+        json!({"task_type": "noop", "payload": {}}),
+        &[
+            ("traceparent", format!("00-{trace_id}-{client_span}-01")),
+            ("x-correlation-id", "trace-me-1".to_owned()),
+        ],
+    )
+    .await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let spans = loop {
@@ -198,23 +222,16 @@ async fn without_an_endpoint_nothing_is_exported_and_no_context_travels() {
     let stack = Stack::start().await;
     let user = UserId::from_uuid(uuid::Uuid::new_v4());
     let token = token(user);
-    let res = stack
-        .client
-        .post(format!("{}/v1/jobs", stack.writes[0]))
-        .bearer_auth(&token)
-        .header(
+    let job_id = submit(
+        &stack,
+        &token,
+        json!({"task_type": "noop", "payload": {}}),
+        &[(
             "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .json(&json!({"task_type": "noop", "payload": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let job_id = res.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        )],
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let v: Value = stack
@@ -263,33 +280,21 @@ async fn a_retry_stays_in_the_trace_and_a_traced_envelope_is_withdrawn_on_cancel
     .await;
     let token = token(UserId::from_uuid(uuid::Uuid::new_v4()));
     let trace_id = hex::encode(rand::random::<[u8; 16]>());
-    let post = |body: Value, traceparent: Option<String>| {
-        let (client, url, token) = (
-            stack.client.clone(),
-            format!("{}/v1/jobs", stack.writes[0]),
-            token.clone(),
-        );
-        async move {
-            let mut req = client.post(url).bearer_auth(token).json(&body);
-            if let Some(tp) = traceparent {
-                req = req.header("traceparent", tp);
-            }
-            let res = req.send().await.unwrap();
-            assert_eq!(res.status(), 202);
-            res.json::<Value>().await.unwrap()["job_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    let failing = post(
+    let failing = submit(
+        &stack,
+        &token,
         json!({"task_type": "http.request", "payload": {"url": format!("{site}/broken")}, "max_attempts": 2}),
-        Some(format!("00-{trace_id}-{}-01", hex::encode(rand::random::<[u8; 8]>()))),
+        &[(
+            "traceparent",
+            format!("00-{trace_id}-{}-01", hex::encode(rand::random::<[u8; 8]>())),
+        )],
     )
     .await;
-    let later = post(
+    let later = submit(
+        &stack,
+        &token,
         json!({"task_type": "noop", "payload": {}, "run_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
-        None,
+        &[],
     )
     .await;
 
@@ -320,13 +325,7 @@ async fn a_retry_stays_in_the_trace_and_a_traced_envelope_is_withdrawn_on_cancel
     // The scheduled envelope carries a traceparent; the cancel still takes it out.
     let client = redis::Client::open(stack.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let scheduled: Vec<String> = redis::cmd("ZRANGE")
-        .arg("jobs:default:scheduled")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let scheduled = scheduled_entries(&mut conn).await;
     assert!(
         scheduled
             .iter()
@@ -343,13 +342,7 @@ async fn a_retry_stays_in_the_trace_and_a_traced_envelope_is_withdrawn_on_cancel
     assert_eq!(res.status(), 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let scheduled: Vec<String> = redis::cmd("ZRANGE")
-            .arg("jobs:default:scheduled")
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let scheduled = scheduled_entries(&mut conn).await;
         if !scheduled.iter().any(|e| e.contains(&later)) {
             break;
         }

@@ -105,6 +105,9 @@ where
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
+            // Context travels by `traceparent` strings, never through OpenTelemetry's
+            // thread-local current context: no attach on every poll of a traced future.
+            .with_context_activation(false)
             .with_target(false)
             .with_filter(spans),
     )

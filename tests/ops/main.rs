@@ -8,6 +8,7 @@
 mod stack;
 
 mod deploy;
+mod helpers;
 mod metrics;
 mod otlp;
 mod traces;

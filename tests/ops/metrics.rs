@@ -9,7 +9,10 @@ use domain::ids::UserId;
 use platform::stripe_fake::FakeStripe;
 use serde_json::{Value, json};
 
-use crate::stack::{Seen, Stack, token, watch};
+use crate::{
+    helpers::{final_status, serve, submit},
+    stack::{Seen, Stack, token, watch},
+};
 
 /// `runledger_*` names in `text` (PromQL expressions, dashboard JSON).
 pub fn metric_names(text: &str) -> BTreeSet<String> {
@@ -61,13 +64,6 @@ fn exposed(all: &BTreeSet<String>, name: &str) -> bool {
             .any(|s| name.strip_suffix(s).is_some_and(|base| all.contains(base)))
 }
 
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
 /// A model provider that answers every chat completion at once, with token usage.
 async fn chat() -> Json<Value> {
     Json(json!({
@@ -78,28 +74,6 @@ async fn chat() -> Json<Value> {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     }))
-}
-
-async fn final_status(stack: &Stack, token: &str, id: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let v: Value = stack
-            .client
-            .get(format!("{}/v1/jobs/{id}", stack.read))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or(Value::Null);
-        let status = v["status"].as_str().unwrap_or_default().to_owned();
-        if ["completed", "failed", "canceled"].contains(&status.as_str()) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{id}: {v}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,36 +131,26 @@ async fn every_metric_the_alerts_and_dashboards_name_is_exposed_by_a_role() {
         std::sync::Arc::new(std::sync::Mutex::new(Seen::default())),
         stop.clone(),
     ));
-    let submit = |body: Value| {
-        let (client, token, command) = (stack.client.clone(), token.clone(), command.clone());
-        async move {
-            let res = client
-                .post(format!("{command}/v1/jobs"))
-                .bearer_auth(&token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 202);
-            res.json::<Value>().await.unwrap()["job_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    let done = submit(json!({"task_type": "noop", "payload": {}})).await;
-    let browser = submit(
-        json!({"task_type": "browser.screenshot", "payload": {"url": format!("{site}/page")}}),
+    let done = submit(
+        &stack,
+        &token,
+        json!({"task_type": "noop", "payload": {}}),
+        &[],
     )
     .await;
-    let agent = submit(json!({"task_type": "agent.run", "payload": {"prompt": "say done"}})).await;
-    let broken = submit(json!({
+    let page =
+        json!({"task_type": "browser.screenshot", "payload": {"url": format!("{site}/page")}});
+    let browser = submit(&stack, &token, page, &[]).await;
+    let prompt = json!({"task_type": "agent.run", "payload": {"prompt": "say done"}});
+    let agent = submit(&stack, &token, prompt, &[]).await;
+    let broken = json!({
         "task_type": "http.request",
         "payload": {"url": format!("{site}/broken")},
         "max_attempts": 2
-    }))
-    .await;
-    let slow = submit(json!({"task_type": "sleep", "payload": {"ms": 20_000}})).await;
+    });
+    let broken = submit(&stack, &token, broken, &[]).await;
+    let sleep = json!({"task_type": "sleep", "payload": {"ms": 20_000}});
+    let slow = submit(&stack, &token, sleep, &[]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let res = stack
         .client

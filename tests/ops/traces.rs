@@ -9,10 +9,11 @@ use std::{
 };
 
 use domain::ids::UserId;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    helpers::{final_status, serve, submit},
     otlp::{Receiver, Span},
     stack::{Seen, Stack, token, watch},
 };
@@ -44,24 +45,6 @@ fn missing(spans: &[Span]) -> Vec<&'static str> {
         })
         .map(|(name, _)| *name)
         .collect()
-}
-
-/// Submits `body` as `token`'s job on the first replica, with the headers given; its id.
-async fn submit(stack: &Stack, token: &str, body: Value, headers: &[(&str, String)]) -> String {
-    let mut req = stack
-        .client
-        .post(format!("{}/v1/jobs", stack.writes[0]))
-        .bearer_auth(token)
-        .json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let res = req.send().await.unwrap();
-    assert_eq!(res.status(), 202);
-    res.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// The entries of the default namespace's `scheduled` set.
@@ -232,24 +215,7 @@ async fn without_an_endpoint_nothing_is_exported_and_no_context_travels() {
         )],
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let v: Value = stack
-            .client
-            .get(format!("{}/v1/jobs/{job_id}", stack.read))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "completed" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eq!(final_status(&stack, &token, &job_id).await, "completed");
     // No traceparent reached the events: the envelope and the log stay as before.
     let traced: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE metadata::jsonb ? 'traceparent'")
@@ -262,16 +228,11 @@ async fn without_an_endpoint_nothing_is_exported_and_no_context_travels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_stays_in_the_trace_and_a_traced_envelope_is_withdrawn_on_cancel() {
     let receiver = Receiver::start().await;
-    let site = {
-        let app = axum::Router::new().route(
-            "/broken",
-            axum::routing::get(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}")
-    };
+    let site = serve(axum::Router::new().route(
+        "/broken",
+        axum::routing::get(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }),
+    ))
+    .await;
     let stack = Stack::start_with(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 use proxy::Proxy;
-use ui::{Ui, js, record_rows, rows, seen, text, until};
+use ui::{Ui, js, record_rows, rows, seen, text, until, until_completed_rows, until_live};
 
 /// The banner's sign-in link for the demo customer.
 fn signin_link(dev: &Dev) -> String {
@@ -89,7 +89,7 @@ async fn signs_in_from_the_banner_submits_from_the_form_and_follows_jobs_live() 
     let link = signin_link(&dev).replace(&dev.url, &proxy.url);
     let page = ui.open(&link).await;
     ui.check(async {
-        until(&page, 15, "document.querySelector('#live').textContent === 'live'").await;
+        until_live(&page).await;
         // The token left the address bar for this tab's session storage.
         assert_eq!(js(&page, "location.hash").await, "");
         assert_eq!(js(&page, "sessionStorage.getItem('runledger.token')").await, dev.token.as_str());
@@ -137,21 +137,11 @@ async fn a_stream_cut_by_the_server_side_resumes_without_a_missing_or_doubled_ro
         .open(&signin_link(&dev).replace(&dev.url, &proxy.url))
         .await;
     ui.check(async {
-        until(
-            &page,
-            15,
-            "document.querySelector('#live').textContent === 'live'",
-        )
-        .await;
+        until_live(&page).await;
         for _ in 0..3 {
             assert_eq!(submit(&dev, "noop", json!({})).await.0, 202);
         }
-        until(
-            &page,
-            15,
-            "document.querySelectorAll('#jobs tbody tr[data-status=completed]').length === 3",
-        )
-        .await;
+        until_completed_rows(&page, 15, 3).await;
         js(&page, "window.loadMark = 'same page'; true").await;
         // The server side goes away; jobs change while the page is cut off.
         proxy.cut();
@@ -161,12 +151,7 @@ async fn a_stream_cut_by_the_server_side_resumes_without_a_missing_or_doubled_ro
             assert_eq!(status, 202);
             ids.push(body["job_id"].as_str().unwrap().to_owned());
         }
-        until(
-            &page,
-            20,
-            "document.querySelectorAll('#jobs tbody tr[data-status=completed]').length === 8",
-        )
-        .await;
+        until_completed_rows(&page, 20, 8).await;
         assert_eq!(js(&page, "window.loadMark").await, "same page");
         let streams = proxy.streams();
         assert!(
@@ -202,29 +187,14 @@ async fn a_second_users_page_never_shows_the_first_users_jobs() {
     let theirs = ui.open(&format!("{}/#access_token={other}", dev.url)).await;
     ui.check(async {
         for page in [&mine, &theirs] {
-            until(
-                page,
-                15,
-                "document.querySelector('#live').textContent === 'live'",
-            )
-            .await;
+            until_live(page).await;
         }
         submit_from_form(&theirs, "noop", "{}").await;
         for _ in 0..3 {
             assert_eq!(submit(&dev, "noop", json!({})).await.0, 202);
         }
-        until(
-            &mine,
-            15,
-            "document.querySelectorAll('#jobs tbody tr[data-status=completed]').length === 3",
-        )
-        .await;
-        until(
-            &theirs,
-            15,
-            "document.querySelectorAll('#jobs tbody tr[data-status=completed]').length === 1",
-        )
-        .await;
+        until_completed_rows(&mine, 15, 3).await;
+        until_completed_rows(&theirs, 15, 1).await;
         // A little longer for anything that should not come.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (_, list) = get(&dev, &other, "/v1/jobs").await;

@@ -116,6 +116,24 @@ pub async fn js(page: &Page, js: &str) -> Value {
 }
 
 /// Waits up to `secs` for the JS expression `cond` to be true.
+/// Waits until the page's live stream is connected.
+pub async fn until_live(page: &Page) {
+    until(
+        page,
+        15,
+        "document.querySelector('#live').textContent === 'live'",
+    )
+    .await;
+}
+
+/// Waits until the jobs table shows exactly `n` completed rows.
+pub async fn until_completed_rows(page: &Page, secs: u64, n: usize) {
+    let cond = format!(
+        "document.querySelectorAll('#jobs tbody tr[data-status=completed]').length === {n}"
+    );
+    until(page, secs, &cond).await;
+}
+
 pub async fn until(page: &Page, secs: u64, cond: &str) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {

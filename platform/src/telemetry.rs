@@ -12,11 +12,10 @@ use std::sync::{
 
 use opentelemetry::{
     Context,
-    trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
-    },
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{SpanContext, TraceContextExt, TracerProvider},
 };
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, registry::LookupSpan};
 
@@ -135,16 +134,9 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     if !exporting() {
         return None;
     }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    let mut carrier = Carrier::default();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.0
 }
 
 /// Makes `span` (not yet entered) a child of the remote span `traceparent` names. A missing
@@ -193,33 +185,37 @@ pub(crate) fn job_in(payload: &str) -> Option<String> {
     uuid::Uuid::parse_str(id).ok().map(|_| id.to_owned())
 }
 
-/// Parses a W3C `traceparent`: `version-traceid-spanid-flags`, lowercase hex, ids not zero.
+/// Where the SDK's W3C propagator writes a span's `traceparent` (no map per call).
+#[derive(Default)]
+struct Carrier(Option<String>);
+
+impl Injector for Carrier {
+    fn set(&mut self, key: &str, value: String) {
+        if key == TRACEPARENT {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// A received `traceparent`, read in place.
+struct Received<'a>(&'a str);
+
+impl Extractor for Received<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == TRACEPARENT).then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// Parses a W3C `traceparent` with the SDK's propagator; `None` when it is malformed.
 pub fn parse(value: &str) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    // Version 00 has exactly four fields; a later version may append more.
-    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
-        return None;
-    }
-    if !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags),
-        true,
-        TraceState::default(),
-    );
+    let cx = TraceContextPropagator::new().extract(&Received(value));
+    let sc = cx.span().span_context().clone();
     sc.is_valid().then_some(sc)
 }
 

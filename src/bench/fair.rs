@@ -1,5 +1,6 @@
-//! `runledger bench fair`: a light user's latency (POST → SSE `completed`) alone and during a
-//! heavy user's burst, and the heavy user's drain rate, against running roles (or `dev`).
+//! `runledger bench fair`: a light user's latency (POST → SSE `completed`) alone, during a
+//! heavy user's burst and during its drain, and the heavy user's drain rate, against running
+//! roles (or `dev`).
 
 use std::{
     process::ExitCode,
@@ -57,6 +58,14 @@ impl Bench {
         (lat, missing)
     }
 
+    /// How many of `ids` completed so far.
+    fn done(&self, ids: &[String]) -> usize {
+        self.arrivals
+            .lock()
+            .map(|a| ids.iter().filter(|id| a.contains_key(*id)).count())
+            .unwrap_or(0)
+    }
+
     /// Waits until every job of `ids` completed, or `within` passed; when the last did.
     async fn wait(&self, ids: &[String], within: Duration) -> Option<Instant> {
         let deadline = Instant::now() + within;
@@ -108,6 +117,10 @@ pub async fn run(
     let (busy, busy_missing) = bench.light(alone_user, light).await;
     let ids = burst.await?;
     let submitted = started.elapsed();
+    // Then the burst is a backlog the workers drain: whether the light user's jobs pass it.
+    let backlog = ids.len() - bench.done(&ids);
+    let (drain_lat, drain_missing) = bench.light(light_user, light).await;
+    let left = ids.len() - bench.done(&ids);
     let last = bench
         .wait(&ids, Duration::from_secs(600))
         .await
@@ -125,15 +138,21 @@ pub async fn run(
         Percentiles::new(busy)
     );
     println!(
+        "  light during drain {} (missing {drain_missing}; heavy backlog {backlog} before, {left} after)",
+        Percentiles::new(drain_lat)
+    );
+    println!(
         "  heavy burst        {} accepted in {:.2} s, all completed after {:.2} s: {:.0} jobs/s",
         ids.len(),
         submitted.as_secs_f64(),
         drain.as_secs_f64(),
         ids.len() as f64 / drain.as_secs_f64()
     );
-    Ok(if idle_missing + busy_missing == 0 && ids.len() == heavy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if idle_missing + busy_missing + drain_missing == 0 && ids.len() == heavy {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod audit;
 mod browser;
+mod drain;
 mod fair;
 mod rebuild;
 mod sse;
@@ -79,8 +80,27 @@ pub enum BenchAction {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
-    /// A light user's latency (POST → SSE `completed`) alone and during a heavy user's burst
-    /// of noop jobs, and the heavy user's drain rate. Run the stack with a usage limit and a
+    /// A burst of noop jobs from several users, timed from the first submission to the last
+    /// SSE `completed` (the method of the peer queues' harness, bench/peers).
+    Drain {
+        /// The command API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        write: String,
+        /// The read API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        read: String,
+        /// Jobs in the burst.
+        #[arg(short = 'n', long = "jobs", default_value_t = 20_000)]
+        jobs: usize,
+        /// Submissions in flight at once.
+        #[arg(short = 'c', long, default_value_t = 32)]
+        concurrency: usize,
+        /// Users the jobs are spread over, each watching its own stream.
+        #[arg(long, default_value_t = 8)]
+        users: usize,
+    },
+    /// A light user's latency (POST → SSE `completed`) alone, during a heavy user's burst of
+    /// noop jobs, and during the drain of its backlog; and the heavy user's drain rate. Run the stack with a usage limit and a
     /// concurrency that let one user submit and run that many.
     Fair {
         /// The command API's base URL.
@@ -92,7 +112,7 @@ pub enum BenchAction {
         /// The heavy user's jobs.
         #[arg(long, default_value_t = 10_000)]
         heavy: usize,
-        /// The light user's jobs, one per 100 ms, alone and then during the burst.
+        /// The light user's jobs, one per 100 ms, alone, during the burst, during the drain.
         #[arg(long, default_value_t = 20)]
         light: usize,
     },
@@ -152,6 +172,13 @@ pub async fn run(action: BenchAction) -> anyhow::Result<ExitCode> {
         BenchAction::Streams { read, streams } => sse::hold(&settings, &read, streams).await,
         BenchAction::Rebuild { events } => rebuild::run(&settings, events).await,
         BenchAction::Audit { events } => audit::run(&settings, events).await,
+        BenchAction::Drain {
+            write,
+            read,
+            jobs,
+            concurrency,
+            users,
+        } => drain::run(&settings, &write, &read, jobs, concurrency, users).await,
         BenchAction::Fair {
             write,
             read,

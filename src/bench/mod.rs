@@ -21,9 +21,10 @@ use platform::{auth::Role, settings::Settings};
 pub enum BenchAction {
     /// Submit noop jobs: accepted/s and p50/p95/p99 latency, beside pgbench's commit ceiling.
     Submit {
-        /// The command API's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// The command API's base URL; several, comma-separated, for replicas (each user's
+        /// submissions go to one of them, as a load balancer with user affinity would).
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+        url: Vec<String>,
         /// Submissions in all.
         #[arg(short = 'n', long, default_value_t = 20_000)]
         requests: usize,

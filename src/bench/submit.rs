@@ -18,7 +18,7 @@ use super::{Percentiles, tokens};
 
 pub async fn run(
     settings: &Settings,
-    url: &str,
+    urls: &[String],
     requests: usize,
     concurrency: usize,
     users: usize,
@@ -33,18 +33,28 @@ pub async fn run(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
-    let endpoint = format!("{}/v1/jobs", url.trim_end_matches('/'));
+    let endpoints: Arc<Vec<String>> = Arc::new(
+        urls.iter()
+            .map(|u| format!("{}/v1/jobs", u.trim_end_matches('/')))
+            .collect(),
+    );
+    // User `u`'s submissions all go to one replica.
+    let endpoint_of = |u: usize| endpoints[u % endpoints.len()].clone();
     // Warm the connections and the server's caches.
-    for t in tokens.iter().take(concurrency) {
-        let _ = post(&client, &endpoint, t).await;
+    for (u, t) in tokens
+        .iter()
+        .enumerate()
+        .take(concurrency.max(endpoints.len()))
+    {
+        let _ = post(&client, &endpoint_of(u), t).await;
     }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, endpoint, next, tokens) = (
+        let (client, endpoints, next, tokens) = (
             client.clone(),
-            endpoint.clone(),
+            endpoints.clone(),
             next.clone(),
             tokens.clone(),
         );
@@ -55,8 +65,9 @@ pub async fn run(
                 if i >= requests {
                     break;
                 }
+                let u = i % tokens.len();
                 let t0 = Instant::now();
-                let status = post(&client, &endpoint, &tokens[i % tokens.len()]).await;
+                let status = post(&client, &endpoints[u % endpoints.len()], &tokens[u]).await;
                 out.push((t0.elapsed(), status));
             }
             out
@@ -72,7 +83,10 @@ pub async fn run(
     let failed = samples.len() - accepted - refused;
     let lat = Percentiles::new(samples.iter().map(|(d, _)| *d).collect());
     let rate = accepted as f64 / elapsed.as_secs_f64();
-    println!("bench submit: {requests} requests, concurrency {concurrency}, {users} users, {url}");
+    println!(
+        "bench submit: {requests} requests, concurrency {concurrency}, {users} users, {}",
+        urls.join(", ")
+    );
     println!("  accepted (202)     {accepted}");
     println!("  refused (402)      {refused}");
     println!("  other/errors       {failed}");

@@ -13,7 +13,7 @@ use platform::settings::Settings;
 use serde_json::Value;
 
 use super::{
-    sse::{Arrivals, watch_streams},
+    sse::{Arrivals, arrived, wait_all, watch_streams},
     tokens,
 };
 
@@ -52,19 +52,15 @@ pub async fn run(
         .await;
     let submitted = started.elapsed();
     // Done when every accepted job's `completed` arrived, or after ten minutes.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let (done, last) = loop {
-        let (done, last) = {
-            let a = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            let seen: Vec<Instant> = ids.iter().filter_map(|id| a.get(id).copied()).collect();
-            (seen.len(), seen.into_iter().max())
-        };
-        if done == ids.len() || Instant::now() > deadline {
-            break (done, last);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let secs = last.map_or(0.0, |l| l.saturating_duration_since(started).as_secs_f64());
+    let last = wait_all(&arrivals, &ids, Duration::from_secs(600)).await;
+    let done = arrived(&arrivals, &ids);
+    // Short of all of them, the rate is over the whole wait.
+    let secs = last
+        .map_or_else(
+            || started.elapsed(),
+            |l| l.saturating_duration_since(started),
+        )
+        .as_secs_f64();
     println!(
         "bench drain: {jobs} noop jobs, {concurrency} submissions in flight, {} users",
         users.len()

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{
     Percentiles,
-    sse::{Arrivals, watch_streams},
+    sse::{Arrivals, arrived, wait_all, watch_streams},
     tokens,
 };
 
@@ -48,7 +48,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
-        self.wait(&ids, Duration::from_secs(30)).await;
+        wait_all(&self.arrivals, &ids, Duration::from_secs(30)).await;
         let arrivals = self.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
         let lat: Vec<Duration> = sent
             .iter()
@@ -56,31 +56,6 @@ impl Bench {
             .collect();
         let missing = n - lat.len();
         (lat, missing)
-    }
-
-    /// How many of `ids` completed so far.
-    fn done(&self, ids: &[String]) -> usize {
-        self.arrivals
-            .lock()
-            .map(|a| ids.iter().filter(|id| a.contains_key(*id)).count())
-            .unwrap_or(0)
-    }
-
-    /// Waits until every job of `ids` completed, or `within` passed; when the last did.
-    async fn wait(&self, ids: &[String], within: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + within;
-        loop {
-            {
-                let a = self.arrivals.lock().ok()?;
-                if ids.iter().all(|id| a.contains_key(id)) {
-                    return ids.iter().filter_map(|id| a.get(id)).max().copied();
-                }
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 
@@ -118,11 +93,10 @@ pub async fn run(
     let ids = burst.await?;
     let submitted = started.elapsed();
     // Then the burst is a backlog the workers drain: whether the light user's jobs pass it.
-    let backlog = ids.len() - bench.done(&ids);
+    let backlog = ids.len() - arrived(&bench.arrivals, &ids);
     let (drain_lat, drain_missing) = bench.light(light_user, light).await;
-    let left = ids.len() - bench.done(&ids);
-    let last = bench
-        .wait(&ids, Duration::from_secs(600))
+    let left = ids.len() - arrived(&bench.arrivals, &ids);
+    let last = wait_all(&bench.arrivals, &ids, Duration::from_secs(600))
         .await
         .context("the heavy user's jobs did not all complete in 10 minutes")?;
     let drain = last.saturating_duration_since(started);

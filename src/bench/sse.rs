@@ -16,6 +16,35 @@ use super::{Percentiles, tokens};
 
 pub(super) type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// How many of `ids` have arrived so far.
+pub(super) fn arrived(arrivals: &Arrivals, ids: &[String]) -> usize {
+    arrivals
+        .lock()
+        .map(|a| ids.iter().filter(|id| a.contains_key(*id)).count())
+        .unwrap_or(0)
+}
+
+/// Waits until every one of `ids` arrived, or `within` passed; when the last did.
+pub(super) async fn wait_all(
+    arrivals: &Arrivals,
+    ids: &[String],
+    within: Duration,
+) -> Option<Instant> {
+    let deadline = Instant::now() + within;
+    loop {
+        {
+            let a = arrivals.lock().ok()?;
+            if ids.iter().all(|id| a.contains_key(id)) {
+                return ids.iter().filter_map(|id| a.get(id)).max().copied();
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Reads one SSE response, recording when each job's `until` event arrived.
 async fn read_stream(mut res: reqwest::Response, arrivals: Arrivals, until: String) {
     let mut buf = String::new();

@@ -378,14 +378,14 @@ fn append_span(unit: &WriteUnit) -> tracing::Span {
         .flat_map(|a| a.events.iter())
         .next()
         .and_then(|e| {
-            // Borrowed from the text: no map, no copy of the other entries.
+            // Borrowed from the text where it can be: no map, no copy of the other entries.
             #[derive(serde::Deserialize)]
             struct Meta<'a> {
                 #[serde(borrow)]
-                correlation_id: Option<&'a str>,
+                correlation_id: Option<std::borrow::Cow<'a, str>>,
             }
             let meta: Meta<'_> = serde_json::from_str(&e.metadata).ok()?;
-            meta.correlation_id.map(str::to_owned)
+            meta.correlation_id.map(std::borrow::Cow::into_owned)
         });
     let job = unit
         .appends

@@ -58,6 +58,16 @@ async fn scheduled_entries(conn: &mut redis::aio::MultiplexedConnection) -> Vec<
         .unwrap()
 }
 
+/// The spans whose parent is neither `root` nor a span received.
+fn orphans<'a>(spans: &'a [Span], root: &str) -> Vec<&'a str> {
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    spans
+        .iter()
+        .filter(|s| s.parent != root && !ids.contains(s.parent.as_str()))
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
 fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
     spans
         .iter()
@@ -108,13 +118,16 @@ async fn a_job_is_one_trace_from_submit_to_its_sse_event() {
             .get(&job_id)
             .is_some_and(|s| s.iter().any(|st| st == "completed"));
         let spans = receiver.trace(&trace_id);
-        if done && missing(&spans).is_empty() {
+        // Each role exports on its own schedule: a child (sse.send) may arrive before the
+        // parent that another role still buffers, so wait for the tree to close too.
+        if done && missing(&spans).is_empty() && orphans(&spans, &client_span).is_empty() {
             break spans;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "completed on SSE: {done}; spans missing: {:?}; received: {:?}",
+            "completed on SSE: {done}; spans missing: {:?}; parents not received: {:?}; received: {:?}",
             missing(&spans),
+            orphans(&spans, &client_span),
             spans
                 .iter()
                 .map(|s| (&s.service, &s.name))

@@ -185,7 +185,7 @@ pub async fn retry_parked(store: &EventStore) -> Result<usize, StoreError> {
                 .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
                 .await?
         {
-            tracing::warn!(message = "Usage command refused.", job_id = %r.job_id, error = %refused);
+            log_refusal(r.job_id, &refused);
         }
         done += 1;
     }
@@ -200,30 +200,35 @@ async fn react_all(
     last: i64,
 ) -> Result<(), StoreError> {
     let mut pending = PendingChanges::default();
-    let mut by_ledger: std::collections::HashMap<String, Vec<Reaction>> =
-        std::collections::HashMap::new();
-    for (event, decoded) in events {
-        if let Some(r) = react(event, decoded, &mut pending) {
-            by_ledger.entry(r.usage_id.clone()).or_default().push(r);
-        }
-    }
-    // Ledgers are independent: their commands run concurrently (and commit in one group),
-    // each ledger's in log order.
-    futures::future::try_join_all(by_ledger.into_values().map(|reactions| async move {
-        for mut r in reactions {
-            let span = r.span();
-            if let Err(e) = store
-                .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
-                .instrument(span)
-                .await?
-            {
-                tracing::warn!(message = "Usage command refused.", job_id = %r.job_id, error = %e);
-            }
+    let reactions: Vec<Reaction> = events
+        .iter()
+        .filter_map(|(event, decoded)| react(event, decoded, &mut pending))
+        .collect();
+    // All at once: commands on one ledger decide one after the other under its lock (in the
+    // order they ask for it) and share the group commit (ADR 0014); ledgers are independent.
+    futures::future::try_join_all(reactions.into_iter().map(|mut r| async move {
+        let span = r.span();
+        if let Err(e) = store
+            .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
+            .instrument(span)
+            .await?
+        {
+            log_refusal(r.job_id, &e);
         }
         Ok::<_, StoreError>(())
     }))
     .await?;
     store.save_progress(CHECKPOINT, last, pending.net()).await
+}
+
+/// A refused usage command: a reservation already settled is what redone events find (after
+/// a crash, or a retried park), so only other refusals are warnings.
+fn log_refusal(job_id: impl std::fmt::Display, e: &UsageError) {
+    if matches!(e, UsageError::NotReserved(_)) {
+        tracing::debug!(message = "Usage command found its reservation settled.", job_id = %job_id, error = %e);
+    } else {
+        tracing::warn!(message = "Usage command refused.", job_id = %job_id, error = %e);
+    }
 }
 
 /// Changes to `pending_reservations` and `live_jobs`, committed with the checkpoint.
@@ -469,7 +474,7 @@ pub async fn sweep(store: &EventStore, timeout: Duration) -> Result<usize, Store
                     released += 1;
                     tracing::warn!(message = "Released an orphaned reservation.", job_id = %job);
                 }
-                Err(UsageError::AlreadyConsumed(_) | UsageError::NotReserved(_)) => {}
+                Err(UsageError::NotReserved(_)) => {}
                 Err(e) => {
                     tracing::warn!(message = "Sweeper release refused.", job_id = %job, error = %e)
                 }

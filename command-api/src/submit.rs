@@ -151,39 +151,54 @@ pub async fn submit(
             sequence: 0,
             snapshot_sequence: 0,
             cached: false,
+            pending: None,
         },
         &job_events,
         &meta,
     ))?;
 
-    let _usage_guard = state.store.lock("usage", &usage_id).await;
     for attempt in 0..MAX_ATTEMPTS {
-        let loaded = state.store.load::<Usage>(&usage_id).await?;
-        let usage_events = match loaded.state.decide(UsageCommand::Reserve(reserve.clone())) {
-            Ok(events) => events,
-            // Another process may have released units since this state was cached.
-            Err(_) if loaded.cached => continue,
-            Err(e) => {
-                state.store.remember(&usage_id, loaded);
-                return Err(e.into());
-            }
+        // Decided and queued under the ledger's lock, committed after it: the user's next
+        // submission decides on this state at once instead of waiting for the fsync.
+        let committing = {
+            let _usage_guard = state.store.lock("usage", &usage_id).await;
+            let loaded = state.store.load::<Usage>(&usage_id).await?;
+            let usage_events = match loaded.state.decide(UsageCommand::Reserve(reserve.clone())) {
+                Ok(events) => events,
+                // Another process may have released units since this state was cached.
+                Err(_) if loaded.cached => {
+                    state.store.settle(&loaded).await?;
+                    continue;
+                }
+                Err(e) => {
+                    state.store.remember(&usage_id, loaded);
+                    return Err(e.into());
+                }
+            };
+            let (usage_append, snapshot, mut after) =
+                encode(EventStore::prepare(&usage_id, loaded, &usage_events, &meta))?;
+            let unit = WriteUnit {
+                appends: vec![usage_append, job_append.clone()],
+                snapshots: snapshot.into_iter().collect(),
+                idempotency: key.as_ref().map(|k| IdempotencyRecord {
+                    user_id: user.as_uuid(),
+                    key: k.clone(),
+                    request_hash: request_hash.clone(),
+                    status: 202,
+                    body: response.clone(),
+                }),
+            };
+            let (ticket, committing) = state.store.enqueue(unit).map_err(StoreError::from)?;
+            after.pending = Some(ticket);
+            state.store.remember(&usage_id, after);
+            committing
         };
-        let (usage_append, snapshot, after) =
-            encode(EventStore::prepare(&usage_id, loaded, &usage_events, &meta))?;
-        let unit = WriteUnit {
-            appends: vec![usage_append, job_append.clone()],
-            snapshots: snapshot.into_iter().collect(),
-            idempotency: key.as_ref().map(|k| IdempotencyRecord {
-                user_id: user.as_uuid(),
-                key: k.clone(),
-                request_hash: request_hash.clone(),
-                status: 202,
-                body: response.clone(),
-            }),
-        };
-        match state.store.commit(unit).await {
+        let outcome = committing.await;
+        if outcome.is_err() {
+            state.store.forget_after_failure("usage", &usage_id).await;
+        }
+        match outcome {
             Ok(()) => {
-                state.store.remember(&usage_id, after);
                 // The worker's start comes next: spare it a load.
                 state.store.remember(&job_id_text, job_after);
                 tracing::info!(

@@ -1,7 +1,13 @@
 //! The Usage aggregate: one user's ledger for one billing period. Units are reserved at
 //! submission, consumed when the job completes, released when it cannot complete.
+//!
+//! The state holds only what is in flight (open reservations) and counts: its size and its
+//! snapshot do not grow with the month. A job is reserved at most once because its
+//! reservation commits in the same transaction as the job's first event, which the store
+//! keys uniquely (ADR 0014); consuming or releasing takes the reservation out, so each
+//! reservation settles once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -217,15 +223,9 @@ pub enum UsageError {
     /// The reservation names another user or period than this ledger's, or a time outside it.
     #[error("the reservation does not belong to this ledger's user and period")]
     WrongLedger,
-    /// No reservation for this job.
-    #[error("no reservation for job {0}")]
+    /// No open reservation for this job: never made, or already consumed or released.
+    #[error("no open reservation for job {0}")]
     NotReserved(JobId),
-    /// The job's unit was already consumed, so it cannot be released or reserved again.
-    #[error("the unit of job {0} is already consumed")]
-    AlreadyConsumed(JobId),
-    /// The job's reservation was released, so it cannot be consumed or reserved again.
-    #[error("the reservation of job {0} was released")]
-    AlreadyReleased(JobId),
 }
 
 /// The state of a ledger that has seen a reservation.
@@ -241,10 +241,10 @@ pub struct UsageState {
     pub limit: Option<u64>,
     /// Open reservations and when each was made.
     pub reserved: BTreeMap<JobId, DateTime<Utc>>,
-    /// Jobs whose unit is consumed.
-    pub consumed: BTreeSet<JobId>,
-    /// Jobs whose reservation was released.
-    pub released: BTreeSet<JobId>,
+    /// Units consumed. Snapshots written before this was a count held the consumed jobs'
+    /// ids; those read as their number.
+    #[serde(deserialize_with = "count::deserialize")]
+    pub consumed: u64,
     /// The last consumed unit's hash.
     pub chain_head: String,
     /// Whether the period takes no more reservations.
@@ -254,7 +254,7 @@ pub struct UsageState {
 impl UsageState {
     /// Units consumed.
     pub fn consumed_units(&self) -> u64 {
-        self.consumed.len() as u64
+        self.consumed
     }
 
     /// Units held by jobs in flight.
@@ -301,12 +301,6 @@ impl Usage {
             if s.reserved.contains_key(&c.job_id) {
                 return Ok(vec![]);
             }
-            if s.consumed.contains(&c.job_id) {
-                return Err(UsageError::AlreadyConsumed(c.job_id));
-            }
-            if s.released.contains(&c.job_id) {
-                return Err(UsageError::AlreadyReleased(c.job_id));
-            }
             if s.closed {
                 return Err(UsageError::PeriodClosed);
             }
@@ -345,12 +339,8 @@ impl Usage {
             .state
             .as_ref()
             .ok_or(UsageError::NotReserved(c.job_id))?;
-        if s.consumed.contains(&c.job_id) {
-            return Ok(vec![]);
-        }
-        if s.released.contains(&c.job_id) {
-            return Err(UsageError::AlreadyReleased(c.job_id));
-        }
+        // A settled reservation is gone: a second commit or a commit after a release is
+        // refused as not reserved, and counts nothing.
         if !s.reserved.contains_key(&c.job_id) {
             return Err(UsageError::NotReserved(c.job_id));
         }
@@ -362,12 +352,6 @@ impl Usage {
             .state
             .as_ref()
             .ok_or(UsageError::NotReserved(c.job_id))?;
-        if s.released.contains(&c.job_id) {
-            return Ok(vec![]);
-        }
-        if s.consumed.contains(&c.job_id) {
-            return Err(UsageError::AlreadyConsumed(c.job_id));
-        }
         if !s.reserved.contains_key(&c.job_id) {
             return Err(UsageError::NotReserved(c.job_id));
         }
@@ -444,8 +428,7 @@ impl Decider for Usage {
                     plan: e.plan,
                     limit: e.limit,
                     reserved: BTreeMap::new(),
-                    consumed: BTreeSet::new(),
-                    released: BTreeSet::new(),
+                    consumed: 0,
                     chain_head: GENESIS.to_owned(),
                     closed: false,
                 });
@@ -457,14 +440,13 @@ impl Decider for Usage {
             UsageEvent::UnitConsumed(e) => {
                 if let Some(s) = self.state.as_mut() {
                     s.reserved.remove(&e.job_id);
-                    s.consumed.insert(e.job_id);
+                    s.consumed += 1;
                     s.chain_head.clone_from(&e.hash);
                 }
             }
             UsageEvent::UnitReleased(e) => {
                 if let Some(s) = self.state.as_mut() {
                     s.reserved.remove(&e.job_id);
-                    s.released.insert(e.job_id);
                 }
             }
             UsageEvent::PeriodClosed(_) => {
@@ -472,6 +454,42 @@ impl Decider for Usage {
                     s.closed = true;
                 }
             }
+        }
+    }
+}
+
+/// Reads a count written as a number, or as the list of what it counted.
+mod count {
+    use std::fmt;
+
+    use serde::{
+        Deserializer,
+        de::{IgnoredAny, SeqAccess, Visitor},
+    };
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Count)
+    }
+
+    struct Count;
+
+    impl<'de> Visitor<'de> for Count {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a count or a list")
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+            let mut n = 0;
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
         }
     }
 }

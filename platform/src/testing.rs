@@ -410,3 +410,127 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Pipelining against a real store (either backend): `first` queues a chain of units on one
+/// ledger, each built on the one before, whose first unit fails; `second` is another process
+/// on the same database. Every unit built on a failed one must fail as a conflict, and the
+/// ledger's sequence must stay without a gap.
+///
+/// # Panics
+/// When the store breaks the rule: this is a test.
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
+pub async fn a_failed_unit_fails_the_units_built_on_it(
+    first: &crate::store::EventStore,
+    second: &crate::store::EventStore,
+) {
+    use chrono::Utc;
+    use domain::{
+        Decider,
+        ids::{JobId, UserId},
+        period::BillingPeriod,
+        plan::Plan,
+        usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
+    };
+
+    use crate::store::{CommitError, EventStore, IdempotencyRecord, Loaded, Metadata, WriteUnit};
+
+    let user = UserId::from_uuid(uuid::Uuid::new_v4());
+    let now = Utc::now();
+    let id = UsageKey::new(user, &BillingPeriod::calendar_month(now)).aggregate_id();
+    let reserve = |n: u128| {
+        UsageCommand::Reserve(ReserveUnit {
+            job_id: JobId::from_uuid(uuid::Uuid::from_u128(n)),
+            user_id: user,
+            period: BillingPeriod::calendar_month(now),
+            plan: Plan::Enterprise,
+            limit: None,
+            now,
+        })
+    };
+    let key = |k: &str| IdempotencyRecord {
+        user_id: user.as_uuid(),
+        key: k.to_owned(),
+        request_hash: "h".into(),
+        status: 202,
+        body: serde_json::json!({}),
+    };
+    // Queues `n`'s reservation on `loaded`; returns the state after it and its commit.
+    let queue = |loaded: Loaded<Usage>, n: u128, idempotency: Option<IdempotencyRecord>| {
+        let events = loaded.state.decide(reserve(n)).unwrap();
+        let (append, _, mut after) =
+            EventStore::prepare(&id, loaded, &events, &Metadata::new()).unwrap();
+        let unit = WriteUnit {
+            appends: vec![append],
+            snapshots: vec![],
+            idempotency,
+        };
+        let (ticket, committing) = first.enqueue(unit).unwrap();
+        after.pending = Some(ticket);
+        (after, committing)
+    };
+    let sequences = || async {
+        first
+            .events_of("usage", &id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>()
+    };
+
+    // 1. The chain's base is refused for its idempotency key (its sequence was free): the
+    //    units queued behind it in the same breath must not be written after a hole.
+    first
+        .execute::<Usage>(&id, reserve(1), &Metadata::new())
+        .await
+        .unwrap()
+        .unwrap();
+    second
+        .commit(WriteUnit {
+            idempotency: Some(key("taken")),
+            ..WriteUnit::default()
+        })
+        .await
+        .unwrap();
+    let loaded = first.load_fresh::<Usage>(&id).await.unwrap();
+    let (after_a, a) = queue(loaded, 2, Some(key("taken")));
+    let (after_b, b) = queue(after_a, 3, None);
+    let (_, c) = queue(after_b, 4, None);
+    assert!(matches!(a.await, Err(CommitError::DuplicateKey)));
+    assert!(matches!(b.await, Err(CommitError::Conflict)));
+    assert!(matches!(c.await, Err(CommitError::Conflict)));
+    assert_eq!(sequences().await, vec![1]);
+
+    // 2. The base loses its sequence to another process; a unit built on it is queued only
+    //    after the base's failure is known to the writer (another batch).
+    let loaded = first.load_fresh::<Usage>(&id).await.unwrap();
+    second
+        .execute::<Usage>(&id, reserve(5), &Metadata::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let (after_a, a) = queue(loaded, 6, None);
+    assert!(matches!(a.await, Err(CommitError::Conflict)));
+    let (_, b) = queue(after_a, 7, None);
+    assert!(matches!(b.await, Err(CommitError::Conflict)));
+    assert_eq!(sequences().await, vec![1, 2]);
+
+    // 3. The store goes on: a command after the failures decides on the stored state.
+    first.forget("usage", &id);
+    let done = first
+        .execute::<Usage>(&id, reserve(8), &Metadata::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.events.len(), 1);
+    assert_eq!(sequences().await, vec![1, 2, 3]);
+    let state = first.load_fresh::<Usage>(&id).await.unwrap().state;
+    let held: Vec<u128> = state
+        .state()
+        .unwrap()
+        .reserved
+        .keys()
+        .map(|j| j.as_uuid().as_u128())
+        .collect();
+    assert_eq!(held, vec![1, 5, 8]);
+}

@@ -164,7 +164,9 @@ fn each_unit_links_to_the_previous_one() {
 fn committing_twice_counts_once() {
     let mut h = vec![reserved(1, None)];
     h.push(consumed(&h, 1));
-    given::<Usage>(h).when(commit(1)).then(vec![]);
+    given::<Usage>(h)
+        .when(commit(1))
+        .then_err(UsageError::NotReserved(job_id(1)));
 }
 
 #[test]
@@ -181,7 +183,7 @@ fn committing_without_a_reservation_is_refused() {
 fn committing_a_released_unit_is_refused() {
     given::<Usage>([reserved(1, None), released(1)])
         .when(commit(1))
-        .then_err(UsageError::AlreadyReleased(job_id(1)));
+        .then_err(UsageError::NotReserved(job_id(1)));
 }
 
 #[test]
@@ -191,7 +193,7 @@ fn release_gives_the_unit_back_once() {
         .then(vec![released(1)]);
     given::<Usage>([reserved(1, None), released(1)])
         .when(release(1))
-        .then(vec![]);
+        .then_err(UsageError::NotReserved(job_id(1)));
 }
 
 #[test]
@@ -200,19 +202,46 @@ fn releasing_a_consumed_unit_is_refused() {
     h.push(consumed(&h, 1));
     given::<Usage>(h)
         .when(release(1))
-        .then_err(UsageError::AlreadyConsumed(job_id(1)));
+        .then_err(UsageError::NotReserved(job_id(1)));
 }
 
 #[test]
-fn re_reserving_a_settled_job_is_refused() {
-    let mut h = vec![reserved(1, None)];
+fn the_state_holds_only_open_reservations() {
+    let mut h = vec![reserved(1, None), reserved(2, None), reserved(3, None)];
     h.push(consumed(&h, 1));
-    given::<Usage>(h)
-        .when(reserve(1, None))
-        .then_err(UsageError::AlreadyConsumed(job_id(1)));
-    given::<Usage>([reserved(1, None), released(1)])
-        .when(reserve(1, None))
-        .then_err(UsageError::AlreadyReleased(job_id(1)));
+    h.push(released(2));
+    let usage = Usage::replay(h.iter());
+    let s = usage.state().unwrap();
+    assert_eq!(
+        s.reserved.keys().copied().collect::<Vec<_>>(),
+        vec![job_id(3)]
+    );
+    assert_eq!((s.consumed_units(), s.reserved_units()), (1, 1));
+    // A snapshot's size does not grow with settled jobs.
+    let small = serde_json::to_string(&usage).unwrap().len();
+    for n in 10..60 {
+        h.push(reserved(n, None));
+        h.push(consumed(&h, n));
+    }
+    let later = serde_json::to_string(&Usage::replay(h.iter()))
+        .unwrap()
+        .len();
+    assert!(later <= small + 8, "{small} -> {later}");
+}
+
+#[test]
+fn a_snapshot_that_listed_consumed_jobs_reads_as_their_count() {
+    let mut h = vec![reserved(1, None), reserved(2, None), reserved(3, None)];
+    h.push(consumed(&h, 1));
+    h.push(consumed(&h, 2));
+    let usage = Usage::replay(h.iter());
+    let mut old = serde_json::to_value(&usage).unwrap();
+    // The shape snapshots had before the state kept counts.
+    old["state"]["consumed"] = serde_json::json!([job_id(1), job_id(2)]);
+    old["state"]["released"] = serde_json::json!([]);
+    let read: Usage = serde_json::from_value(old).unwrap();
+    assert_eq!(read, usage);
+    assert_eq!(read.state().unwrap().consumed_units(), 2);
 }
 
 #[test]

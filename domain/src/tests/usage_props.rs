@@ -53,6 +53,9 @@ struct World {
     usage_log: Vec<UsageEvent>,
     jobs: BTreeMap<u8, Job>,
     job_logs: BTreeMap<u8, Vec<JobEvent>>,
+    /// Jobs ever reserved: the store's unique key on a job's first event, committed with
+    /// its reservation, allows one reservation per job id.
+    ever_reserved: BTreeSet<u8>,
 }
 
 impl World {
@@ -86,14 +89,31 @@ impl World {
     fn run(&mut self, op: Op, limit: Option<u64>) {
         let a = |n: u8| Attempt::new(n.into()).unwrap();
         match op {
-            Op::Reserve(j) => self.usage_cmd(UsageCommand::Reserve(ReserveUnit {
-                job_id: job_id(j.into()),
-                user_id: user(),
-                period: period(),
-                plan: Plan::Free,
-                limit,
-                now: t0(),
-            })),
+            Op::Reserve(j) => {
+                let open = self
+                    .usage
+                    .state()
+                    .is_some_and(|s| s.reserved.contains_key(&job_id(j.into())));
+                // A redelivered reservation of a held unit is let through (a no-op);
+                // one of a settled job is what the store's unique key refuses.
+                if open || !self.ever_reserved.contains(&j) {
+                    self.usage_cmd(UsageCommand::Reserve(ReserveUnit {
+                        job_id: job_id(j.into()),
+                        user_id: user(),
+                        period: period(),
+                        plan: Plan::Free,
+                        limit,
+                        now: t0(),
+                    }));
+                    if self
+                        .usage
+                        .state()
+                        .is_some_and(|s| s.reserved.contains_key(&job_id(j.into())))
+                    {
+                        self.ever_reserved.insert(j);
+                    }
+                }
+            }
             Op::Submit(j) => {
                 // The command side submits only after its reservation held.
                 let held = self

@@ -8,7 +8,11 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{poison::Parked, reader::RecordedEvent, writer::Reply};
+use super::{
+    poison::Parked,
+    reader::RecordedEvent,
+    writer::{Failed, Queued},
+};
 
 /// A reservation the process manager has seen: job, ledger, when.
 pub type Pending = (Uuid, String, DateTime<Utc>);
@@ -75,8 +79,10 @@ pub trait EventLog: Send + Sync + 'static {
     async fn load_rows(&self, aggregate_type: &str, id: &str) -> Result<Rows, sqlx::Error>;
 
     /// Commits a batch of write units, answering each on its reply channel: all of a unit or
-    /// none of it; positions drawn in commit order.
-    async fn commit_batch(&self, batch: Vec<(super::WriteUnit, Reply)>);
+    /// none of it; positions drawn in commit order. A unit built on one in `failed` (or on
+    /// one of the batch that fails) fails too, and the tickets of every unit that did not
+    /// commit are added to `failed`.
+    async fn commit_batch(&self, batch: Vec<Queued>, failed: &mut Failed);
 
     /// Up to `limit` events after `position`, in global order.
     async fn read_from(&self, position: i64, limit: i64)

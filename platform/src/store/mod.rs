@@ -25,7 +25,7 @@ use serde_json::Value;
 pub use sqlite::Sqlite;
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Notify;
-pub use writer::{Append, CommitError, IdempotencyRecord, SnapshotWrite, WriteUnit};
+pub use writer::{Append, CommitError, Committing, IdempotencyRecord, SnapshotWrite, WriteUnit};
 
 use self::{cache::Cache, locks::KeyedLocks, writer::Writer};
 
@@ -57,6 +57,9 @@ pub struct Loaded<A> {
     /// Whether it came from this process's cache: a refusal decided on it is checked again
     /// on fresh state, since another process may have moved the aggregate on.
     pub cached: bool,
+    /// The queued unit whose events this state already includes, while that unit may not
+    /// be committed yet (pipelining; the writer fails what is built on a failed unit).
+    pub pending: Option<u64>,
 }
 
 /// Failures of the store itself, not refusals of the domain.
@@ -200,6 +203,7 @@ impl EventStore {
             sequence,
             snapshot_sequence,
             cached: false,
+            pending: None,
         })
     }
 
@@ -233,6 +237,8 @@ impl EventStore {
             sequence,
             snapshot_sequence: loaded.snapshot_sequence,
             cached: false,
+            // Set to this unit's ticket once it is queued.
+            pending: None,
         };
         let snapshot = if sequence - loaded.snapshot_sequence >= SNAPSHOT_EVERY {
             after.snapshot_sequence = sequence;
@@ -249,6 +255,7 @@ impl EventStore {
             aggregate_type: A::TYPE,
             aggregate_id: id.to_owned(),
             expected_sequence: loaded.sequence,
+            base: loaded.pending,
             events: stored,
         };
         Ok((append, snapshot, after))
@@ -259,14 +266,31 @@ impl EventStore {
     /// # Errors
     /// [`CommitError`].
     pub async fn commit(&self, unit: WriteUnit) -> Result<(), CommitError> {
-        if !crate::telemetry::exporting() {
-            return self.writer.commit(unit).await;
-        }
-        let span = append_span(&unit);
-        self.writer.commit(unit).instrument(span).await
+        self.enqueue(unit)?.1.await
     }
 
-    /// Caches the state after a successful commit.
+    /// Puts `unit` in the group committer's queue and returns its ticket and its commit, to
+    /// be awaited after the aggregates' locks are let go: call it holding them, and remember
+    /// each state after the unit with `pending` set to the ticket, so the next command on
+    /// those aggregates decides at once instead of waiting for this one's fsync. Answer the
+    /// caller only once the commit is done.
+    ///
+    /// # Errors
+    /// [`CommitError::Stopped`] when the writer is gone.
+    pub fn enqueue(
+        &self,
+        unit: WriteUnit,
+    ) -> Result<(u64, tracing::instrument::Instrumented<Committing>), CommitError> {
+        let span = if crate::telemetry::exporting() {
+            append_span(&unit)
+        } else {
+            tracing::Span::none()
+        };
+        let (ticket, committing) = self.writer.enqueue(unit)?;
+        Ok((ticket, committing.instrument(span)))
+    }
+
+    /// Caches the state after a commit, or after a queued unit (its `pending` set).
     pub fn remember<A: StoredAggregate>(&self, id: &str, loaded: Loaded<A>) {
         self.cache.put(A::TYPE, id, loaded);
     }
@@ -274,6 +298,27 @@ impl EventStore {
     /// Drops a cached state after a conflict showed it stale.
     pub fn forget(&self, aggregate_type: &'static str, id: &str) {
         self.cache.remove(aggregate_type, id);
+    }
+
+    /// Before a state is read again from the database: waits until the units it was built
+    /// on are settled, so the database holds them (or they failed).
+    ///
+    /// # Errors
+    /// [`StoreError::WriterStopped`].
+    pub async fn settle<A>(&self, loaded: &Loaded<A>) -> Result<(), StoreError> {
+        if loaded.pending.is_some() {
+            // The queue commits in order: an empty unit is answered after every unit before it.
+            self.commit(WriteUnit::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// After a unit failed: drops the cached state of its aggregate, which may have been
+    /// built on it, under the aggregate's lock so no command is deciding on it meanwhile.
+    /// Units already queued on top of it fail in the writer.
+    pub async fn forget_after_failure(&self, aggregate_type: &'static str, id: &str) {
+        let _guard = self.lock(aggregate_type, id).await;
+        self.forget(aggregate_type, id);
     }
 
     /// Executes `command` on one aggregate: load, decide, append; retried with jittered
@@ -319,45 +364,59 @@ impl EventStore {
         A: StoredAggregate,
         <A as Decider>::Command: Clone,
     {
-        let _guard = self.lock(A::TYPE, id).await;
         for attempt in 0..MAX_ATTEMPTS {
-            let loaded = self.load::<A>(id).await?;
-            let decided = check(&loaded.state).and_then(|()| loaded.state.decide(command.clone()));
-            let events = match decided {
-                Ok(events) if !events.is_empty() => events,
-                // A refusal or no-op on cached state is only believed on fresh state.
-                _ if loaded.cached => continue,
-                Ok(events) => {
-                    let v = view(&loaded.state);
-                    self.remember(id, loaded);
-                    return Ok(Ok(Executed { events, view: v }));
+            // Decided and queued under the aggregate's lock; the commit is awaited after it,
+            // so the next command on the aggregate builds on this one (pipelining).
+            let (events, v, committing) = {
+                let _guard = self.lock(A::TYPE, id).await;
+                let loaded = self.load::<A>(id).await?;
+                let decided =
+                    check(&loaded.state).and_then(|()| loaded.state.decide(command.clone()));
+                let events = match decided {
+                    Ok(events) if !events.is_empty() => events,
+                    // A refusal or no-op on cached state is only believed on fresh state.
+                    _ if loaded.cached => {
+                        self.settle(&loaded).await?;
+                        continue;
+                    }
+                    Ok(events) => {
+                        let v = view(&loaded.state);
+                        self.remember(id, loaded);
+                        return Ok(Ok(Executed { events, view: v }));
+                    }
+                    Err(e) => {
+                        self.remember(id, loaded);
+                        return Ok(Err(e));
+                    }
+                };
+                let meta = metadata(&loaded.state);
+                let (append, snapshot, mut after) = Self::prepare(id, loaded, &events, &meta)
+                    .map_err(|source| StoreError::Decode {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: id.to_owned(),
+                        source,
+                    })?;
+                let unit = WriteUnit {
+                    appends: vec![append],
+                    snapshots: snapshot.into_iter().collect(),
+                    idempotency: None,
+                };
+                let (ticket, committing) = self.enqueue(unit)?;
+                let v = view(&after.state);
+                after.pending = Some(ticket);
+                self.remember(id, after);
+                (events, v, committing)
+            };
+            match committing.await {
+                Ok(()) => return Ok(Ok(Executed { events, view: v })),
+                Err(CommitError::Conflict) => {
+                    self.forget_after_failure(A::TYPE, id).await;
+                    backoff(attempt).await;
                 }
                 Err(e) => {
-                    self.remember(id, loaded);
-                    return Ok(Err(e));
+                    self.forget_after_failure(A::TYPE, id).await;
+                    return Err(e.into());
                 }
-            };
-            let meta = metadata(&loaded.state);
-            let (append, snapshot, after) =
-                Self::prepare(id, loaded, &events, &meta).map_err(|source| StoreError::Decode {
-                    aggregate_type: A::TYPE,
-                    aggregate_id: id.to_owned(),
-                    source,
-                })?;
-            let unit = WriteUnit {
-                appends: vec![append],
-                snapshots: snapshot.into_iter().collect(),
-                idempotency: None,
-            };
-            match self.commit(unit).await {
-                Ok(()) => {
-                    let v = view(&after.state);
-                    self.remember(id, after);
-                    return Ok(Ok(Executed { events, view: v }));
-                }
-                // The evolved state is dropped: the next load reads the store.
-                Err(CommitError::Conflict) => backoff(attempt).await,
-                Err(e) => return Err(e.into()),
             }
         }
         Err(StoreError::Contention(format!("{}/{id}", A::TYPE)))

@@ -8,11 +8,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    WriteUnit,
     log::{EventLog, LiveJob, Progress, Rows},
     poison::{self, Parked},
     reader::{self, RecordedEvent},
-    writer::{self, Reply},
+    writer::{self, Failed, Queued},
 };
 
 /// The event log on a Postgres pool.
@@ -46,8 +45,8 @@ impl EventLog for Postgres {
         Ok((snapshot, rows))
     }
 
-    async fn commit_batch(&self, batch: Vec<(WriteUnit, Reply)>) {
-        writer::commit_batch(&self.0, batch).await;
+    async fn commit_batch(&self, batch: Vec<Queued>, failed: &mut Failed) {
+        writer::commit_batch(&self.0, batch, failed).await;
     }
 
     async fn read_from(

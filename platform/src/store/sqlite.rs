@@ -14,7 +14,7 @@ use super::{
     log::{EventLog, LiveJob, Progress, Rows},
     poison::Parked,
     reader::RecordedEvent,
-    writer::{CommitError, Reply, WriteUnit},
+    writer::{CommitError, Failed, Queued, WriteUnit},
 };
 
 /// The event log on a SQLite pool.
@@ -26,8 +26,8 @@ impl EventLog for Sqlite {
         load_rows(&self.0, aggregate_type, id).await
     }
 
-    async fn commit_batch(&self, batch: Vec<(WriteUnit, Reply)>) {
-        commit_batch(&self.0, batch).await;
+    async fn commit_batch(&self, batch: Vec<Queued>, failed: &mut Failed) {
+        commit_batch(&self.0, batch, failed).await;
     }
 
     async fn read_from(
@@ -397,26 +397,37 @@ async fn load_rows(pool: &SqlitePool, aggregate_type: &str, id: &str) -> Result<
 /// Commits `batch` in one transaction. A refused unit (conflict, duplicate key) is rare in
 /// one process: the transaction is then rolled back and redone without it, which spares every
 /// unit a savepoint's three round trips to the database thread.
-async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
-    let (mut units, mut replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
-    while !units.is_empty() {
+async fn commit_batch(pool: &SqlitePool, mut batch: Vec<Queued>, failed: &mut Failed) {
+    loop {
+        // SQLite writes a batch's units one after the other, so a chain needs no split.
+        failed.cascade(&mut batch);
+        if batch.is_empty() {
+            return;
+        }
+        let units: Vec<&WriteUnit> = batch.iter().map(|q| &q.unit).collect();
         match try_commit(pool, &units).await {
             Ok(None) => {
                 metrics::counter!("runledger_commands_committed_total")
-                    .increment(units.len() as u64);
-                for r in replies.drain(..) {
-                    let _ = r.send(Ok(()));
+                    .increment(batch.len() as u64);
+                for q in batch.drain(..) {
+                    let _ = q.reply.send(Ok(()));
                 }
                 return;
             }
             Ok(Some((index, refusal))) => {
                 metrics::counter!("runledger_command_conflicts_total").increment(1);
-                units.remove(index);
-                let _ = replies.remove(index).send(Err(refusal));
+                let q = batch.remove(index);
+                failed.insert(q.ticket);
+                let _ = q.reply.send(Err(refusal));
             }
             Err(e) => {
                 // SQLite answers COMMIT itself: an error means it rolled back.
-                super::writer::fail_all(super::writer::Failure::before_commit(&e), &e, replies);
+                super::writer::fail_all(
+                    super::writer::Failure::before_commit(&e),
+                    &e,
+                    batch,
+                    failed,
+                );
                 return;
             }
         }
@@ -426,7 +437,7 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<(WriteUnit, Reply)>) {
 /// Commits every unit, or nothing and the first refused unit.
 async fn try_commit(
     pool: &SqlitePool,
-    units: &[WriteUnit],
+    units: &[&WriteUnit],
 ) -> Result<Option<(usize, CommitError)>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let result = try_commit_on(&mut conn, units).await;
@@ -441,7 +452,7 @@ async fn try_commit(
 
 async fn try_commit_on(
     conn: &mut sqlx::pool::PoolConnection<Driver>,
-    units: &[WriteUnit],
+    units: &[&WriteUnit],
 ) -> Result<Option<(usize, CommitError)>, sqlx::Error> {
     // The first write takes SQLite's write lock, held to commit.
     let mut tx = sqlx::Connection::begin(&mut **conn).await?;

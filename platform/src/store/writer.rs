@@ -2,8 +2,20 @@
 //! log to commit in one transaction, so N concurrent commands cost one durable commit, not N.
 //! Each unit stays all-or-nothing: a unit that conflicts is taken out and the rest committed
 //! without it. The Postgres batch commit is here; SQLite's is in `sqlite`.
+//!
+//! Decisions are pipelined: a command may decide on a state that includes units still in the
+//! queue (its appends name that unit as their `base`). Units are committed in queue order, so
+//! a base is always settled first; when it failed, every unit built on it fails too, as a
+//! conflict, and never leaves a gap in an aggregate's sequence (ADR 0014).
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -33,6 +45,9 @@ pub struct Append {
     pub aggregate_id: String,
     /// The sequence of the last event the decision saw.
     pub expected_sequence: i64,
+    /// The queued unit whose events the decision's state already included, if that unit was
+    /// not yet known to be committed.
+    pub base: Option<u64>,
     pub(super) events: Vec<NewEvent>,
 }
 
@@ -100,32 +115,120 @@ pub enum CommitError {
 
 pub(super) type Reply = oneshot::Sender<Result<(), CommitError>>;
 
+/// A unit in the writer's queue: its ticket (the order it was enqueued in) and where to answer.
+pub struct Queued {
+    pub(super) ticket: u64,
+    pub(super) unit: WriteUnit,
+    pub(super) reply: Reply,
+}
+
+/// The tickets of recent units that did not commit, so units built on them fail too. A unit
+/// names only its direct base, and a failed chain's newest link is always recent, so a
+/// bounded memory is enough.
+#[derive(Default)]
+pub struct Failed {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+/// Failed tickets remembered at most.
+const FAILED_KEPT: usize = 65_536;
+
+impl Failed {
+    pub(super) fn insert(&mut self, ticket: u64) {
+        if self.set.insert(ticket) {
+            self.order.push_back(ticket);
+            if self.order.len() > FAILED_KEPT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, ticket: u64) -> bool {
+        self.set.contains(&ticket)
+    }
+
+    /// Answers, as conflicts, the units built on a failed unit (in queue order, so chains
+    /// fail link by link) and takes them out.
+    pub(super) fn cascade(&mut self, queued: &mut Vec<Queued>) {
+        let mut i = 0;
+        while i < queued.len() {
+            let broken = queued[i]
+                .unit
+                .appends
+                .iter()
+                .any(|a| a.base.is_some_and(|b| self.contains(b)));
+            if broken {
+                let q = queued.remove(i);
+                self.insert(q.ticket);
+                metrics::counter!("runledger_command_conflicts_total").increment(1);
+                let _ = q.reply.send(Err(CommitError::Conflict));
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// A unit's commit, once it is in the queue.
+pub struct Committing {
+    answer: oneshot::Receiver<Result<(), CommitError>>,
+}
+
+impl Future for Committing {
+    type Output = Result<(), CommitError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|r| r.map_err(|_| CommitError::Stopped).and_then(|r| r))
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct Writer {
-    tx: mpsc::UnboundedSender<(WriteUnit, Reply)>,
+    tx: mpsc::UnboundedSender<Queued>,
+    next: Arc<AtomicU64>,
 }
 
 impl Writer {
     pub(super) fn start(log: Arc<dyn EventLog>, appended: Arc<Notify>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(log, rx, appended));
-        Self { tx }
+        Self {
+            tx,
+            next: Arc::new(AtomicU64::new(1)),
+        }
     }
 
-    pub(super) async fn commit(&self, unit: WriteUnit) -> Result<(), CommitError> {
+    /// Puts `unit` in the queue; returns its ticket and its commit to await.
+    pub(super) fn enqueue(&self, unit: WriteUnit) -> Result<(u64, Committing), CommitError> {
         let (reply, answer) = oneshot::channel();
+        // Taken and sent under no lock: the caller holds its aggregates' locks, which is what
+        // orders units that build on each other.
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         self.tx
-            .send((unit, reply))
+            .send(Queued {
+                ticket,
+                unit,
+                reply,
+            })
             .map_err(|_| CommitError::Stopped)?;
-        answer.await.map_err(|_| CommitError::Stopped)?
+        Ok((ticket, Committing { answer }))
     }
 }
 
 async fn run(
     log: Arc<dyn EventLog>,
-    mut rx: mpsc::UnboundedReceiver<(WriteUnit, Reply)>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     appended: Arc<Notify>,
 ) {
+    let mut failed = Failed::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -134,9 +237,45 @@ async fn run(
                 Err(_) => break,
             }
         }
-        log.commit_batch(batch).await;
+        failed.cascade(&mut batch);
+        if !batch.is_empty() {
+            log.commit_batch(batch, &mut failed).await;
+        }
         appended.notify_waiters();
     }
+}
+
+/// Splits `queued` into what can commit in one transaction and what must wait for it: a unit
+/// that touches an aggregate an earlier unit of the batch touches joins only when it is built
+/// on that unit (its sequences follow on); otherwise their sequences would collide.
+pub(super) fn split_chains(queued: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
+    type Key = (&'static str, String);
+    let mut last: HashMap<Key, u64> = HashMap::new();
+    // Aggregates of units that wait: whatever touches them waits too, to keep queue order.
+    let mut waiting: HashSet<Key> = HashSet::new();
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for q in queued {
+        let keys: Vec<Key> = q
+            .unit
+            .appends
+            .iter()
+            .map(|a| (a.aggregate_type, a.aggregate_id.clone()))
+            .collect();
+        let joins =
+            q.unit.appends.iter().zip(&keys).all(|(a, k)| {
+                !waiting.contains(k) && last.get(k).is_none_or(|t| a.base == Some(*t))
+            });
+        if joins {
+            for k in keys {
+                last.insert(k, q.ticket);
+            }
+            now.push(q);
+        } else {
+            waiting.extend(keys);
+            later.push(q);
+        }
+    }
+    (now, later)
 }
 
 /// Answers every unit of a batch the database failed: nothing of it was committed.
@@ -178,7 +317,16 @@ fn is_disk_full(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "13" || c == "53100")
 }
 
-pub(super) fn fail_all(failure: Failure, e: &sqlx::Error, replies: Vec<Reply>) {
+pub(super) fn fail_all(
+    failure: Failure,
+    e: &sqlx::Error,
+    queued: Vec<Queued>,
+    failed: &mut Failed,
+) {
+    for q in &queued {
+        failed.insert(q.ticket);
+    }
+    let replies: Vec<Reply> = queued.into_iter().map(|q| q.reply).collect();
     match failure {
         Failure::DiskFull => {
             tracing::error!(message = "Event batch failed: disk full; nothing was saved.", error = %e, units = replies.len());
@@ -210,37 +358,20 @@ fn before_commit(e: sqlx::Error) -> Refusal {
     Refusal::Database(Failure::before_commit(&e), e)
 }
 
-pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) {
-    let (mut units, mut replies): (Vec<WriteUnit>, Vec<Reply>) = batch.into_iter().unzip();
-    // Units that touch an aggregate an earlier unit of the batch touches wait for the next
-    // batch: within one, their sequences would collide.
-    let mut seen = HashSet::new();
-    let mut deferred = Vec::new();
-    let mut i = 0;
-    while i < units.len() {
-        let keys: Vec<_> = units[i]
-            .appends
-            .iter()
-            .map(|a| (a.aggregate_type, a.aggregate_id.clone()))
-            .collect();
-        if keys.iter().any(|k| seen.contains(k)) {
-            deferred.push((units.remove(i), replies.remove(i)));
-        } else {
-            seen.extend(keys);
-            i += 1;
-        }
-    }
+pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<Queued>, failed: &mut Failed) {
+    let (mut now, later) = split_chains(batch);
     loop {
-        if units.is_empty() {
+        failed.cascade(&mut now);
+        if now.is_empty() {
             break;
         }
+        let units: Vec<&WriteUnit> = now.iter().map(|q| &q.unit).collect();
         match try_commit(pool, &units).await {
             Ok(()) => {
-                metrics::counter!("runledger_commands_committed_total")
-                    .increment(units.len() as u64);
-                metrics::histogram!("runledger_commit_batch_units").record(units.len() as f64);
-                for r in replies.drain(..) {
-                    let _ = r.send(Ok(()));
+                metrics::counter!("runledger_commands_committed_total").increment(now.len() as u64);
+                metrics::histogram!("runledger_commit_batch_units").record(now.len() as f64);
+                for q in now.drain(..) {
+                    let _ = q.reply.send(Ok(()));
                 }
                 break;
             }
@@ -248,22 +379,23 @@ pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<(WriteUnit, Reply)>) 
                 metrics::counter!("runledger_command_conflicts_total")
                     .increment(refused.len() as u64);
                 for (idx, err) in refused.into_iter().rev() {
-                    units.remove(idx);
-                    let _ = replies.remove(idx).send(Err(err));
+                    let q = now.remove(idx);
+                    failed.insert(q.ticket);
+                    let _ = q.reply.send(Err(err));
                 }
             }
             Err(Refusal::Database(failure, e)) => {
-                fail_all(failure, &e, replies);
+                fail_all(failure, &e, now, failed);
                 break;
             }
         }
     }
-    for (unit, reply) in deferred {
-        Box::pin(commit_batch(pool, vec![(unit, reply)])).await;
+    if !later.is_empty() {
+        Box::pin(commit_batch(pool, later, failed)).await;
     }
 }
 
-async fn try_commit(pool: &PgPool, units: &[WriteUnit]) -> Result<(), Refusal> {
+async fn try_commit(pool: &PgPool, units: &[&WriteUnit]) -> Result<(), Refusal> {
     let mut tx = pool.begin().await.map_err(before_commit)?;
     let duplicates = insert_idempotency(&mut tx, units)
         .await
@@ -299,7 +431,7 @@ async fn try_commit(pool: &PgPool, units: &[WriteUnit]) -> Result<(), Refusal> {
 /// Inserts the idempotency records; returns the indexes of units whose key already exists.
 async fn insert_idempotency(
     tx: &mut Transaction<'_, Postgres>,
-    units: &[WriteUnit],
+    units: &[&WriteUnit],
 ) -> Result<Vec<usize>, sqlx::Error> {
     let records: Vec<(usize, &IdempotencyRecord)> = units
         .iter()
@@ -343,9 +475,20 @@ async fn insert_idempotency(
 
 async fn write_snapshots(
     tx: &mut Transaction<'_, Postgres>,
-    units: &[WriteUnit],
+    units: &[&WriteUnit],
 ) -> Result<(), sqlx::Error> {
-    let snaps: Vec<&SnapshotWrite> = units.iter().flat_map(|u| &u.snapshots).collect();
+    // One row per aggregate, the latest: a chain of units may each bring one, and one
+    // statement may not update a row twice.
+    let mut latest: HashMap<(&str, &str), &SnapshotWrite> = HashMap::new();
+    for s in units.iter().flat_map(|u| &u.snapshots) {
+        let e = latest
+            .entry((s.aggregate_type, s.aggregate_id.as_str()))
+            .or_insert(s);
+        if s.last_sequence > e.last_sequence {
+            *e = s;
+        }
+    }
+    let snaps: Vec<&SnapshotWrite> = latest.into_values().collect();
     if snaps.is_empty() {
         return Ok(());
     }
@@ -373,7 +516,7 @@ async fn write_snapshots(
 /// Inserts every event in unit order; returns the indexes of units with a taken sequence.
 async fn insert_events(
     tx: &mut Transaction<'_, Postgres>,
-    units: &[WriteUnit],
+    units: &[&WriteUnit],
 ) -> Result<Vec<usize>, sqlx::Error> {
     let mut owner = Vec::new();
     let (mut types, mut ids, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
@@ -449,7 +592,14 @@ mod tests {
             (Failure::DiskFull, "the event store's disk is full"),
         ] {
             let (tx, rx) = oneshot::channel();
-            fail_all(failure, &sqlx::Error::PoolClosed, vec![tx]);
+            let queued = Queued {
+                ticket: 7,
+                unit: WriteUnit::default(),
+                reply: tx,
+            };
+            let mut failed = Failed::default();
+            fail_all(failure, &sqlx::Error::PoolClosed, vec![queued], &mut failed);
+            assert!(failed.contains(7));
             let got = rx.blocking_recv().unwrap().unwrap_err();
             assert_eq!(got.to_string(), expected);
         }

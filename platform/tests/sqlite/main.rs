@@ -176,6 +176,7 @@ async fn a_refused_unit_commits_nothing_of_itself() {
             sequence: 0,
             snapshot_sequence: 0,
             cached: false,
+            pending: None,
         };
         let events = Usage::default().decide(reserve(user, n)).unwrap();
         let (append, _, _) = EventStore::prepare(&id, loaded, &events, &Metadata::new()).unwrap();
@@ -294,4 +295,13 @@ async fn sqlite_es_appends_take_global_positions() {
         .await
         .unwrap();
     assert_eq!(loaded.state.plan_at(now), Plan::Pro);
+}
+
+/// A chain of queued units whose first fails: the rest fail too, and no gap is left.
+#[tokio::test]
+async fn a_failed_unit_fails_the_units_built_on_it() {
+    let dir = TempDir::new();
+    let pool = open(&dir).await;
+    platform::testing::a_failed_unit_fails_the_units_built_on_it(&store(&pool), &store(&pool))
+        .await;
 }

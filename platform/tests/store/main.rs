@@ -335,3 +335,55 @@ async fn a_stale_reader_cannot_move_its_checkpoint_back_or_write_its_progress() 
         assert_eq!(store.checkpoint("pm").await.unwrap(), 60);
     }
 }
+
+/// A chain of queued units whose first fails: the rest fail too, and no gap is left.
+#[tokio::test]
+async fn a_failed_unit_fails_the_units_built_on_it() {
+    let db = TestDb::create().await;
+    let (first, second) = (
+        EventStore::new(db.pool.clone()),
+        EventStore::new(db.pool.clone()),
+    );
+    platform::testing::a_failed_unit_fails_the_units_built_on_it(&first, &second).await;
+}
+
+/// Commands on one aggregate decide while the ones before them are still committing, so
+/// they share transactions: one ledger's 200 concurrent reservations take far fewer than
+/// 200 commits, and its sequence is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_aggregate_pipelines_its_commands() {
+    let db = TestDb::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let user = UserId::from_uuid(uuid::Uuid::new_v4());
+    let id = usage_id(user);
+    let tasks: Vec<_> = (0..200u128)
+        .map(|n| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move {
+                store
+                    .execute::<Usage>(&id, reserve(user, n), &Metadata::new())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (count, max, transactions): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), max(sequence), count(DISTINCT xmin::text) FROM events \
+          WHERE aggregate_type = 'usage' AND aggregate_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((count, max), (200, 200));
+    assert!(
+        transactions <= 100,
+        "{transactions} transactions for 200 commands"
+    );
+    let state = store.load_fresh::<Usage>(&id).await.unwrap().state;
+    assert_eq!(state.state().unwrap().reserved_units(), 200);
+}

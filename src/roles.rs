@@ -101,7 +101,7 @@ pub async fn projections(s: Settings, migrate: bool) -> anyhow::Result<ExitCode>
 pub async fn rebuild(s: Settings, projection: Projection) -> anyhow::Result<ExitCode> {
     schema(&s, false).await?;
     let pool = pool(&s).await?;
-    let head = platform::store::reader::head(&pool).await?;
+    let head = eventstore::reader::head(&pool).await?;
     let mut shown = 0;
     let done = projections::rebuild::rebuild(&pool, projection, |p| {
         let pct = if head > 0 { p * 100 / head } else { 100 };
@@ -135,7 +135,7 @@ pub async fn relay(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
     metrics_endpoint(&s, &shutdown).await?;
     tracing::info!(message = "Relay running.");
     projections::relay::run(
-        platform::store::EventStore::new(pool),
+        eventstore::EventStore::new(pool),
         client,
         s.nats_prefix.clone(),
         shutdown,
@@ -164,7 +164,7 @@ pub async fn dispatcher(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> 
     let shutdown = platform::shutdown::on_signal();
     metrics_endpoint(&s, &shutdown).await?;
     let dispatcher = workers::dispatcher::Dispatcher::new(
-        platform::store::EventStore::new(pool),
+        eventstore::EventStore::new(pool),
         workers::queue::RedisQueue { conn: redis },
         domain::task::NamespaceMap::default(),
     )

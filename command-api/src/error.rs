@@ -9,7 +9,8 @@ use domain::{
     job::{ConflictKind, JobError},
     usage::UsageError,
 };
-use platform::{problem::Problem, store::StoreError};
+use platform::{problem::Problem};
+use eventstore::StoreError;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]

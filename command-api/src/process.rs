@@ -14,7 +14,7 @@ use domain::{
     process::usage_reaction,
     usage::{ReleaseReason, ReleaseUnit, Usage, UsageCommand, UsageError, UsageEvent},
 };
-use platform::store::{
+use eventstore::{
     EventStore, LiveJob, Metadata, Progress, StoreError,
     poison::{self, Decoded},
     reader::RecordedEvent,

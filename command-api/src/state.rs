@@ -2,11 +2,8 @@
 
 use std::sync::Arc;
 
-use platform::{
-    auth::{Authenticator, HasAuthenticator},
-    settings::Settings,
-    store::EventStore,
-};
+use platform::{auth::{Authenticator, HasAuthenticator}, settings::Settings};
+use eventstore::EventStore;
 
 /// The router state.
 #[derive(Clone)]

@@ -16,7 +16,8 @@ use std::{
     time::Instant,
 };
 
-use platform::{store::reader::RecordedEvent, telemetry};
+use platform::{telemetry};
+use eventstore::reader::RecordedEvent;
 
 const SPANS: usize = 200_000;
 /// Bytes of OTLP the sink received: a span the exporter dropped (its queue full) would show.

@@ -12,7 +12,9 @@ use axum::{
 use bytes::Bytes;
 use domain::task::TaskCatalog;
 
-use crate::{problem::Problem, store::EventStore};
+use eventstore::EventStore;
+
+use crate::problem::Problem;
 
 /// Adds the operational routes, the fallbacks and the metrics layer to `router`; the
 /// OpenAPI document names the task types of `catalog`.

@@ -1,5 +1,5 @@
 //! What every runledger role shares and no business rule: typed settings, telemetry, JWT
-//! auth, the Postgres and SQLite pools and migrations, the event store with its global order,
+//! auth, the Postgres and SQLite pools and migrations (the event store is the `eventstore` crate),
 //! the in-memory read-model tables, change notices, the problem+json error type, and graceful
 //! shutdown.
 
@@ -13,7 +13,6 @@ pub mod notice;
 pub mod problem;
 pub mod settings;
 pub mod shutdown;
-pub mod store;
 #[cfg(feature = "testing")]
 pub mod stripe_fake;
 pub mod telemetry;

@@ -89,6 +89,7 @@ where
         return None;
     }
     EXPORTING.store(true, Ordering::Relaxed);
+    eventstore::trace::set_exporting(true);
     // Only spans, only runledger's own: log events stay out of the traces (a span event per
     // log line would cost on every request), and so do the libraries' spans.
     let spans = tracing_subscriber::filter::filter_fn(|m| {
@@ -155,7 +156,7 @@ pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
 /// carries one, so the hot loops create no span otherwise.
 pub fn event_span(
     step: &'static str,
-    event: &crate::store::reader::RecordedEvent,
+    event: &eventstore::reader::RecordedEvent,
 ) -> Option<tracing::Span> {
     // The job's own events make its path through a role; a usage event's span there would
     // double the spans per job and show nothing new (its append is in the trace already).
@@ -174,15 +175,6 @@ pub fn event_span(
     );
     continue_from(&span, Some(tp));
     Some(span)
-}
-
-/// The `job_id` of a usage event's payload (`{"UnitReserved":{"job_id":…}}`).
-pub(crate) fn job_in(payload: &str) -> Option<String> {
-    // Found in the text: usage events name their job first, and this runs per event.
-    const KEY: &str = r#""job_id":""#;
-    let at = payload.find(KEY)? + KEY.len();
-    let id = payload.get(at..at + 36)?;
-    uuid::Uuid::parse_str(id).ok().map(|_| id.to_owned())
 }
 
 /// Where the SDK's W3C propagator writes a span's `traceparent` (no map per call).

@@ -420,8 +420,8 @@ impl Drop for RedisCluster {
 /// When the store breaks the rule: this is a test.
 #[allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
 pub async fn a_failed_unit_fails_the_units_built_on_it(
-    first: &crate::store::EventStore,
-    second: &crate::store::EventStore,
+    first: &eventstore::EventStore,
+    second: &eventstore::EventStore,
 ) {
     use chrono::Utc;
     use domain::{
@@ -432,7 +432,7 @@ pub async fn a_failed_unit_fails_the_units_built_on_it(
         usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
     };
 
-    use crate::store::{CommitError, EventStore, IdempotencyRecord, Loaded, Metadata, WriteUnit};
+    use eventstore::{CommitError, EventStore, IdempotencyRecord, Loaded, Metadata, WriteUnit};
 
     let user = UserId::from_uuid(uuid::Uuid::new_v4());
     let now = Utc::now();

@@ -5,11 +5,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::job::JobEvent;
-use platform::{
-    notice::{JobChange, Notice},
-    store::reader::RecordedEvent,
-    views::JobView as JobRow,
-};
+use platform::{notice::{JobChange, Notice}, views::JobView as JobRow};
+use eventstore::reader::RecordedEvent;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -411,8 +408,8 @@ pub async fn trim(pool: &sqlx::PgPool, keep: std::time::Duration) -> Result<u64,
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let before = platform::store::reader::checkpoint(&mut *tx, TRIMMED).await?;
-    platform::store::reader::save_checkpoint(&mut *tx, TRIMMED, before.max(cut)).await?;
+    let before = eventstore::reader::checkpoint(&mut *tx, TRIMMED).await?;
+    eventstore::reader::save_checkpoint(&mut *tx, TRIMMED, before.max(cut)).await?;
     tx.commit().await?;
     Ok(gone)
 }

@@ -5,11 +5,8 @@
 use std::{sync::Arc, time::Duration};
 
 use domain::subscription::SubscriptionEvent;
-use platform::{
-    notice::{Notice, NoticeBus},
-    store::{EventStore, reader::RecordedEvent},
-    views::{MemoryViews, SubscriptionView, Tables, UsageView},
-};
+use platform::{notice::{Notice, NoticeBus}, views::{MemoryViews, SubscriptionView, Tables, UsageView}};
+use eventstore::{EventStore, reader::RecordedEvent};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -221,7 +218,7 @@ async fn next_batch(
         return Ok((0, vec![]));
     };
     let count = read.len();
-    let (events, poison) = platform::store::poison::split_raw(CONSUMER, read);
+    let (events, poison) = eventstore::poison::split_raw(CONSUMER, read);
     store.park(CONSUMER, &poison).await?;
     Ok((count, apply(views, &events, last)?))
 }

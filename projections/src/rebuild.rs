@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use platform::store::{
+use eventstore::{
     poison,
     reader::{read_from, save_checkpoint},
 };
@@ -82,7 +82,7 @@ async fn indexes(
 async fn timed_read(
     pool: PgPool,
     after: i64,
-) -> Result<(Vec<platform::store::reader::RecordedEvent>, Duration), sqlx::Error> {
+) -> Result<(Vec<eventstore::reader::RecordedEvent>, Duration), sqlx::Error> {
     let t = Instant::now();
     let batch = read_from(&pool, after, BATCH).await?;
     Ok((batch, t.elapsed()))

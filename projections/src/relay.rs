@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
-use platform::store::{EventStore, reader::RecordedEvent};
+use eventstore::{EventStore, reader::RecordedEvent};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -47,7 +47,7 @@ enum RelayError {
     #[error("nats: {0}")]
     Nats(String),
     #[error(transparent)]
-    Store(#[from] platform::store::StoreError),
+    Store(#[from] eventstore::StoreError),
 }
 
 /// Publishes one batch after the checkpoint; returns how many events (0: caught up).

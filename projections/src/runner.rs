@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use platform::{
-    notice::NoticeBus,
-    store::{
-        poison,
-        reader::{checkpoint, head, read_from, save_checkpoint},
-    },
+use eventstore::{
+    poison,
+    reader::{checkpoint, head, read_from, save_checkpoint},
 };
+use platform::notice::NoticeBus;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

@@ -1,7 +1,7 @@
 //! Projection `subscriptions`: each user's paid subscription, if any.
 
 use domain::subscription::{SubscriptionEvent, SubscriptionStatus};
-use platform::store::reader::RecordedEvent;
+use eventstore::reader::RecordedEvent;
 use sqlx::PgConnection;
 
 use crate::ProjectionError;

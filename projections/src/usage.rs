@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use domain::usage::UsageEvent;
-use platform::store::reader::RecordedEvent;
+use eventstore::reader::RecordedEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

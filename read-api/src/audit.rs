@@ -15,11 +15,8 @@ use domain::{
     period::BillingPeriod,
     usage::UsageKey,
 };
-use platform::{
-    auth::{Principal, Role},
-    problem::Problem,
-    store::EventStore,
-};
+use platform::{auth::{Principal, Role}, problem::Problem};
+use eventstore::EventStore;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

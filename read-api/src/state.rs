@@ -2,13 +2,8 @@
 
 use std::sync::Arc;
 
-use platform::{
-    artifacts::ArtifactStore,
-    auth::{Authenticator, HasAuthenticator, Principal, Role},
-    problem::Problem,
-    settings::Settings,
-    store::EventStore,
-};
+use platform::{artifacts::ArtifactStore, auth::{Authenticator, HasAuthenticator, Principal, Role}, problem::Problem, settings::Settings};
+use eventstore::EventStore;
 
 use crate::{stream::Hub, views::ReadModels};
 

@@ -68,7 +68,7 @@ const USAGE_COLUMNS: &str =
 #[async_trait]
 impl ReadModels for PgViews {
     async fn trimmed_through(&self) -> Result<i64, sqlx::Error> {
-        platform::store::reader::checkpoint(&self.0, "job_changes_trimmed").await
+        eventstore::reader::checkpoint(&self.0, "job_changes_trimmed").await
     }
 
     async fn job(&self, user: Uuid, id: Uuid) -> Result<Option<JobView>, sqlx::Error> {

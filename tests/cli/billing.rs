@@ -12,7 +12,8 @@ use domain::{
     subscription::{LinkCustomer, Subscription, SubscriptionCommand},
     usage::{CommitUnit, ReserveUnit, Usage, UsageCommand, UsageKey},
 };
-use platform::{store::EventStore, stripe_fake::FakeStripe};
+use platform::{stripe_fake::FakeStripe};
+use eventstore::EventStore;
 use serde_json::Value;
 
 use super::{runledger, stderr};

@@ -350,7 +350,7 @@ async fn consumed(stack: &Stack) -> HashMap<String, i64> {
 async fn caught_up(stack: &Stack) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let head = platform::store::reader::head(&stack.db.pool).await.unwrap();
+        let head = eventstore::reader::head(&stack.db.pool).await.unwrap();
         let (min,): (Option<i64>,) = sqlx::query_as(
             "SELECT min(position) FROM checkpoints WHERE name IN ('jobs', 'usage', 'relay')",
         )

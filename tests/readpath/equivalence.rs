@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
-use platform::{store::EventStore, views::MemoryViews};
+use platform::{views::MemoryViews};
+use eventstore::EventStore;
 use read_api::{PgViews, ReadModels};
 use serde_json::json;
 

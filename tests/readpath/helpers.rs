@@ -125,7 +125,7 @@ impl Stack {
     pub async fn start_relay(&mut self) {
         let client = platform::nats::connect(&self.nats.url).await.unwrap();
         self.relay = Some(tokio::spawn(projections::relay::run(
-            platform::store::EventStore::new(self.db.pool.clone()),
+            eventstore::EventStore::new(self.db.pool.clone()),
             client,
             String::new(),
             self.shutdown.clone(),
@@ -193,7 +193,7 @@ impl Stack {
     /// Waits until every projection's checkpoint reached the head of the log.
     pub async fn caught_up(&self) {
         for _ in 0..500 {
-            let head = platform::store::reader::head(&self.db.pool).await.unwrap();
+            let head = eventstore::reader::head(&self.db.pool).await.unwrap();
             let (min,): (Option<i64>,) = sqlx::query_as(
                 "SELECT min(position) FROM checkpoints WHERE name IN ('jobs', 'usage', 'subscriptions')",
             )
@@ -220,7 +220,7 @@ impl Stack {
             match command_api::process::step(&self.command.store).await {
                 Ok(0) => break,
                 // The running process manager got further: go on from its checkpoint.
-                Ok(_) | Err(platform::store::StoreError::Fenced(_)) => {}
+                Ok(_) | Err(eventstore::StoreError::Fenced(_)) => {}
                 Err(e) => panic!("process manager step: {e}"),
             }
         }

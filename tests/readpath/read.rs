@@ -356,7 +356,7 @@ async fn the_audit_finds_ledgers_the_projection_lost() {
         .execute::<Usage>(
             &id,
             UsageCommand::Reserve(reserve),
-            &platform::store::Metadata::new(),
+            &eventstore::Metadata::new(),
         )
         .await
         .unwrap()

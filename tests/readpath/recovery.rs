@@ -40,9 +40,9 @@ async fn event_count(stack: &Stack) -> u64 {
 
 async fn relay_caught_up(stack: &Stack) {
     for _ in 0..500 {
-        let head = platform::store::reader::head(&stack.db.pool).await.unwrap();
+        let head = eventstore::reader::head(&stack.db.pool).await.unwrap();
         let cp =
-            platform::store::reader::checkpoint(&stack.db.pool, projections::relay::CHECKPOINT)
+            eventstore::reader::checkpoint(&stack.db.pool, projections::relay::CHECKPOINT)
                 .await
                 .unwrap();
         if cp >= head {

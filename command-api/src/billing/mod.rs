@@ -23,14 +23,15 @@ use domain::{
         SubscriptionStatus,
     },
 };
-use platform::{problem::Problem, settings::Billing, store::Metadata};
+use platform::{problem::Problem, settings::Billing};
+use eventstore::Metadata;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use self::event::{Kind, Prices};
 use crate::{body, error::ApiError, gates, state::AppState};
 
-fn store_problem(e: platform::store::StoreError) -> Problem {
+fn store_problem(e: eventstore::StoreError) -> Problem {
     ApiError::Store(e).problem()
 }
 

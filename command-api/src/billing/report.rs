@@ -11,7 +11,7 @@ use domain::{
     usage::{Usage, UsageKey},
 };
 use futures::StreamExt;
-use platform::store::{EventStore, Metadata, StoreError};
+use eventstore::{EventStore, Metadata, StoreError};
 use serde::Serialize;
 use uuid::Uuid;
 

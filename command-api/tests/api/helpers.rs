@@ -186,7 +186,7 @@ impl TestApp {
             match command_api::process::step(&self.state.store).await {
                 Ok(0) => break,
                 // The running process manager got further: go on from its checkpoint.
-                Ok(_) | Err(platform::store::StoreError::Fenced(_)) => {}
+                Ok(_) | Err(eventstore::StoreError::Fenced(_)) => {}
                 Err(e) => panic!("process manager step: {e}"),
             }
         }

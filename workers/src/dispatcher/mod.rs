@@ -34,14 +34,12 @@ use domain::{
     job::{FailJob, Job, JobCommand, JobEvent, JobStatus},
     task::{Namespace, NamespaceMap},
 };
-use platform::{
-    settings::DispatchSettings,
-    store::{
-        EventStore, Metadata, StoreError,
-        poison::{self, Decoded},
-        reader::RecordedEvent,
-    },
+use eventstore::{
+    EventStore, Metadata, StoreError,
+    poison::{self, Decoded},
+    reader::RecordedEvent,
 };
+use platform::settings::DispatchSettings;
 use tokio_util::sync::CancellationToken;
 
 pub use self::plans::Plans;

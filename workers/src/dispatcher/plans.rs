@@ -9,7 +9,7 @@ use std::{
 
 use chrono::Utc;
 use domain::{ids::UserId, plan::Plan, subscription::Subscription};
-use platform::store::{EventStore, StoreError};
+use eventstore::{EventStore, StoreError};
 
 const KEEP: Duration = Duration::from_secs(60);
 

@@ -19,10 +19,8 @@ use domain::{
     },
     usage::{CommitUnit, ReserveUnit, Usage, UsageCommand},
 };
-use platform::{
-    store::{EventStore, Metadata, SNAPSHOT_EVERY, reader::read_from},
-    testing::TestDb,
-};
+use platform::{testing::TestDb};
+use eventstore::{EventStore, Metadata, SNAPSHOT_EVERY, reader::read_from};
 
 fn reserve(user: UserId, n: u128) -> UsageCommand {
     let now = Utc::now();
@@ -309,8 +307,8 @@ async fn a_stale_reader_cannot_move_its_checkpoint_back_or_write_its_progress() 
     for store in [EventStore::new(db.pool.clone()), EventStore::sqlite(sqlite)] {
         store.save_checkpoint("pm", 50).await.unwrap();
         let job = uuid::Uuid::new_v4();
-        let stale = platform::store::Progress {
-            live: vec![platform::store::LiveJob {
+        let stale = eventstore::Progress {
+            live: vec![eventstore::LiveJob {
                 job_id: job,
                 status: "running".into(),
                 attempt: 1,
@@ -320,7 +318,7 @@ async fn a_stale_reader_cannot_move_its_checkpoint_back_or_write_its_progress() 
         };
         let refused = store.save_progress("pm", 40, stale).await.unwrap_err();
         assert!(
-            matches!(refused, platform::store::StoreError::Fenced(ref n) if n == "pm"),
+            matches!(refused, eventstore::StoreError::Fenced(ref n) if n == "pm"),
             "{refused}"
         );
         assert_eq!(store.checkpoint("pm").await.unwrap(), 50);

@@ -17,7 +17,7 @@ use domain::{
     },
     usage::{CommitUnit, ReserveUnit, Usage, UsageCommand, UsageKey},
 };
-use platform::store::{
+use eventstore::{
     CommitError, EventStore, IdempotencyRecord, Loaded, Metadata, SNAPSHOT_EVERY, WriteUnit,
 };
 use sqlx::SqlitePool;

@@ -11,6 +11,7 @@ pub mod poison;
 mod postgres;
 pub mod reader;
 mod sqlite;
+pub mod trace;
 mod writer;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -281,7 +282,7 @@ impl EventStore {
         &self,
         unit: WriteUnit,
     ) -> Result<(u64, tracing::instrument::Instrumented<Committing>), CommitError> {
-        let span = if crate::telemetry::exporting() {
+        let span = if crate::trace::exporting() {
             append_span(&unit)
         } else {
             tracing::Span::none()
@@ -455,7 +456,7 @@ fn append_span(unit: &WriteUnit) -> tracing::Span {
             unit.appends
                 .iter()
                 .flat_map(|a| a.events.iter())
-                .find_map(|e| crate::telemetry::job_in(&e.payload))
+                .find_map(|e| crate::trace::job_in(&e.payload))
         });
     tracing::info_span!(
         "eventstore.append",

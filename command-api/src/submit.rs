@@ -147,6 +147,7 @@ pub async fn submit(
             state: Job::default(),
             sequence: 0,
             snapshot_sequence: 0,
+            snapshot_bytes: 0,
             cached: false,
             pending: None,
         },

@@ -46,6 +46,12 @@ impl<T> StoredAggregate for T where
 /// aggregate never grows with its history.
 pub const SNAPSHOT_EVERY: i64 = 100;
 
+/// About the stored size of one event. A large state (a ledger with many jobs in flight) is
+/// snapshotted only once the events since its last snapshot weigh about as much as that
+/// snapshot: writing snapshots then costs O(1) per event, and a load reads at most about
+/// twice the state, instead of rewriting the whole state every 100 events.
+const EVENT_BYTES: usize = 256;
+
 /// An aggregate's state as of its last event.
 #[derive(Debug, Clone)]
 pub struct Loaded<A> {
@@ -55,6 +61,8 @@ pub struct Loaded<A> {
     pub sequence: i64,
     /// Sequence covered by the stored snapshot (0: none).
     pub snapshot_sequence: i64,
+    /// The stored snapshot's size in bytes (0: none).
+    pub snapshot_bytes: usize,
     /// Whether it came from this process's cache: a refusal decided on it is checked again
     /// on fresh state, since another process may have moved the aggregate on.
     pub cached: bool,
@@ -189,9 +197,13 @@ impl EventStore {
             source,
         };
         let (snapshot, rows) = self.log.load_rows(A::TYPE, id).await?;
-        let (mut state, snapshot_sequence) = match snapshot {
-            Some((seq, json)) => (serde_json::from_str::<A>(&json).map_err(decode)?, seq),
-            None => (A::default(), 0),
+        let (mut state, snapshot_sequence, snapshot_bytes) = match snapshot {
+            Some((seq, json)) => (
+                serde_json::from_str::<A>(&json).map_err(decode)?,
+                seq,
+                json.len(),
+            ),
+            None => (A::default(), 0, 0),
         };
         let mut sequence = snapshot_sequence;
         for (seq, json) in rows {
@@ -203,6 +215,7 @@ impl EventStore {
             state,
             sequence,
             snapshot_sequence,
+            snapshot_bytes,
             cached: false,
             pending: None,
         })
@@ -237,17 +250,21 @@ impl EventStore {
             state,
             sequence,
             snapshot_sequence: loaded.snapshot_sequence,
+            snapshot_bytes: loaded.snapshot_bytes,
             cached: false,
             // Set to this unit's ticket once it is queued.
             pending: None,
         };
-        let snapshot = if sequence - loaded.snapshot_sequence >= SNAPSHOT_EVERY {
+        let every = SNAPSHOT_EVERY.max((loaded.snapshot_bytes / EVENT_BYTES) as i64);
+        let snapshot = if sequence - loaded.snapshot_sequence >= every {
+            let payload = serde_json::to_string(&after.state)?;
             after.snapshot_sequence = sequence;
+            after.snapshot_bytes = payload.len();
             Some(SnapshotWrite {
                 aggregate_type: A::TYPE,
                 aggregate_id: id.to_owned(),
                 last_sequence: sequence,
-                payload: serde_json::to_string(&after.state)?,
+                payload,
             })
         } else {
             None
@@ -490,4 +507,87 @@ impl From<CommitError> for StoreError {
 /// The stored JSON of a value, for metadata maps and snapshots.
 pub fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use chrono::Utc;
+    use domain::{
+        Decider,
+        ids::{JobId, UserId},
+        period::BillingPeriod,
+        plan::Plan,
+        usage::{ReserveUnit, Usage, UsageCommand},
+    };
+
+    use super::*;
+
+    /// A ledger holding `n` open reservations, as loaded with its snapshot at `n`.
+    fn ledger(n: u128) -> Loaded<Usage> {
+        let user = UserId::from_uuid(uuid::Uuid::from_u128(1));
+        let now = Utc::now();
+        let mut state = Usage::default();
+        for j in 0..n {
+            let reserve = UsageCommand::Reserve(ReserveUnit {
+                job_id: JobId::from_uuid(uuid::Uuid::from_u128(j + 1)),
+                user_id: user,
+                period: BillingPeriod::calendar_month(now),
+                plan: Plan::Enterprise,
+                limit: None,
+                now,
+            });
+            for e in state.decide(reserve).unwrap() {
+                state.evolve(&e);
+            }
+        }
+        let bytes = serde_json::to_string(&state).unwrap().len();
+        Loaded {
+            state,
+            sequence: n as i64,
+            snapshot_sequence: n as i64,
+            snapshot_bytes: bytes,
+            cached: false,
+            pending: None,
+        }
+    }
+
+    fn next_snapshot_after(mut loaded: Loaded<Usage>) -> i64 {
+        let user = UserId::from_uuid(uuid::Uuid::from_u128(1));
+        let now = Utc::now();
+        for j in 0..1_000_000u128 {
+            let reserve = UsageCommand::Reserve(ReserveUnit {
+                job_id: JobId::from_uuid(uuid::Uuid::from_u128(u128::MAX - j)),
+                user_id: user,
+                period: BillingPeriod::calendar_month(now),
+                plan: Plan::Enterprise,
+                limit: None,
+                now,
+            });
+            let events = loaded.state.decide(reserve).unwrap();
+            let start = loaded.snapshot_sequence;
+            let (_, snapshot, after) =
+                EventStore::prepare("l", loaded, &events, &Metadata::new()).unwrap();
+            if snapshot.is_some() {
+                return after.sequence - start;
+            }
+            loaded = after;
+        }
+        unreachable!("no snapshot in a million events")
+    }
+
+    #[test]
+    fn a_small_state_is_snapshotted_every_hundred_events() {
+        assert_eq!(next_snapshot_after(ledger(10)), SNAPSHOT_EVERY);
+    }
+
+    #[test]
+    fn a_large_state_is_snapshotted_once_the_events_since_weigh_as_much() {
+        let loaded = ledger(5_000);
+        let bytes = loaded.snapshot_bytes;
+        let every = next_snapshot_after(loaded);
+        // ~5,000 × 70 bytes of state: one snapshot per ~1,400 events, not per 100.
+        assert_eq!(every, (bytes / EVENT_BYTES) as i64);
+        assert!(every > 10 * SNAPSHOT_EVERY, "{every}");
+    }
 }

@@ -175,6 +175,7 @@ async fn a_refused_unit_commits_nothing_of_itself() {
             state: Usage::default(),
             sequence: 0,
             snapshot_sequence: 0,
+            snapshot_bytes: 0,
             cached: false,
             pending: None,
         };

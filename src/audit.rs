@@ -8,8 +8,8 @@ use anyhow::Context;
 use base64::Engine;
 use chrono::{DateTime, Datelike, Utc};
 use clap::ValueEnum;
-use platform::{settings::Settings, views::MemoryViews};
 use eventstore::EventStore;
+use platform::{settings::Settings, views::MemoryViews};
 use read_api::{
     PgViews, ReadModels,
     audit::{month_start, replay_month},

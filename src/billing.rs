@@ -8,8 +8,8 @@ use chrono::{DateTime, Datelike, Utc};
 use clap::ValueEnum;
 use command_api::billing::{report, stripe::Api};
 use domain::{period::BillingPeriod, plan::Plan, subscription::Subscription, usage::Usage};
-use platform::{settings::Settings};
 use eventstore::EventStore;
+use platform::settings::Settings;
 use read_api::{
     ReadModels,
     audit::{ledgers_starting_in, month_start, replay_month},

@@ -3,8 +3,8 @@
 
 use std::{path::Path, process::ExitCode};
 
-use platform::{settings::Settings};
 use eventstore::EventStore;
+use platform::settings::Settings;
 
 /// The store the command reads: Postgres, else the dev data directory.
 async fn open(s: &Settings, data_dir: &Path) -> anyhow::Result<EventStore> {

@@ -17,8 +17,8 @@ use domain::{
     subscription::{CustomerLinked, SubscriptionEvent},
     usage::{CommitUnit, ReserveUnit, Usage, UsageCommand, UsageEvent, UsageKey},
 };
-use platform::{settings::Settings, stripe_fake::FakeStripe, testing::TestDb};
 use eventstore::EventStore;
+use platform::{settings::Settings, stripe_fake::FakeStripe, testing::TestDb};
 
 const USERS: usize = 10_000;
 const UNITS: u128 = 3;

@@ -9,8 +9,8 @@ use domain::{
     job::{ConflictKind, JobError},
     usage::UsageError,
 };
-use platform::{problem::Problem};
 use eventstore::StoreError;
+use platform::problem::Problem;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]

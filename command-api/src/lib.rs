@@ -18,8 +18,12 @@ use axum::{
     routing::{get, post},
 };
 use domain::ids::CorrelationId;
-use platform::{auth::{Authenticator, Principal}, db, settings::Settings};
 use eventstore::{EventStore, Metadata};
+use platform::{
+    auth::{Authenticator, Principal},
+    db,
+    settings::Settings,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

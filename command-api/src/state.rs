@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use platform::{auth::{Authenticator, HasAuthenticator}, settings::Settings};
 use eventstore::EventStore;
+use platform::{
+    auth::{Authenticator, HasAuthenticator},
+    settings::Settings,
+};
 
 /// The router state.
 #[derive(Clone)]

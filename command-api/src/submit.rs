@@ -16,11 +16,11 @@ use domain::{
     subscription::Subscription,
     usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
 };
-use platform::{auth::Principal, problem::Problem};
 use eventstore::{
-        CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError, WriteUnit,
-        backoff,
-    };
+    CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError, WriteUnit,
+    backoff,
+};
+use platform::{auth::Principal, problem::Problem};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

@@ -22,4 +22,3 @@ pub(crate) fn job_in(payload: &str) -> Option<String> {
     let id = payload.get(at..at + 36)?;
     uuid::Uuid::parse_str(id).ok().map(|_| id.to_owned())
 }
-

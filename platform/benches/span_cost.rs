@@ -16,8 +16,8 @@ use std::{
     time::Instant,
 };
 
-use platform::{telemetry};
 use eventstore::reader::RecordedEvent;
+use platform::telemetry;
 
 const SPANS: usize = 200_000;
 /// Bytes of OTLP the sink received: a span the exporter dropped (its queue full) would show.

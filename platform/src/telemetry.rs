@@ -24,6 +24,7 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 const OURS: &[&str] = &[
     "runledger",
     "platform",
+    "eventstore",
     "command_api",
     "projections",
     "read_api",

@@ -5,8 +5,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::job::JobEvent;
-use platform::{notice::{JobChange, Notice}, views::JobView as JobRow};
 use eventstore::reader::RecordedEvent;
+use platform::{
+    notice::{JobChange, Notice},
+    views::JobView as JobRow,
+};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;

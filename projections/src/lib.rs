@@ -16,8 +16,8 @@ pub mod usage;
 
 use std::str::FromStr;
 
-use platform::{notice::Notice};
 use eventstore::reader::RecordedEvent;
+use platform::notice::Notice;
 use sqlx::PgConnection;
 
 /// A projection's failure; the batch is rolled back and redone.

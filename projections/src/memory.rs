@@ -5,8 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use domain::subscription::SubscriptionEvent;
-use platform::{notice::{Notice, NoticeBus}, views::{MemoryViews, SubscriptionView, Tables, UsageView}};
 use eventstore::{EventStore, reader::RecordedEvent};
+use platform::{
+    notice::{Notice, NoticeBus},
+    views::{MemoryViews, SubscriptionView, Tables, UsageView},
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

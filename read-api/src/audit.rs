@@ -15,8 +15,11 @@ use domain::{
     period::BillingPeriod,
     usage::UsageKey,
 };
-use platform::{auth::{Principal, Role}, problem::Problem};
 use eventstore::EventStore;
+use platform::{
+    auth::{Principal, Role},
+    problem::Problem,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -13,9 +13,12 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use domain::job::JobEvent;
-use futures::StreamExt;
-use platform::{auth::{Principal, Role}, problem::Problem};
 use eventstore::{EventStore, reader::RecordedEvent};
+use futures::StreamExt;
+use platform::{
+    auth::{Principal, Role},
+    problem::Problem,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;

@@ -14,8 +14,12 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use domain::usage::Usage;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use platform::{auth::{Principal, Role}, problem::Problem, settings::Secret};
 use eventstore::{EventStore, StoreError};
+use platform::{
+    auth::{Principal, Role},
+    problem::Problem,
+    settings::Secret,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

@@ -14,8 +14,8 @@ pub mod views;
 use std::sync::Arc;
 
 use axum::{Router, extract::State, routing::get};
-use platform::{auth::Authenticator, db, notice::NoticeBus, settings::Settings};
 use eventstore::EventStore;
+use platform::{auth::Authenticator, db, notice::NoticeBus, settings::Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -2,8 +2,13 @@
 
 use std::sync::Arc;
 
-use platform::{artifacts::ArtifactStore, auth::{Authenticator, HasAuthenticator, Principal, Role}, problem::Problem, settings::Settings};
 use eventstore::EventStore;
+use platform::{
+    artifacts::ArtifactStore,
+    auth::{Authenticator, HasAuthenticator, Principal, Role},
+    problem::Problem,
+    settings::Settings,
+};
 
 use crate::{stream::Hub, views::ReadModels};
 

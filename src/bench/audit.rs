@@ -12,8 +12,11 @@ use domain::{
     plan::Plan,
     usage::{UnitConsumed, UnitReserved, UsageEvent, UsageKey, unit_hash},
 };
-use platform::{settings::{Secret, Settings}, views::MemoryViews};
 use eventstore::EventStore;
+use platform::{
+    settings::{Secret, Settings},
+    views::MemoryViews,
+};
 
 pub async fn run(settings: &Settings, events: u64) -> anyhow::Result<ExitCode> {
     super::in_scratch_db(settings, "runledger_bench_audit", |url| async move {

@@ -18,8 +18,12 @@ use std::{
 use anyhow::Context;
 use axum::{Router, routing::get};
 use domain::task::{Namespace, NamespaceMap};
-use platform::{notice::NoticeBus, settings::{Secret, Settings}, views::MemoryViews};
 use eventstore::EventStore;
+use platform::{
+    notice::NoticeBus,
+    settings::{Secret, Settings},
+    views::MemoryViews,
+};
 use read_api::ReadModels;
 use tokio_util::sync::CancellationToken;
 use workers::{

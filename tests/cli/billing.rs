@@ -12,8 +12,8 @@ use domain::{
     subscription::{LinkCustomer, Subscription, SubscriptionCommand},
     usage::{CommitUnit, ReserveUnit, Usage, UsageCommand, UsageKey},
 };
-use platform::{stripe_fake::FakeStripe};
 use eventstore::EventStore;
+use platform::stripe_fake::FakeStripe;
 use serde_json::Value;
 
 use super::{runledger, stderr};

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
-use platform::{views::MemoryViews};
 use eventstore::EventStore;
+use platform::views::MemoryViews;
 use read_api::{PgViews, ReadModels};
 use serde_json::json;
 

@@ -41,10 +41,9 @@ async fn event_count(stack: &Stack) -> u64 {
 async fn relay_caught_up(stack: &Stack) {
     for _ in 0..500 {
         let head = eventstore::reader::head(&stack.db.pool).await.unwrap();
-        let cp =
-            eventstore::reader::checkpoint(&stack.db.pool, projections::relay::CHECKPOINT)
-                .await
-                .unwrap();
+        let cp = eventstore::reader::checkpoint(&stack.db.pool, projections::relay::CHECKPOINT)
+            .await
+            .unwrap();
         if cp >= head {
             return;
         }

@@ -23,8 +23,8 @@ use domain::{
         SubscriptionStatus,
     },
 };
-use platform::{problem::Problem, settings::Billing};
 use eventstore::Metadata;
+use platform::{problem::Problem, settings::Billing};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -10,8 +10,8 @@ use domain::{
     subscription::{Subscription, SubscriptionCommand, SubscriptionError},
     usage::{Usage, UsageKey},
 };
-use futures::StreamExt;
 use eventstore::{EventStore, Metadata, StoreError};
+use futures::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
 

@@ -19,8 +19,8 @@ use domain::{
     },
     usage::{CommitUnit, ReserveUnit, Usage, UsageCommand},
 };
-use platform::{testing::TestDb};
 use eventstore::{EventStore, Metadata, SNAPSHOT_EVERY, reader::read_from};
+use platform::testing::TestDb;
 
 fn reserve(user: UserId, n: u128) -> UsageCommand {
     let now = Utc::now();

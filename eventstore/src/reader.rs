@@ -1,5 +1,7 @@
 //! The ordered reader: every committed event, once, in global position order.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
@@ -40,8 +42,9 @@ impl RecordedEvent {
     }
 }
 
-/// Up to `limit` events after `position`, in order. Because positions are drawn under a lock
-/// held until commit, no event committed later can ever appear below the last one returned.
+/// Up to `limit` events after `position`, in order, never past the horizon: every event
+/// returned is below any event committed later, so a reader that goes on from the last one
+/// returned skips nothing (ADR 0015).
 ///
 /// # Errors
 /// Database errors.
@@ -50,15 +53,54 @@ pub async fn read_from(
     position: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let safe = horizon(pool).await?;
+    if safe <= position {
+        return Ok(vec![]);
+    }
     sqlx::query_as(
         "SELECT position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
                 event_type, event_version, payload::text AS payload, metadata::jsonb AS metadata \
-           FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+           FROM events WHERE position > $1 AND position <= $3 ORDER BY position LIMIT $2",
     )
     .bind(position)
     .bind(limit)
+    .bind(safe)
     .fetch_all(pool)
     .await
+}
+
+/// How long a reader waits for the writers in flight before it returns what is safe so far
+/// (nothing new): a writer is at most one commit away unless something holds it.
+const HORIZON_WAIT: Duration = Duration::from_millis(250);
+
+/// The highest position below which nothing can still commit: the last position drawn, once
+/// the transactions that held the position lock when it was read have ended. Writers are
+/// never made to wait; the reader waits for them (about one commit), polling every
+/// millisecond. 0 when they outlast [`HORIZON_WAIT`]: the caller reads again later.
+async fn horizon(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let (drawn, writers): (i64, Vec<String>) =
+        sqlx::query_as("SELECT drawn, writers FROM events_horizon()")
+            .fetch_one(pool)
+            .await?;
+    if writers.is_empty() {
+        return Ok(drawn);
+    }
+    let deadline = Instant::now() + HORIZON_WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (left,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM unnest(events_position_writers()) AS w WHERE w = ANY($1))",
+        )
+        .bind(&writers)
+        .fetch_one(pool)
+        .await?;
+        if !left {
+            return Ok(drawn);
+        }
+        if Instant::now() >= deadline {
+            return Ok(0);
+        }
+    }
 }
 
 /// Every event of one aggregate, in sequence order.

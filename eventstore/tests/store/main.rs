@@ -385,3 +385,53 @@ async fn one_aggregate_pipelines_its_commands() {
     let state = store.load_fresh::<Usage>(&id).await.unwrap().state;
     assert_eq!(state.state().unwrap().reserved_units(), 200);
 }
+
+/// Inserting transactions no longer wait for each other's commit (ADR 0015): one holds its
+/// events uncommitted while another appends and commits; a reader stops below the first
+/// one's position until it commits, then reads both in order.
+#[tokio::test]
+async fn writers_commit_in_parallel_and_readers_wait_for_them() {
+    let db = TestDb::create().await;
+    let mut first = db.pool.begin().await.unwrap();
+    let p1 = insert_raw(&mut first, "first").await;
+    // Under an exclusive position lock the second insert would wait for the first commit;
+    // here it appends and commits while the first is still open.
+    let mut second = db.pool.begin().await.unwrap();
+    let p2 = tokio::time::timeout(Duration::from_secs(5), async {
+        let p = insert_raw(&mut second, "second").await;
+        second.commit().await.unwrap();
+        p
+    })
+    .await
+    .expect("the second writer waited for the first");
+    assert!(p2 > p1);
+    let reader = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move { read_from(&pool, 0, 100).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.commit().await.unwrap();
+    let seen: Vec<i64> = reader.await.unwrap().iter().map(|e| e.position).collect();
+    // Either both (the reader waited for the first writer) or neither: never p2 alone.
+    assert!(seen == vec![p1, p2] || seen.is_empty(), "{seen:?}");
+    let after: Vec<i64> = read_from(&db.pool, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(after, vec![p1, p2]);
+}
+
+/// One raw event at sequence 1 of `id`, in `tx`; its position.
+async fn insert_raw(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: &str) -> i64 {
+    let (p,): (i64,) = sqlx::query_as(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('raw', $1, 1, 'Raw', '1', '{}', '{}') RETURNING position",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await
+    .unwrap();
+    p
+}

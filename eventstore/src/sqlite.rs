@@ -407,11 +407,7 @@ async fn commit_batch(pool: &SqlitePool, mut batch: Vec<Queued>, failed: &mut Fa
         let units: Vec<&WriteUnit> = batch.iter().map(|q| &q.unit).collect();
         match try_commit(pool, &units).await {
             Ok(None) => {
-                metrics::counter!("runledger_commands_committed_total")
-                    .increment(batch.len() as u64);
-                for q in batch.drain(..) {
-                    let _ = q.reply.send(Ok(()));
-                }
+                super::writer::answer_committed(batch);
                 return;
             }
             Ok(Some((index, refusal))) => {

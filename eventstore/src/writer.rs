@@ -354,6 +354,15 @@ enum Refusal {
     Database(Failure, sqlx::Error),
 }
 
+/// Answers the units of a committed batch.
+pub(super) fn answer_committed(queued: Vec<Queued>) {
+    metrics::counter!("runledger_commands_committed_total").increment(queued.len() as u64);
+    metrics::histogram!("runledger_commit_batch_units").record(queued.len() as f64);
+    for q in queued {
+        let _ = q.reply.send(Ok(()));
+    }
+}
+
 fn before_commit(e: sqlx::Error) -> Refusal {
     Refusal::Database(Failure::before_commit(&e), e)
 }
@@ -368,11 +377,7 @@ pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<Queued>, failed: &mut
         let units: Vec<&WriteUnit> = now.iter().map(|q| &q.unit).collect();
         match try_commit(pool, &units).await {
             Ok(()) => {
-                metrics::counter!("runledger_commands_committed_total").increment(now.len() as u64);
-                metrics::histogram!("runledger_commit_batch_units").record(now.len() as f64);
-                for q in now.drain(..) {
-                    let _ = q.reply.send(Ok(()));
-                }
+                answer_committed(now);
                 break;
             }
             Err(Refusal::Units(refused)) => {

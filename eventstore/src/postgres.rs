@@ -24,25 +24,32 @@ impl EventLog for Postgres {
     }
 
     async fn load_rows(&self, aggregate_type: &str, id: &str) -> Result<Rows, sqlx::Error> {
-        let snapshot: Option<(i64, String)> = sqlx::query_as(
-            "SELECT last_sequence, payload::text FROM snapshots \
-             WHERE aggregate_type = $1 AND aggregate_id = $2",
+        // One round trip: the snapshot (kind 0), then the events after it (kind 1). Every
+        // submission loads its user's subscription this way.
+        let rows: Vec<(i16, i64, String)> = sqlx::query_as(
+            "WITH s AS (SELECT last_sequence, payload::text AS payload FROM snapshots \
+                         WHERE aggregate_type = $1 AND aggregate_id = $2) \
+             SELECT 0::int2, last_sequence, payload FROM s \
+             UNION ALL \
+             SELECT 1::int2, sequence, payload::text FROM events \
+              WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                AND sequence > coalesce((SELECT last_sequence FROM s), 0) \
+             ORDER BY 1, 2",
         )
         .bind(aggregate_type)
         .bind(id)
-        .fetch_optional(&self.0)
-        .await?;
-        let after = snapshot.as_ref().map_or(0, |(s, _)| *s);
-        let rows = sqlx::query_as(
-            "SELECT sequence, payload::text FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
-        )
-        .bind(aggregate_type)
-        .bind(id)
-        .bind(after)
         .fetch_all(&self.0)
         .await?;
-        Ok((snapshot, rows))
+        let mut snapshot = None;
+        let mut events = Vec::with_capacity(rows.len());
+        for (kind, seq, payload) in rows {
+            if kind == 0 {
+                snapshot = Some((seq, payload));
+            } else {
+                events.push((seq, payload));
+            }
+        }
+        Ok((snapshot, events))
     }
 
     async fn commit_batch(&self, batch: Vec<Queued>, failed: &mut Failed) {

@@ -1,6 +1,7 @@
 //! Fair dispatch: a burst of one user does not stall another, concurrency limits per plan
 //! and per key hold (with two dispatchers too), a killed dispatcher loses and doubles
-//! nothing, and a slot held by a job whose worker vanished is freed by the lease.
+//! nothing, a slot held by a job whose worker vanished is freed by the lease, and the sweep
+//! frees only the slots whose release it knows was lost.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -367,4 +368,52 @@ async fn a_slot_held_by_a_vanished_worker_is_freed_by_the_lease() {
         2,
         "the lease ended its first attempt"
     );
+}
+
+/// The sweep frees a slot only once this dispatcher has read the end of the job holding it:
+/// a job that has just ended gives its slot back through its own event (the sweep used to
+/// race that, freeing it early with a warning), and a slot whose release was lost is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweep_frees_only_slots_whose_end_was_read() {
+    let stack = Stack::start_with("100000", &[("RUNLEDGER_FREE_CONCURRENCY", "2")]).await;
+    let mut d = stack.dispatcher().await;
+    let (user, t) = new_user();
+    let first = vec![stack.noop(&t).await, stack.noop(&t).await];
+    let third = stack.noop(&t).await;
+    // The three submissions read: two pushed, the third finds its user at the limit.
+    while d.step().await.unwrap() > 0 {}
+    d.feed().await.unwrap();
+    let worker = stack.start_worker(2, &[]);
+    stack.wait_final(&first, Duration::from_secs(20)).await;
+    // Both are over, but this dispatcher has not read their ends: nothing to sweep.
+    assert_eq!(d.sweep().await.unwrap(), 0);
+    // Reading the ends gives the slots back, and the third job goes out.
+    while d.step().await.unwrap() > 0 {}
+    d.feed().await.unwrap();
+    stack
+        .wait_final(std::slice::from_ref(&third), Duration::from_secs(20))
+        .await;
+    while d.step().await.unwrap() > 0 {}
+    // Two releases lost (the slots put back by hand) and the user at its limit again.
+    let mut conn = workers::queue::connect(&stack.redis_client())
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("SADD")
+        .arg(slots_key(user))
+        .arg(&first[0])
+        .arg(&first[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fourth = stack.noop(&t).await;
+    while d.step().await.unwrap() > 0 {}
+    d.feed().await.unwrap();
+    assert_eq!(stack.status(&fourth).await, "queued");
+    assert_eq!(d.sweep().await.unwrap(), 2);
+    d.feed().await.unwrap();
+    stack
+        .wait_final(std::slice::from_ref(&fourth), Duration::from_secs(20))
+        .await;
+    assert_eq!(stack.status(&fourth).await, "completed");
+    worker.cancel();
 }

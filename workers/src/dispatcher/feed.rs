@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use domain::{
+    Decider,
     concurrency::ConcurrencyGroup,
     envelope::JobEnvelope,
-    job::{Job, JobStatus},
+    job::{Job, JobEvent, JobStatus},
     task::Namespace,
 };
 
@@ -141,24 +142,34 @@ impl<Q: JobQueue> Dispatcher<Q> {
 
     /// Frees the slots of users at their limit that are held by jobs that are over (a
     /// release lost to a crash of Redis or of a dispatcher between two writes); returns
-    /// how many it freed. A running job's own slot is freed by its lease: the process
+    /// how many it freed. Only a job whose end this dispatcher has already read counts: a
+    /// slot of a job that ended since is given back by that event, and freeing it here
+    /// would only race it. A running job's own slot is freed by its lease: the process
     /// manager fails an attempt whose heartbeats stopped, and that failure frees it.
     ///
     /// # Errors
     /// [`DispatchError`].
     pub async fn sweep(&mut self) -> Result<usize, DispatchError> {
+        let Some(read) = self.position else {
+            return Ok(0);
+        };
         let users: Vec<_> = self.full.keys().copied().collect();
         let mut stale = Vec::new();
         for user in users {
             for job in self.queue.slots(user).await? {
-                let loaded = self.store.load_fresh::<Job>(&job.to_string()).await?.state;
+                let events = self.store.events_of("job", &job.to_string()).await?;
+                // A job the log does not know holds no slot by right.
+                let last = events.last().map_or(0, |e| e.position);
+                let decoded: Vec<JobEvent> =
+                    events.iter().filter_map(|e| e.decode().ok()).collect();
+                let loaded = Job::replay(decoded.iter());
                 let over = loaded.state().is_none_or(|s| {
                     matches!(
                         s.status,
                         JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled
                     )
                 });
-                if over {
+                if over && last <= read {
                     stale.push(Slot {
                         user,
                         job,
@@ -172,6 +183,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
         self.queue.release(&stale).await?;
         for s in &stale {
             self.full.remove(&s.user);
+            metrics::counter!("runledger_slots_swept_total").increment(1);
             tracing::warn!(message = "Freed a slot held by a job that is over.", job_id = %s.job, user_id = %s.user);
         }
         Ok(stale.len())

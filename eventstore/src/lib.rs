@@ -523,21 +523,24 @@ mod tests {
 
     use super::*;
 
+    /// An unlimited reservation of job `n` on one user's ledger of this month.
+    fn reserve(n: u128) -> UsageCommand {
+        let now = Utc::now();
+        UsageCommand::Reserve(ReserveUnit {
+            job_id: JobId::from_uuid(uuid::Uuid::from_u128(n)),
+            user_id: UserId::from_uuid(uuid::Uuid::from_u128(1)),
+            period: BillingPeriod::calendar_month(now),
+            plan: Plan::Enterprise,
+            limit: None,
+            now,
+        })
+    }
+
     /// A ledger holding `n` open reservations, as loaded with its snapshot at `n`.
     fn ledger(n: u128) -> Loaded<Usage> {
-        let user = UserId::from_uuid(uuid::Uuid::from_u128(1));
-        let now = Utc::now();
         let mut state = Usage::default();
         for j in 0..n {
-            let reserve = UsageCommand::Reserve(ReserveUnit {
-                job_id: JobId::from_uuid(uuid::Uuid::from_u128(j + 1)),
-                user_id: user,
-                period: BillingPeriod::calendar_month(now),
-                plan: Plan::Enterprise,
-                limit: None,
-                now,
-            });
-            for e in state.decide(reserve).unwrap() {
+            for e in state.decide(reserve(j + 1)).unwrap() {
                 state.evolve(&e);
             }
         }
@@ -553,18 +556,8 @@ mod tests {
     }
 
     fn next_snapshot_after(mut loaded: Loaded<Usage>) -> i64 {
-        let user = UserId::from_uuid(uuid::Uuid::from_u128(1));
-        let now = Utc::now();
         for j in 0..1_000_000u128 {
-            let reserve = UsageCommand::Reserve(ReserveUnit {
-                job_id: JobId::from_uuid(uuid::Uuid::from_u128(u128::MAX - j)),
-                user_id: user,
-                period: BillingPeriod::calendar_month(now),
-                plan: Plan::Enterprise,
-                limit: None,
-                now,
-            });
-            let events = loaded.state.decide(reserve).unwrap();
+            let events = loaded.state.decide(reserve(u128::MAX - j)).unwrap();
             let start = loaded.snapshot_sequence;
             let (_, snapshot, after) =
                 EventStore::prepare("l", loaded, &events, &Metadata::new()).unwrap();

@@ -411,6 +411,26 @@ impl Drop for RedisCluster {
     }
 }
 
+/// An unlimited reservation of job `n` (a UUID made from the number) on `user`'s ledger of
+/// the current month.
+pub fn reserve(user: domain::ids::UserId, n: u128) -> domain::usage::UsageCommand {
+    let now = chrono::Utc::now();
+    domain::usage::UsageCommand::Reserve(domain::usage::ReserveUnit {
+        job_id: domain::ids::JobId::from_uuid(uuid::Uuid::from_u128(n)),
+        user_id: user,
+        period: domain::period::BillingPeriod::calendar_month(now),
+        plan: domain::plan::Plan::Enterprise,
+        limit: None,
+        now,
+    })
+}
+
+/// The aggregate id of `user`'s ledger of the current month.
+pub fn usage_id(user: domain::ids::UserId) -> String {
+    let period = domain::period::BillingPeriod::calendar_month(chrono::Utc::now());
+    domain::usage::UsageKey::new(user, &period).aggregate_id()
+}
+
 /// Pipelining against a real store (either backend): `first` queues a chain of units on one
 /// ledger, each built on the one before, whose first unit fails; `second` is another process
 /// on the same database. Every unit built on a failed one must fail as a conflict, and the
@@ -423,30 +443,13 @@ pub async fn a_failed_unit_fails_the_units_built_on_it(
     first: &eventstore::EventStore,
     second: &eventstore::EventStore,
 ) {
-    use chrono::Utc;
-    use domain::{
-        Decider,
-        ids::{JobId, UserId},
-        period::BillingPeriod,
-        plan::Plan,
-        usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
-    };
+    use domain::{Decider, ids::UserId, usage::Usage};
 
     use eventstore::{CommitError, EventStore, IdempotencyRecord, Loaded, Metadata, WriteUnit};
 
     let user = UserId::from_uuid(uuid::Uuid::new_v4());
-    let now = Utc::now();
-    let id = UsageKey::new(user, &BillingPeriod::calendar_month(now)).aggregate_id();
-    let reserve = |n: u128| {
-        UsageCommand::Reserve(ReserveUnit {
-            job_id: JobId::from_uuid(uuid::Uuid::from_u128(n)),
-            user_id: user,
-            period: BillingPeriod::calendar_month(now),
-            plan: Plan::Enterprise,
-            limit: None,
-            now,
-        })
-    };
+    let id = usage_id(user);
+    let reserve = |n: u128| reserve(user, n);
     let key = |k: &str| IdempotencyRecord {
         user_id: user.as_uuid(),
         key: k.to_owned(),

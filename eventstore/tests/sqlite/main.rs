@@ -15,11 +15,12 @@ use domain::{
     subscription::{
         ApplyStripeEvent, StripeChange, Subscription, SubscriptionCommand, SubscriptionStatus,
     },
-    usage::{CommitUnit, ReserveUnit, Usage, UsageCommand, UsageKey},
+    usage::{CommitUnit, Usage, UsageCommand},
 };
 use eventstore::{
     CommitError, EventStore, IdempotencyRecord, Loaded, Metadata, SNAPSHOT_EVERY, WriteUnit,
 };
+use platform::testing::{reserve, usage_id};
 use sqlx::SqlitePool;
 
 struct TempDir(std::path::PathBuf);
@@ -44,22 +45,6 @@ async fn open(dir: &TempDir) -> SqlitePool {
 
 fn store(pool: &SqlitePool) -> EventStore {
     EventStore::sqlite(pool.clone())
-}
-
-fn reserve(user: UserId, n: u128) -> UsageCommand {
-    let now = Utc::now();
-    UsageCommand::Reserve(ReserveUnit {
-        job_id: JobId::from_uuid(uuid::Uuid::from_u128(n)),
-        user_id: user,
-        period: BillingPeriod::calendar_month(now),
-        plan: Plan::Enterprise,
-        limit: None,
-        now,
-    })
-}
-
-fn usage_id(user: UserId) -> String {
-    UsageKey::new(user, &BillingPeriod::calendar_month(Utc::now())).aggregate_id()
 }
 
 fn new_user() -> UserId {

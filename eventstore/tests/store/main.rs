@@ -17,26 +17,10 @@ use domain::{
     subscription::{
         ApplyStripeEvent, StripeChange, Subscription, SubscriptionCommand, SubscriptionStatus,
     },
-    usage::{CommitUnit, ReserveUnit, Usage, UsageCommand},
+    usage::{CommitUnit, Usage, UsageCommand},
 };
 use eventstore::{EventStore, Metadata, SNAPSHOT_EVERY, reader::read_from};
-use platform::testing::TestDb;
-
-fn reserve(user: UserId, n: u128) -> UsageCommand {
-    let now = Utc::now();
-    UsageCommand::Reserve(ReserveUnit {
-        job_id: domain::ids::JobId::from_uuid(uuid::Uuid::from_u128(n)),
-        user_id: user,
-        period: BillingPeriod::calendar_month(now),
-        plan: Plan::Enterprise,
-        limit: None,
-        now,
-    })
-}
-
-fn usage_id(user: UserId) -> String {
-    domain::usage::UsageKey::new(user, &BillingPeriod::calendar_month(Utc::now())).aggregate_id()
-}
+use platform::testing::{TestDb, reserve, usage_id};
 
 /// Many writers (several stores, each with its own group committer, plus raw transactions
 /// that hold their commit back) race while a reader follows `read_from`. The reader must see

@@ -29,3 +29,8 @@ postgres_cpu_ms() {
 median() {
   sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+
+# Drops and creates database $1 on ADMIN_URL's server (a fresh one per run).
+fresh_db() {
+  psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" 2> /dev/null
+}

@@ -206,7 +206,7 @@ async fn react_all(
         .collect();
     // All at once: commands on one ledger decide one after the other under its lock (in the
     // order they ask for it) and share the group commit (ADR 0014); ledgers are independent.
-    futures::future::try_join_all(reactions.into_iter().map(|mut r| async move {
+    futures::future::try_join_all(reactions.into_iter().map(|r| async move {
         let span = r.span();
         if let Err(e) = store
             .execute::<Usage>(&r.usage_id, r.command, &r.metadata)
@@ -288,25 +288,21 @@ struct Reaction {
     command: UsageCommand,
     metadata: Metadata,
     job_id: JobId,
+    /// The `traceparent` of the event that called for it.
+    cause: Option<String>,
 }
 
 impl Reaction {
-    /// Its span, in the trace of the event that called for it; the command's events carry
-    /// the span on.
-    fn span(&mut self) -> tracing::Span {
+    /// Its span, in the trace of the event that called for it. The usage events it appends
+    /// carry no `traceparent`: no follower opens a span for a usage event, and their append
+    /// is a child of this span already.
+    fn span(&self) -> tracing::Span {
         let span = tracing::info_span!(
             "process_manager.react",
             job_id = %self.job_id,
             correlation_id = self.metadata.get("correlation_id").map_or("", String::as_str),
         );
-        platform::telemetry::continue_from(
-            &span,
-            self.metadata.get("traceparent").map(String::as_str),
-        );
-        match platform::telemetry::traceparent_of(&span) {
-            Some(tp) => self.metadata.insert("traceparent".into(), tp),
-            None => self.metadata.remove("traceparent"),
-        };
+        platform::telemetry::continue_from(&span, self.cause.as_deref());
         span
     }
 }
@@ -335,6 +331,11 @@ fn react(
                 command,
                 metadata: inherited_metadata(event),
                 job_id: *job_id,
+                cause: event
+                    .metadata
+                    .get("traceparent")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
             })
         }
         Decoded::Usage(usage_event) => {
@@ -442,10 +443,6 @@ fn inherited_metadata(event: &RecordedEvent) -> Metadata {
         .and_then(|v| v.as_str())
     {
         meta.insert("correlation_id".into(), c.to_owned());
-    }
-    if let Some(tp) = event.metadata.get("traceparent").and_then(|v| v.as_str()) {
-        // The cause's; [`Reaction::span`] replaces it with the reaction's own.
-        meta.insert("traceparent".into(), tp.to_owned());
     }
     meta.insert("actor".into(), "process-manager".into());
     meta.insert("caused_by".into(), event.event_id.to_string());

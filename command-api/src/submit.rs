@@ -114,6 +114,14 @@ pub async fn submit(
     span.record("job_id", tracing::field::display(job_id));
     span.record("correlation_id", tracing::field::display(&correlation_id));
     let meta = metadata(&correlation_id, principal);
+    // The job's events carry the trace on; no follower opens a span for a usage event.
+    let usage_meta = if meta.contains_key("traceparent") {
+        let mut m = meta.clone();
+        m.remove("traceparent");
+        std::borrow::Cow::Owned(m)
+    } else {
+        std::borrow::Cow::Borrowed(&meta)
+    };
     let reserve = ReserveUnit {
         job_id,
         user_id: user,
@@ -173,8 +181,12 @@ pub async fn submit(
                     return Err(e.into());
                 }
             };
-            let (usage_append, snapshot, mut after) =
-                encode(EventStore::prepare(&usage_id, loaded, &usage_events, &meta))?;
+            let (usage_append, snapshot, mut after) = encode(EventStore::prepare(
+                &usage_id,
+                loaded,
+                &usage_events,
+                &usage_meta,
+            ))?;
             let unit = WriteUnit {
                 appends: vec![usage_append, job_append.clone()],
                 snapshots: snapshot.into_iter().collect(),

@@ -15,7 +15,6 @@ pub mod trace;
 mod writer;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
-use tracing::Instrument;
 
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::Decider;
@@ -295,17 +294,14 @@ impl EventStore {
     ///
     /// # Errors
     /// [`CommitError::Stopped`] when the writer is gone.
-    pub fn enqueue(
-        &self,
-        unit: WriteUnit,
-    ) -> Result<(u64, tracing::instrument::Instrumented<Committing>), CommitError> {
+    pub fn enqueue(&self, unit: WriteUnit) -> Result<(u64, Committing), CommitError> {
         let span = if crate::trace::exporting() {
             append_span(&unit)
         } else {
             tracing::Span::none()
         };
         let (ticket, committing) = self.writer.enqueue(unit)?;
-        Ok((ticket, committing.instrument(span)))
+        Ok((ticket, committing.in_span(span)))
     }
 
     /// Caches the state after a commit, or after a queued unit (its `pending` set).

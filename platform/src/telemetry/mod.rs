@@ -5,21 +5,23 @@
 //! an endpoint no OpenTelemetry layer is installed and [`traceparent`] is `None`, so nothing
 //! is recorded, carried or exported.
 
+mod spans;
+
 use std::sync::{
     OnceLock,
     atomic::{AtomicBool, Ordering},
 };
 
-use opentelemetry::{
-    Context,
-    propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{SpanContext, TraceContextExt, TracerProvider},
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{BatchSpanProcessor, SpanExporter as _, SpanProcessor as _},
 };
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, registry::LookupSpan};
 
-static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+use spans::{Ids, SpanLayer};
+
+static PROCESSOR: OnceLock<BatchSpanProcessor> = OnceLock::new();
 /// The crates whose spans make a job's trace.
 const OURS: &[&str] = &[
     "runledger",
@@ -77,46 +79,44 @@ where
         .build()
         .map_err(|e| eprintln!("runledger: OTLP exporter not started: {e}"))
         .ok()?;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_owned())
-                .build(),
-        )
-        .build();
-    let tracer = provider.tracer("runledger");
-    if PROVIDER.set(provider).is_err() {
+    let mut exporter = exporter;
+    exporter.set_resource(
+        &Resource::builder()
+            .with_service_name(service.to_owned())
+            .build(),
+    );
+    // The OTEL_BSP_* variables size its queue and batches, as the SDK documents.
+    if PROCESSOR
+        .set(BatchSpanProcessor::builder(exporter).build())
+        .is_err()
+    {
         return None;
     }
+    let processor = PROCESSOR.get()?;
     EXPORTING.store(true, Ordering::Relaxed);
     eventstore::trace::set_exporting(true);
-    // Only spans, only runledger's own: log events stay out of the traces (a span event per
-    // log line would cost on every request), and so do the libraries' spans.
-    let spans = tracing_subscriber::filter::filter_fn(|m| {
-        m.is_span()
-            && *m.level() <= tracing::Level::INFO
-            && OURS.iter().any(|c| m.target().starts_with(c))
-    });
-    // No source location, thread or busy/idle attributes: they cost on every span and tell
-    // nothing the span's name and fields do not.
-    Some(
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            // Context travels by `traceparent` strings, never through OpenTelemetry's
-            // thread-local current context: no attach on every poll of a traced future.
-            .with_context_activation(false)
-            .with_target(false)
-            .with_filter(spans),
-    )
+    let spans = tracing_subscriber::filter::DynFilterFn::new(move |m, _| ours(m))
+        .with_callsite_filter(|m| {
+            if ours(m) {
+                tracing::subscriber::Interest::always()
+            } else {
+                tracing::subscriber::Interest::never()
+            }
+        });
+    Some(SpanLayer::new(processor).with_filter(spans))
+}
+
+/// Only spans, only runledger's own: log events stay out of the traces (a span event per log
+/// line would cost on every request), and so do the libraries' spans.
+fn ours(m: &tracing::Metadata<'_>) -> bool {
+    m.is_span()
+        && *m.level() <= tracing::Level::INFO
+        && OURS.iter().any(|c| m.target().starts_with(c))
 }
 
 /// Sends the spans still buffered; call before the process exits.
 pub fn shutdown() {
-    if let Some(p) = PROVIDER.get() {
+    if let Some(p) = PROCESSOR.get() {
         let _ = p.shutdown();
     }
 }
@@ -136,9 +136,7 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     if !exporting() {
         return None;
     }
-    let mut carrier = Carrier::default();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-    carrier.0
+    spans::ids_of(span).map(Ids::traceparent)
 }
 
 /// Makes `span` (not yet entered) a child of the remote span `traceparent` names. A missing
@@ -147,8 +145,8 @@ pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
     if !exporting() {
         return;
     }
-    if let Some(sc) = traceparent.and_then(parse) {
-        let _ = span.set_parent(Context::new().with_remote_span_context(sc));
+    if let Some(parent) = traceparent.and_then(parse) {
+        spans::set_remote_parent(span, parent);
     }
 }
 
@@ -169,7 +167,7 @@ pub fn event_span(
     let span = tracing::info_span!(
         "event",
         otel.name = step,
-        event_type = %event.event_type,
+        event_type = event.event_type.as_str(),
         position = event.position,
         job_id = event.aggregate_id.as_str(),
         correlation_id = meta("correlation_id").unwrap_or(""),
@@ -178,38 +176,31 @@ pub fn event_span(
     Some(span)
 }
 
-/// Where the SDK's W3C propagator writes a span's `traceparent` (no map per call).
-#[derive(Default)]
-struct Carrier(Option<String>);
-
-impl Injector for Carrier {
-    fn set(&mut self, key: &str, value: String) {
-        if key == TRACEPARENT {
-            self.0 = Some(value);
-        }
+/// Parses a W3C `traceparent` (version 00, or a later one read as 00 as the spec says);
+/// `None` when it is malformed or names an all-zero id.
+fn parse(value: &str) -> Option<Ids> {
+    let b = value.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let fits = match b.get(..2)? {
+        b"00" => b.len() == 55,
+        b"ff" => false,
+        v => hex(v) && (b.len() == 55 || b.get(55) == Some(&b'-')),
+    };
+    if !fits || !b[..55].is_ascii() || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
     }
-}
-
-/// A received `traceparent`, read in place.
-struct Received<'a>(&'a str);
-
-impl Extractor for Received<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        (key == TRACEPARENT).then_some(self.0)
+    let (trace, span, flags) = (&value[3..35], &value[36..52], &value[53..55]);
+    if !(hex(trace.as_bytes()) && hex(span.as_bytes()) && hex(flags.as_bytes())) {
+        return None;
     }
-
-    fn keys(&self) -> Vec<&str> {
-        vec![TRACEPARENT]
-    }
-}
-
-const TRACEPARENT: &str = "traceparent";
-
-/// Parses a W3C `traceparent` with the SDK's propagator; `None` when it is malformed.
-pub fn parse(value: &str) -> Option<SpanContext> {
-    let cx = TraceContextPropagator::new().extract(&Received(value));
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then_some(sc)
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(Ids {
+        trace_id,
+        span_id,
+        sampled: flags & 1 == 1,
+    })
 }
 
 /// `filter`, with chromiumoxide held to errors unless the filter names it: it warns about
@@ -229,13 +220,17 @@ mod tests {
 
     #[test]
     fn a_w3c_traceparent_parses_and_bad_ones_do_not() {
-        let sc = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ids = parse(tp).unwrap();
+        assert_eq!(ids.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ids.span_id.to_string(), "00f067aa0ba902b7");
+        assert!(ids.sampled);
+        assert_eq!(ids.traceparent(), tp);
+        assert!(
+            !parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .unwrap()
+                .sampled
         );
-        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(sc.is_sampled() && sc.is_remote());
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

@@ -19,6 +19,8 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::{problem::Problem, settings::Secret};
 
+mod verified;
+
 /// Who is calling: a customer, or a service role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +109,9 @@ struct Claims {
     sub: String,
     #[serde(default)]
     role: Option<String>,
+    /// Read again only to know how long a verified token may be remembered.
+    #[serde(default)]
+    exp: Option<f64>,
 }
 
 /// What a minted token carries.
@@ -170,6 +175,7 @@ pub struct Authenticator {
     customers: Keys,
     services: Option<Keys>,
     audience: String,
+    verified: verified::Verified,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -192,6 +198,7 @@ impl Authenticator {
             customers: Keys::new(secret, jwks_url, None),
             services: None,
             audience: audience.to_owned(),
+            verified: verified::Verified::default(),
         }
     }
 
@@ -212,6 +219,7 @@ impl Authenticator {
             ),
             services: (!services.is_empty()).then_some(services),
             audience: s.jwt_audience.clone(),
+            verified: verified::Verified::default(),
         }
     }
 
@@ -272,6 +280,9 @@ impl Authenticator {
     /// # Errors
     /// Why it is refused.
     pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(principal) = self.verified.get(token) {
+            return Ok(principal);
+        }
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         let (claims, from_services) = match &self.services {
             None => (self.verify(&self.customers, token, &header).await?, false),
@@ -290,7 +301,13 @@ impl Authenticator {
         if self.services.is_some() && !from_services && role != Role::Customer {
             return Err(AuthError::ServiceRole);
         }
-        Ok(Principal { user_id, role })
+        let principal = Principal { user_id, role };
+        if header.alg == Algorithm::HS256
+            && let Some(exp) = claims.exp
+        {
+            self.verified.put(token, principal, exp);
+        }
+        Ok(principal)
     }
 }
 
@@ -595,6 +612,46 @@ mod tests {
                 role: Role::Worker
             })
         );
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_still_its_exact_bytes() {
+        let auth = Authenticator::new(Some(&secret()), None, "authenticated");
+        let t = mint(
+            &secret(),
+            "authenticated",
+            user(),
+            Role::Customer,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let principal = auth.validate(&t).await.unwrap();
+        assert_eq!(auth.verified.get(&t), Some(principal), "remembered");
+        assert_eq!(auth.validate(&t).await, Ok(principal));
+        // Another signature on the same header and claims is not the remembered token.
+        let (signed, _) = t.rsplit_once('.').unwrap();
+        let forged = format!("{signed}.{}", "A".repeat(43));
+        assert_eq!(auth.validate(&forged).await, Err(AuthError::Invalid));
+        assert_eq!(auth.verified.get(&forged), None);
+    }
+
+    #[test]
+    fn a_remembered_token_expires_with_its_exp() {
+        let v = verified::Verified::default();
+        let p = Principal {
+            user_id: user(),
+            role: Role::Customer,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        v.put("expired", p, now - 1.0);
+        assert_eq!(v.get("expired"), None);
+        v.put("ending", p, now + 0.05);
+        assert_eq!(v.get("ending"), Some(p));
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(v.get("ending"), None, "past its exp");
     }
 
     #[tokio::test]

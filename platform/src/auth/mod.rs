@@ -594,17 +594,15 @@ mod tests {
         UserId::parse("8d0f3e52-8a4c-4f43-9c52-1f3b1a2c3d4e").unwrap()
     }
 
+    /// A token for `user()` signed with `secret()`, valid for a minute.
+    fn token(audience: &str, role: Role) -> String {
+        mint(&secret(), audience, user(), role, Duration::from_secs(60)).unwrap()
+    }
+
     #[tokio::test]
     async fn a_minted_token_validates_with_its_role() {
         let auth = Authenticator::new(Some(&secret()), None, "authenticated");
-        let t = mint(
-            &secret(),
-            "authenticated",
-            user(),
-            Role::Worker,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let t = token("authenticated", Role::Worker);
         assert_eq!(
             auth.validate(&t).await,
             Ok(Principal {
@@ -617,14 +615,7 @@ mod tests {
     #[tokio::test]
     async fn a_remembered_token_is_still_its_exact_bytes() {
         let auth = Authenticator::new(Some(&secret()), None, "authenticated");
-        let t = mint(
-            &secret(),
-            "authenticated",
-            user(),
-            Role::Customer,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let t = token("authenticated", Role::Customer);
         let principal = auth.validate(&t).await.unwrap();
         assert_eq!(auth.verified.get(&t), Some(principal), "remembered");
         assert_eq!(auth.validate(&t).await, Ok(principal));
@@ -657,14 +648,7 @@ mod tests {
     #[tokio::test]
     async fn wrong_audience_and_wrong_secret_are_refused() {
         let auth = Authenticator::new(Some(&secret()), None, "authenticated");
-        let t = mint(
-            &secret(),
-            "other",
-            user(),
-            Role::Customer,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let t = token("other", Role::Customer);
         assert_eq!(auth.validate(&t).await, Err(AuthError::Invalid));
         let other = Secret::new("another-secret-another-secret-another");
         let t = mint(

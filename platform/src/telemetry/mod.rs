@@ -72,14 +72,13 @@ where
 {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let base = otlp?;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')))
         .build()
         .map_err(|e| eprintln!("runledger: OTLP exporter not started: {e}"))
         .ok()?;
-    let mut exporter = exporter;
     exporter.set_resource(
         &Resource::builder()
             .with_service_name(service.to_owned())

@@ -3,8 +3,7 @@
 //!
 //! Each span keeps only what its export needs (ids, name, kind, start, attributes) in one
 //! registry extension, and becomes the SDK's `SpanData` when it closes: no SDK span, context
-//! or builder per span and nothing on enter or exit, which is what kept traces on within 5%
-//! of traces off (ADR 0016).
+//! or builder per span and nothing on enter or exit (ADR 0016).
 
 use std::{borrow::Cow, fmt, time::SystemTime};
 

@@ -17,10 +17,12 @@ use domain::{
 };
 use platform::{
     auth::{Principal, Role},
+    http::RequestSpan,
     problem::Problem,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{
     body::Json,
@@ -40,10 +42,11 @@ async fn run(
     state: &AppState,
     id: JobId,
     principal: Principal,
+    span: &tracing::Span,
     allowed: impl Fn(&Job) -> bool,
     command: JobCommand,
 ) -> Result<Response, ApiError> {
-    let (status, attempt) = execute(state, id, principal, allowed, command).await?;
+    let (status, attempt) = execute(state, id, principal, span, allowed, command).await?;
     let body = json!({"job_id": id, "status": status.as_str(), "attempt": attempt});
     Ok((StatusCode::OK, AxumJson(body)).into_response())
 }
@@ -59,7 +62,8 @@ pub async fn report(
     report: WorkerReport,
 ) -> Result<(), ApiError> {
     require_worker(worker)?;
-    execute(state, id, worker, |_| true, report.command()?)
+    let span = tracing::Span::current();
+    execute(state, id, worker, &span, |_| true, report.command()?)
         .await
         .map(drop)
 }
@@ -68,11 +72,11 @@ async fn execute(
     state: &AppState,
     id: JobId,
     principal: Principal,
+    span: &tracing::Span,
     allowed: impl Fn(&Job) -> bool,
     command: JobCommand,
 ) -> Result<(domain::job::JobStatus, Attempt), ApiError> {
     let id_text = id.to_string();
-    let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(id));
     // Refusals come back as 404 for a job that does not exist or is not the caller's.
     let check = |job: &Job| match job.state() {
@@ -82,7 +86,7 @@ async fn execute(
     let meta = |job: &Job| match job.state() {
         Some(s) => {
             span.record("correlation_id", tracing::field::display(&s.correlation_id));
-            metadata(&s.correlation_id, principal)
+            metadata(&s.correlation_id, principal, span)
         }
         None => Default::default(),
     };
@@ -91,6 +95,8 @@ async fn execute(
         .execute_checked::<Job, _>(&id_text, command, meta, check, |job: &Job| {
             job.state().map(|s| (s.status, s.attempt))
         })
+        // The append's span is the request's child (a few polls: load, lock, commit).
+        .instrument(span.clone())
         .await??;
     Ok(executed.view.ok_or(JobError::NotFound)?)
 }
@@ -102,16 +108,27 @@ async fn execute(
 pub async fn cancel(
     State(state): State<AppState>,
     Owner(principal): Owner,
+    span: RequestSpan,
     Path(id): Path<String>,
+) -> Response {
+    span.answer(cancel_job(&state, principal, &span, &id).await)
+}
+
+async fn cancel_job(
+    state: &AppState,
+    principal: Principal,
+    span: &tracing::Span,
+    id: &str,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
+    let id = job_id(id)?;
     let owner = principal.user_id;
     let admin = principal.role == Role::Admin;
     let owns = move |job: &Job| admin || job.state().is_some_and(|s| s.user_id == owner);
     run(
-        &state,
+        state,
         id,
         principal,
+        span,
         owns,
         JobCommand::Cancel(CancelJob { now: Utc::now() }),
     )
@@ -220,10 +237,20 @@ impl WorkerReport {
 pub async fn start(
     State(state): State<AppState>,
     Worker(principal): Worker,
+    span: RequestSpan,
     Path(id): Path<String>,
     body: Json<StartBody>,
-) -> Result<Response, ApiError> {
-    worker_endpoint(&state, principal, &id, WorkerReport::Start(body.value)).await
+) -> Response {
+    span.answer(
+        worker_endpoint(
+            &state,
+            principal,
+            &span,
+            &id,
+            WorkerReport::Start(body.value),
+        )
+        .await,
+    )
 }
 
 /// A worker's attempt is still alive.
@@ -233,10 +260,20 @@ pub async fn start(
 pub async fn heartbeat(
     State(state): State<AppState>,
     Worker(principal): Worker,
+    span: RequestSpan,
     Path(id): Path<String>,
     body: Json<HeartbeatBody>,
-) -> Result<Response, ApiError> {
-    worker_endpoint(&state, principal, &id, WorkerReport::Heartbeat(body.value)).await
+) -> Response {
+    span.answer(
+        worker_endpoint(
+            &state,
+            principal,
+            &span,
+            &id,
+            WorkerReport::Heartbeat(body.value),
+        )
+        .await,
+    )
 }
 
 /// A worker's attempt finished with a result.
@@ -246,10 +283,20 @@ pub async fn heartbeat(
 pub async fn complete(
     State(state): State<AppState>,
     Worker(principal): Worker,
+    span: RequestSpan,
     Path(id): Path<String>,
     body: Json<CompleteBody>,
-) -> Result<Response, ApiError> {
-    worker_endpoint(&state, principal, &id, WorkerReport::Complete(body.value)).await
+) -> Response {
+    span.answer(
+        worker_endpoint(
+            &state,
+            principal,
+            &span,
+            &id,
+            WorkerReport::Complete(body.value),
+        )
+        .await,
+    )
 }
 
 /// A worker's attempt failed.
@@ -259,18 +306,30 @@ pub async fn complete(
 pub async fn fail(
     State(state): State<AppState>,
     Worker(principal): Worker,
+    span: RequestSpan,
     Path(id): Path<String>,
     body: Json<FailBody>,
-) -> Result<Response, ApiError> {
-    worker_endpoint(&state, principal, &id, WorkerReport::Fail(body.value)).await
+) -> Response {
+    span.answer(
+        worker_endpoint(
+            &state,
+            principal,
+            &span,
+            &id,
+            WorkerReport::Fail(body.value),
+        )
+        .await,
+    )
 }
 
 async fn worker_endpoint(
     state: &AppState,
     principal: Principal,
+    span: &tracing::Span,
     id: &str,
     report: WorkerReport,
 ) -> Result<Response, ApiError> {
     require_worker(principal)?;
-    run(state, job_id(id)?, principal, |_| true, report.command()?).await
+    let id = job_id(id)?;
+    run(state, id, principal, span, |_| true, report.command()?).await
 }

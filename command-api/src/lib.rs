@@ -106,11 +106,15 @@ pub async fn run(
     Ok(())
 }
 
-/// The metadata every command's events carry: who, the correlation id, and the current
-/// span's `traceparent` when traces are exported (the job's trace goes on from the events).
-pub fn metadata(correlation_id: &CorrelationId, principal: Principal) -> Metadata {
+/// The metadata every command's events carry: who, the correlation id, and `span`'s
+/// `traceparent` when traces are exported (the job's trace goes on from the events).
+pub fn metadata(
+    correlation_id: &CorrelationId,
+    principal: Principal,
+    span: &tracing::Span,
+) -> Metadata {
     let mut m = Metadata::new();
-    if let Some(tp) = platform::telemetry::traceparent() {
+    if let Some(tp) = platform::telemetry::traceparent_of(span) {
         m.insert("traceparent".into(), tp);
     }
     m.insert("correlation_id".into(), correlation_id.to_string());

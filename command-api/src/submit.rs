@@ -20,7 +20,7 @@ use eventstore::{
     CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError, WriteUnit,
     backoff,
 };
-use platform::{auth::Principal, problem::Problem};
+use platform::{auth::Principal, http::RequestSpan, problem::Problem};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -58,6 +58,17 @@ const MAX_KEY_LEN: usize = 255;
 pub async fn submit(
     State(state): State<AppState>,
     Customer(principal): Customer,
+    span: RequestSpan,
+    headers: HeaderMap,
+    body: Json<SubmitRequest>,
+) -> Response {
+    span.answer(accept(state, principal, &span, headers, body).await)
+}
+
+async fn accept(
+    state: AppState,
+    principal: Principal,
+    span: &tracing::Span,
     headers: HeaderMap,
     body: Json<SubmitRequest>,
 ) -> Result<Response, ApiError> {
@@ -110,10 +121,9 @@ pub async fn submit(
     let usage_key = UsageKey::new(user, &period);
     let usage_id = usage_key.aggregate_id();
     let job_id = JobId::from_uuid(uuid::Uuid::new_v4());
-    let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(job_id));
     span.record("correlation_id", tracing::field::display(&correlation_id));
-    let meta = metadata(&correlation_id, principal);
+    let meta = metadata(&correlation_id, principal, span);
     // The job's events carry the trace on; no follower opens a span for a usage event.
     let usage_meta = if meta.contains_key("traceparent") {
         let mut m = meta.clone();
@@ -198,7 +208,10 @@ pub async fn submit(
                     body: response.clone(),
                 }),
             };
-            let (ticket, committing) = state.store.enqueue(unit).map_err(StoreError::from)?;
+            // In the request's span: the append's span is its child.
+            let (ticket, committing) = span
+                .in_scope(|| state.store.enqueue(unit))
+                .map_err(StoreError::from)?;
             after.pending = Some(ticket);
             state.store.remember(&usage_id, after);
             committing
@@ -211,12 +224,14 @@ pub async fn submit(
             Ok(()) => {
                 // The worker's start comes next: spare it a load.
                 state.store.remember(&job_id_text, job_after);
-                tracing::info!(
-                    message = "Job submitted.",
-                    job_id = %job_id,
-                    user_id = %user,
-                    correlation_id = %correlation_id,
-                );
+                span.in_scope(|| {
+                    tracing::info!(
+                        message = "Job submitted.",
+                        job_id = %job_id,
+                        user_id = %user,
+                        correlation_id = %correlation_id,
+                    );
+                });
                 return Ok((StatusCode::ACCEPTED, AxumJson(response)).into_response());
             }
             Err(CommitError::Conflict) => backoff(attempt).await,

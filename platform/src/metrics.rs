@@ -97,13 +97,13 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
 
 /// Middleware recording `runledger_http_request_duration_seconds{method, route, status}`,
 /// with the matched route pattern (not the raw path, so ids do not explode the labels); and
-/// the request's span, a child of the caller's `traceparent` header when it sends one. Its
-/// `job_id` and `correlation_id` are filled in by the handlers that know them.
+/// the request's span, a child of the caller's `traceparent` header when it sends one, handed
+/// to the handlers as a [`crate::http::RequestSpan`]: they fill in its `job_id` and
+/// `correlation_id` when they know them.
 pub async fn track(
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use tracing::Instrument;
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -126,7 +126,9 @@ pub async fn track(
             .and_then(|v| v.to_str().ok()),
     );
     let started = std::time::Instant::now();
-    let res = next.run(req).instrument(span.clone()).await;
+    req.extensions_mut()
+        .insert(crate::http::RequestSpan(span.clone()));
+    let res = next.run(req).await;
     span.record("http.response.status_code", res.status().as_u16());
     metrics::histogram!(
         "runledger_http_request_duration_seconds",

@@ -5,6 +5,7 @@
 //! an endpoint no OpenTelemetry layer is installed and [`traceparent`] is `None`, so nothing
 //! is recorded, carried or exported.
 
+mod otlp;
 mod spans;
 
 use std::sync::{
@@ -12,16 +13,11 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::{
-    Resource,
-    trace::{BatchSpanProcessor, SpanExporter as _, SpanProcessor as _},
-};
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, registry::LookupSpan};
 
 use spans::{Ids, SpanLayer};
 
-static PROCESSOR: OnceLock<BatchSpanProcessor> = OnceLock::new();
+static EXPORTER: OnceLock<otlp::Exporter> = OnceLock::new();
 /// The crates whose spans make a job's trace.
 const OURS: &[&str] = &[
     "runledger",
@@ -70,28 +66,19 @@ fn otel_layer<S>(otlp: Option<&str>, service: &str) -> Option<impl Layer<S>>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
     let base = otlp?;
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')))
-        .build()
-        .map_err(|e| eprintln!("runledger: OTLP exporter not started: {e}"))
-        .ok()?;
-    exporter.set_resource(
-        &Resource::builder()
-            .with_service_name(service.to_owned())
-            .build(),
-    );
-    // The OTEL_BSP_* variables size its queue and batches, as the SDK documents.
-    if PROCESSOR
-        .set(BatchSpanProcessor::builder(exporter).build())
-        .is_err()
-    {
+    if EXPORTER.get().is_some() {
         return None;
     }
-    let processor = PROCESSOR.get()?;
+    let url = format!("{}/v1/traces", base.trim_end_matches('/'));
+    let exporter = otlp::Exporter::start(url, service)
+        .map_err(|e| eprintln!("runledger: OTLP exporter not started: {e}"))
+        .ok()?;
+    if let Err(second) = EXPORTER.set(exporter) {
+        second.shutdown();
+        return None;
+    }
+    let exporter = EXPORTER.get()?;
     EXPORTING.store(true, Ordering::Relaxed);
     eventstore::trace::set_exporting(true);
     let spans = tracing_subscriber::filter::DynFilterFn::new(move |m, _| ours(m))
@@ -102,7 +89,7 @@ where
                 tracing::subscriber::Interest::never()
             }
         });
-    Some(SpanLayer::new(processor).with_filter(spans))
+    Some(SpanLayer::new(exporter).with_filter(spans))
 }
 
 /// Only spans, only runledger's own: log events stay out of the traces (a span event per log
@@ -115,8 +102,8 @@ fn ours(m: &tracing::Metadata<'_>) -> bool {
 
 /// Sends the spans still buffered; call before the process exits.
 pub fn shutdown() {
-    if let Some(p) = PROCESSOR.get() {
-        let _ = p.shutdown();
+    if let Some(e) = EXPORTER.get() {
+        e.shutdown();
     }
 }
 
@@ -188,17 +175,20 @@ fn parse(value: &str) -> Option<Ids> {
     if !fits || !b[..55].is_ascii() || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
-    let (trace, span, flags) = (&value[3..35], &value[36..52], &value[53..55]);
-    if !(hex(trace.as_bytes()) && hex(span.as_bytes()) && hex(flags.as_bytes())) {
+    let (trace, span, flags) = (&b[3..35], &b[36..52], &b[53..55]);
+    if !(hex(trace) && hex(span) && hex(flags)) {
         return None;
     }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(Ids {
+    let mut trace_id = [0; 16];
+    let mut span_id = [0; 8];
+    let mut flag = [0; 1];
+    hex::decode_to_slice(trace, &mut trace_id).ok()?;
+    hex::decode_to_slice(span, &mut span_id).ok()?;
+    hex::decode_to_slice(flags, &mut flag).ok()?;
+    (trace_id != [0; 16] && span_id != [0; 8]).then_some(Ids {
         trace_id,
         span_id,
-        sampled: flags & 1 == 1,
+        sampled: flag[0] & 1 == 1,
     })
 }
 
@@ -221,8 +211,11 @@ mod tests {
     fn a_w3c_traceparent_parses_and_bad_ones_do_not() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let ids = parse(tp).unwrap();
-        assert_eq!(ids.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(ids.span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(
+            hex::encode(ids.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(hex::encode(ids.span_id), "00f067aa0ba902b7");
         assert!(ids.sampled);
         assert_eq!(ids.traceparent(), tp);
         assert!(

@@ -1,21 +1,15 @@
-//! The layer that turns runledger's tracing spans into OpenTelemetry spans for the SDK's
-//! batch processor and the OTLP exporter.
+//! The layer that turns runledger's tracing spans into OTLP spans.
 //!
-//! Each span keeps only what its export needs (ids, name, kind, start, attributes) in one
-//! registry extension, and becomes the SDK's `SpanData` when it closes: no SDK span, context
-//! or builder per span and nothing on enter or exit (ADR 0016).
+//! Each span keeps only what its export needs (ids, name, kind, start and attributes) in one
+//! registry extension, and is encoded for export when it closes: nothing happens on enter
+//! or exit (ADR 0016, ADR 0018).
 
-use std::{borrow::Cow, fmt, time::SystemTime};
+use std::{
+    borrow::Cow,
+    fmt,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry::{
-    KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-};
-use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks,
-    SpanProcessor,
-};
 use tracing::{
     Subscriber,
     field::{Field, Visit},
@@ -23,24 +17,28 @@ use tracing::{
 };
 use tracing_subscriber::{Registry, layer::Context, registry::LookupSpan};
 
+use super::otlp::{Exporter, Span, Value};
+
 /// What a span keeps until it closes.
 struct Recorded {
-    trace_id: TraceId,
-    span_id: SpanId,
-    parent_id: SpanId,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    /// All zero for a root.
+    parent_id: [u8; 8],
     remote_parent: bool,
     sampled: bool,
     name: Cow<'static, str>,
-    kind: SpanKind,
+    /// The OTLP `SpanKind` number.
+    kind: u8,
     start: SystemTime,
-    attributes: Vec<KeyValue>,
+    attributes: Vec<(&'static str, Value)>,
 }
 
 /// The span ids a `traceparent` carries on.
 #[derive(Clone, Copy)]
 pub(super) struct Ids {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
     pub sampled: bool,
 }
 
@@ -49,9 +47,9 @@ impl Ids {
     pub fn traceparent(self) -> String {
         let mut out = String::with_capacity(55);
         out.push_str("00-");
-        push_hex(&mut out, &self.trace_id.to_bytes());
+        push_hex(&mut out, &self.trace_id);
         out.push('-');
-        push_hex(&mut out, &self.span_id.to_bytes());
+        push_hex(&mut out, &self.span_id);
         out.push_str(if self.sampled { "-01" } else { "-00" });
         out
     }
@@ -65,20 +63,28 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Hands every closed span to `processor`.
+/// Random ids, never all zero (which W3C reserves for "none").
+fn new_trace_id() -> [u8; 16] {
+    rand::random::<u128>().max(1).to_be_bytes()
+}
+
+fn new_span_id() -> [u8; 8] {
+    rand::random::<u64>().max(1).to_be_bytes()
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Hands every closed, sampled span to the exporter.
 pub(super) struct SpanLayer {
-    processor: &'static BatchSpanProcessor,
-    scope: InstrumentationScope,
-    ids: RandomIdGenerator,
+    exporter: &'static Exporter,
 }
 
 impl SpanLayer {
-    pub fn new(processor: &'static BatchSpanProcessor) -> Self {
-        Self {
-            processor,
-            scope: InstrumentationScope::builder("runledger").build(),
-            ids: RandomIdGenerator::default(),
-        }
+    pub fn new(exporter: &'static Exporter) -> Self {
+        Self { exporter }
     }
 }
 
@@ -95,13 +101,13 @@ where
         };
         let parent = parent.and_then(|p| p.extensions().get::<Recorded>().map(Recorded::ids));
         let mut recorded = Recorded {
-            trace_id: parent.map_or_else(|| self.ids.new_trace_id(), |p| p.trace_id),
-            span_id: self.ids.new_span_id(),
-            parent_id: parent.map_or(SpanId::INVALID, |p| p.span_id),
+            trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
+            span_id: new_span_id(),
+            parent_id: parent.map_or([0; 8], |p| p.span_id),
             remote_parent: false,
             sampled: parent.is_none_or(|p| p.sampled),
             name: Cow::Borrowed(attrs.metadata().name()),
-            kind: SpanKind::Internal,
+            kind: INTERNAL,
             start: SystemTime::now(),
             attributes: Vec::with_capacity(attrs.fields().len()),
         };
@@ -125,29 +131,22 @@ where
         if !r.sampled {
             return;
         }
-        self.processor.on_end(SpanData {
-            span_context: SpanContext::new(
-                r.trace_id,
-                r.span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: r.parent_id,
-            parent_span_is_remote: r.remote_parent,
-            span_kind: r.kind,
-            name: r.name,
-            start_time: r.start,
-            end_time: SystemTime::now(),
-            attributes: r.attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: self.scope.clone(),
+        self.exporter.push(&Span {
+            trace_id: r.trace_id,
+            span_id: r.span_id,
+            parent_id: r.parent_id,
+            remote_parent: r.remote_parent,
+            name: &r.name,
+            kind: r.kind,
+            start_unix_nanos: unix_nanos(r.start),
+            end_unix_nanos: unix_nanos(SystemTime::now()),
+            attributes: &r.attributes,
         });
     }
 }
+
+/// OTLP `SpanKind` numbers.
+const INTERNAL: u8 = 1;
 
 impl Recorded {
     fn ids(&self) -> Ids {
@@ -164,11 +163,11 @@ impl Recorded {
             "otel.name" => self.name = Cow::Owned(text.to_owned()),
             "otel.kind" => {
                 self.kind = match text {
-                    "server" => SpanKind::Server,
-                    "client" => SpanKind::Client,
-                    "producer" => SpanKind::Producer,
-                    "consumer" => SpanKind::Consumer,
-                    _ => SpanKind::Internal,
+                    "server" => 2,
+                    "client" => 3,
+                    "producer" => 4,
+                    "consumer" => 5,
+                    _ => INTERNAL,
                 }
             }
             _ => return false,
@@ -176,15 +175,11 @@ impl Recorded {
         true
     }
 
-    fn set(&mut self, field: &Field, value: opentelemetry::Value) {
+    fn set(&mut self, field: &Field, value: Value) {
         let name = field.name();
-        match self
-            .attributes
-            .iter_mut()
-            .find(|kv| kv.key.as_str() == name)
-        {
-            Some(kv) => kv.value = value,
-            None => self.attributes.push(KeyValue::new(name, value)),
+        match self.attributes.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, v)) => *v = value,
+            None => self.attributes.push((name, value)),
         }
     }
 }
@@ -192,30 +187,30 @@ impl Recorded {
 impl Visit for Recorded {
     fn record_str(&mut self, field: &Field, value: &str) {
         if !self.own(field, value) {
-            self.set(field, value.to_owned().into());
+            self.set(field, Value::Str(value.to_owned()));
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field, value.into());
+        self.set(field, Value::Int(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.set(field, i64::try_from(value).unwrap_or(i64::MAX).into());
+        self.set(field, Value::Int(i64::try_from(value).unwrap_or(i64::MAX)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field, value.into());
+        self.set(field, Value::Bool(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field, value.into());
+        self.set(field, Value::Double(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let text = format!("{value:?}");
         if !self.own(field, &text) {
-            self.set(field, text.into());
+            self.set(field, Value::Str(text));
         }
     }
 }

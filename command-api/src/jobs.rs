@@ -241,16 +241,14 @@ pub async fn start(
     Path(id): Path<String>,
     body: Json<StartBody>,
 ) -> Response {
-    span.answer(
-        worker_endpoint(
-            &state,
-            principal,
-            &span,
-            &id,
-            WorkerReport::Start(body.value),
-        )
-        .await,
+    worker_endpoint(
+        &state,
+        principal,
+        span,
+        &id,
+        WorkerReport::Start(body.value),
     )
+    .await
 }
 
 /// A worker's attempt is still alive.
@@ -264,16 +262,14 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     body: Json<HeartbeatBody>,
 ) -> Response {
-    span.answer(
-        worker_endpoint(
-            &state,
-            principal,
-            &span,
-            &id,
-            WorkerReport::Heartbeat(body.value),
-        )
-        .await,
+    worker_endpoint(
+        &state,
+        principal,
+        span,
+        &id,
+        WorkerReport::Heartbeat(body.value),
     )
+    .await
 }
 
 /// A worker's attempt finished with a result.
@@ -287,16 +283,14 @@ pub async fn complete(
     Path(id): Path<String>,
     body: Json<CompleteBody>,
 ) -> Response {
-    span.answer(
-        worker_endpoint(
-            &state,
-            principal,
-            &span,
-            &id,
-            WorkerReport::Complete(body.value),
-        )
-        .await,
+    worker_endpoint(
+        &state,
+        principal,
+        span,
+        &id,
+        WorkerReport::Complete(body.value),
     )
+    .await
 }
 
 /// A worker's attempt failed.
@@ -310,26 +304,20 @@ pub async fn fail(
     Path(id): Path<String>,
     body: Json<FailBody>,
 ) -> Response {
-    span.answer(
-        worker_endpoint(
-            &state,
-            principal,
-            &span,
-            &id,
-            WorkerReport::Fail(body.value),
-        )
-        .await,
-    )
+    worker_endpoint(&state, principal, span, &id, WorkerReport::Fail(body.value)).await
 }
 
 async fn worker_endpoint(
     state: &AppState,
     principal: Principal,
-    span: &tracing::Span,
+    span: RequestSpan,
     id: &str,
     report: WorkerReport,
-) -> Result<Response, ApiError> {
-    require_worker(principal)?;
-    let id = job_id(id)?;
-    run(state, id, principal, span, |_| true, report.command()?).await
+) -> Response {
+    let outcome = async {
+        require_worker(principal)?;
+        let id = job_id(id)?;
+        run(state, id, principal, &span, |_| true, report.command()?).await
+    };
+    span.answer(outcome.await)
 }

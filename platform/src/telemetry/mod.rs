@@ -218,11 +218,9 @@ mod tests {
         assert_eq!(hex::encode(ids.span_id), "00f067aa0ba902b7");
         assert!(ids.sampled);
         assert_eq!(ids.traceparent(), tp);
-        assert!(
-            !parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
-                .unwrap()
-                .sampled
-        );
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(!parse(unsampled).unwrap().sampled);
+        assert_eq!(parse(unsampled).unwrap().traceparent(), unsampled);
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

@@ -43,23 +43,16 @@ pub(super) struct Ids {
 }
 
 impl Ids {
-    /// The W3C `traceparent` of the span (written by hand: one per event carried on).
+    /// The W3C `traceparent` of the span: one allocation, as it is written per event.
     pub fn traceparent(self) -> String {
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push('-');
-        push_hex(&mut out, &self.span_id);
-        out.push_str(if self.sampled { "-01" } else { "-00" });
-        out
-    }
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // Each slice is exactly twice its bytes' length, so neither encoding can fail.
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        if self.sampled {
+            out[54] = b'1';
+        }
+        out.iter().copied().map(char::from).collect()
     }
 }
 

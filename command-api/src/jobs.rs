@@ -77,7 +77,7 @@ async fn execute(
     command: JobCommand,
 ) -> Result<(domain::job::JobStatus, Attempt), ApiError> {
     let id_text = id.to_string();
-    span.record("job_id", tracing::field::display(id));
+    span.record("job_id", id_text.as_str());
     // Refusals come back as 404 for a job that does not exist or is not the caller's.
     let check = |job: &Job| match job.state() {
         Some(_) if allowed(job) => Ok(()),
@@ -85,7 +85,7 @@ async fn execute(
     };
     let meta = |job: &Job| match job.state() {
         Some(s) => {
-            span.record("correlation_id", tracing::field::display(&s.correlation_id));
+            span.record("correlation_id", s.correlation_id.as_str());
             metadata(&s.correlation_id, principal, span)
         }
         None => Default::default(),

@@ -113,7 +113,8 @@ pub fn metadata(
     principal: Principal,
     span: &tracing::Span,
 ) -> Metadata {
-    let mut m = Metadata::new();
+    // Sized for its four entries: growing past three rehashed on every command.
+    let mut m = Metadata::with_capacity(4);
     if let Some(tp) = platform::telemetry::traceparent_of(span) {
         m.insert("traceparent".into(), tp);
     }

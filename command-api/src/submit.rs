@@ -17,8 +17,8 @@ use domain::{
     usage::{ReserveUnit, Usage, UsageCommand, UsageKey},
 };
 use eventstore::{
-    CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError, WriteUnit,
-    backoff,
+    AppendTrace, CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError,
+    WriteUnit, backoff,
 };
 use platform::{auth::Principal, http::RequestSpan, problem::Problem};
 use serde::Deserialize;
@@ -121,17 +121,10 @@ async fn accept(
     let usage_key = UsageKey::new(user, &period);
     let usage_id = usage_key.aggregate_id();
     let job_id = JobId::from_uuid(uuid::Uuid::new_v4());
-    span.record("job_id", tracing::field::display(job_id));
-    span.record("correlation_id", tracing::field::display(&correlation_id));
-    let meta = metadata(&correlation_id, principal, span);
-    // The job's events carry the trace on; no follower opens a span for a usage event.
-    let usage_meta = if meta.contains_key("traceparent") {
-        let mut m = meta.clone();
-        m.remove("traceparent");
-        std::borrow::Cow::Owned(m)
-    } else {
-        std::borrow::Cow::Borrowed(&meta)
-    };
+    let job_id_text = job_id.to_string();
+    span.record("job_id", job_id_text.as_str());
+    span.record("correlation_id", correlation_id.as_str());
+    let mut meta = metadata(&correlation_id, principal, span);
     let reserve = ReserveUnit {
         job_id,
         user_id: user,
@@ -158,7 +151,6 @@ async fn accept(
         _ => return Err(StoreError::Invariant("job submission produced no event".into()).into()),
     };
     let response = json!({"job_id": job_id, "status": status.as_str()});
-    let job_id_text = job_id.to_string();
     let (job_append, _, job_after) = encode(EventStore::prepare(
         &job_id_text,
         Loaded {
@@ -172,6 +164,8 @@ async fn accept(
         &job_events,
         &meta,
     ))?;
+    // Only the job's events carry the trace on: no follower opens a span for a usage event.
+    meta.remove("traceparent");
 
     for attempt in 0..MAX_ATTEMPTS {
         // Decided and queued under the ledger's lock, committed after it: the user's next
@@ -191,12 +185,8 @@ async fn accept(
                     return Err(e.into());
                 }
             };
-            let (usage_append, snapshot, mut after) = encode(EventStore::prepare(
-                &usage_id,
-                loaded,
-                &usage_events,
-                &usage_meta,
-            ))?;
+            let (usage_append, snapshot, mut after) =
+                encode(EventStore::prepare(&usage_id, loaded, &usage_events, &meta))?;
             let unit = WriteUnit {
                 appends: vec![usage_append, job_append.clone()],
                 snapshots: snapshot.into_iter().collect(),
@@ -208,9 +198,15 @@ async fn accept(
                     body: response.clone(),
                 }),
             };
-            // In the request's span: the append's span is its child.
-            let (ticket, committing) = span
-                .in_scope(|| state.store.enqueue(unit))
+            // The append's span is the request's child.
+            let trace = AppendTrace {
+                parent: span,
+                job_id: &job_id_text,
+                correlation_id: correlation_id.as_str(),
+            };
+            let (ticket, committing) = state
+                .store
+                .enqueue_traced(unit, trace)
                 .map_err(StoreError::from)?;
             after.pending = Some(ticket);
             state.store.remember(&usage_id, after);
@@ -224,14 +220,13 @@ async fn accept(
             Ok(()) => {
                 // The worker's start comes next: spare it a load.
                 state.store.remember(&job_id_text, job_after);
-                span.in_scope(|| {
-                    tracing::info!(
-                        message = "Job submitted.",
-                        job_id = %job_id,
-                        user_id = %user,
-                        correlation_id = %correlation_id,
-                    );
-                });
+                tracing::info!(
+                    parent: span,
+                    message = "Job submitted.",
+                    job_id = %job_id,
+                    user_id = %user,
+                    correlation_id = %correlation_id,
+                );
                 return Ok((StatusCode::ACCEPTED, AxumJson(response)).into_response());
             }
             Err(CommitError::Conflict) => backoff(attempt).await,

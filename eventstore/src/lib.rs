@@ -295,11 +295,45 @@ impl EventStore {
     /// # Errors
     /// [`CommitError::Stopped`] when the writer is gone.
     pub fn enqueue(&self, unit: WriteUnit) -> Result<(u64, Committing), CommitError> {
-        let span = if crate::trace::exporting() {
-            append_span(&unit)
-        } else {
-            tracing::Span::none()
-        };
+        let span = crate::trace::append_span().and_then(|open| {
+            let (job, correlation) = names(&unit);
+            open(
+                &tracing::Span::current(),
+                job.as_deref().unwrap_or(""),
+                correlation.as_deref().unwrap_or(""),
+                events(&unit),
+            )
+        });
+        self.queue(unit, span)
+    }
+
+    /// As [`EventStore::enqueue`], for a caller that knows the job and correlation id the
+    /// unit is about: the append's span is `trace.parent`'s child (which need not be
+    /// entered) and takes the ids from it instead of finding them in the events.
+    ///
+    /// # Errors
+    /// [`CommitError::Stopped`] when the writer is gone.
+    pub fn enqueue_traced(
+        &self,
+        unit: WriteUnit,
+        trace: AppendTrace<'_>,
+    ) -> Result<(u64, Committing), CommitError> {
+        let span = crate::trace::append_span().and_then(|open| {
+            open(
+                trace.parent,
+                trace.job_id,
+                trace.correlation_id,
+                events(&unit),
+            )
+        });
+        self.queue(unit, span)
+    }
+
+    fn queue(
+        &self,
+        unit: WriteUnit,
+        span: Option<trace::Closer>,
+    ) -> Result<(u64, Committing), CommitError> {
         let (ticket, committing) = self.writer.enqueue(unit)?;
         Ok((ticket, committing.in_span(span)))
     }
@@ -442,8 +476,23 @@ impl EventStore {
 /// most ~1 s of backoff in that worst case.
 pub const MAX_ATTEMPTS: u32 = 16;
 
-/// The span of an append, naming the job and correlation id its events are about.
-fn append_span(unit: &WriteUnit) -> tracing::Span {
+/// Who an append is for, as its span names it.
+pub struct AppendTrace<'a> {
+    /// The span the append's is a child of.
+    pub parent: &'a tracing::Span,
+    /// The job the unit's events are about.
+    pub job_id: &'a str,
+    /// The job's correlation id.
+    pub correlation_id: &'a str,
+}
+
+/// How many events a unit appends.
+fn events(unit: &WriteUnit) -> usize {
+    unit.appends.iter().map(|a| a.events.len()).sum()
+}
+
+/// The job and correlation id a unit's events are about, found in them.
+fn names(unit: &WriteUnit) -> (Option<String>, Option<String>) {
     // One unit's events share their metadata: the first names the correlation id.
     let correlation = unit
         .appends
@@ -471,12 +520,7 @@ fn append_span(unit: &WriteUnit) -> tracing::Span {
                 .flat_map(|a| a.events.iter())
                 .find_map(|e| crate::trace::job_in(&e.payload))
         });
-    tracing::info_span!(
-        "eventstore.append",
-        job_id = job.as_deref().unwrap_or(""),
-        correlation_id = correlation.as_deref().unwrap_or(""),
-        events = unit.appends.iter().map(|a| a.events.len()).sum::<usize>(),
-    )
+    (job, correlation)
 }
 
 /// Sleeps before retry `attempt` (0-based): 2 ms doubling to 128 ms, each with full jitter.

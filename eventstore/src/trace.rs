@@ -1,17 +1,25 @@
-//! Whether appends are traced: set by the process's telemetry when spans are exported, so
-//! the store builds no span (and parses no metadata) otherwise.
+//! The spans of appends: made by the process's telemetry when spans are exported, so the
+//! store builds no span (and parses no metadata) otherwise, and knows no exporter.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{any::Any, sync::OnceLock};
 
-static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// Opens an append's span (a child of `parent`, naming the job, its correlation id and the
+/// number of events) and returns what closes it when dropped; `None` when not traced.
+pub type AppendSpan =
+    fn(parent: &tracing::Span, job_id: &str, correlation_id: &str, events: usize) -> Option<Closer>;
 
-/// Turns the append spans on (spans are exported) or off.
-pub fn set_exporting(on: bool) {
-    EXPORTING.store(on, Ordering::Relaxed);
+/// Ends an append's span when dropped.
+pub type Closer = Box<dyn Any + Send>;
+
+static APPEND_SPAN: OnceLock<AppendSpan> = OnceLock::new();
+
+/// Traces every append with `open` from now on (spans are exported); the first call wins.
+pub fn set_append_span(open: AppendSpan) {
+    let _ = APPEND_SPAN.set(open);
 }
 
-pub(crate) fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
+pub(crate) fn append_span() -> Option<AppendSpan> {
+    APPEND_SPAN.get().copied()
 }
 
 /// The `job_id` of a usage event's payload (`{"UnitReserved":{"job_id":…}}`).

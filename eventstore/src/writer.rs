@@ -184,13 +184,13 @@ pub struct Committing {
     answer: oneshot::Receiver<Result<(), CommitError>>,
     /// The append's span, ended when the answer comes. Never entered: nothing runs inside
     /// it, and entering it on every poll was a measurable share of a traced request.
-    span: tracing::Span,
+    span: Option<crate::trace::Closer>,
 }
 
 impl Committing {
     /// Keeps `span` open until the commit is answered.
     #[must_use]
-    pub fn in_span(mut self, span: tracing::Span) -> Self {
+    pub fn in_span(mut self, span: Option<crate::trace::Closer>) -> Self {
         self.span = span;
         self
     }
@@ -205,7 +205,7 @@ impl Future for Committing {
     ) -> std::task::Poll<Self::Output> {
         let answer = std::pin::Pin::new(&mut self.answer).poll(cx);
         if answer.is_ready() {
-            self.span = tracing::Span::none();
+            self.span = None;
         }
         answer.map(|r| r.map_err(|_| CommitError::Stopped).and_then(|r| r))
     }
@@ -240,13 +240,7 @@ impl Writer {
                 reply,
             })
             .map_err(|_| CommitError::Stopped)?;
-        Ok((
-            ticket,
-            Committing {
-                answer,
-                span: tracing::Span::none(),
-            },
-        ))
+        Ok((ticket, Committing { answer, span: None }))
     }
 }
 

@@ -24,10 +24,14 @@ use crate::problem::Problem;
 pub struct RequestSpan(pub tracing::Span);
 
 impl RequestSpan {
-    /// `outcome` as a response, made inside the span: a failure's log line carries the
-    /// request's fields (`job_id`, `correlation_id`, route).
-    pub fn answer(&self, outcome: impl IntoResponse) -> Response {
-        self.0.in_scope(|| outcome.into_response())
+    /// `outcome` as a response; a failure's is made inside the span, so its log line carries
+    /// the request's fields (`job_id`, `correlation_id`, route). A success logs nothing
+    /// there, and entering the span costs on every request when traces are exported.
+    pub fn answer<T: IntoResponse, E: IntoResponse>(&self, outcome: Result<T, E>) -> Response {
+        match outcome {
+            Ok(ok) => ok.into_response(),
+            Err(e) => self.0.in_scope(|| e.into_response()),
+        }
     }
 }
 

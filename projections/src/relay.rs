@@ -5,10 +5,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
+use chrono::{DateTime, Utc};
 use eventstore::{EventStore, reader::RecordedEvent};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{Value, value::RawValue};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use uuid::Uuid;
 
 /// The checkpoint's name.
 pub const CHECKPOINT: &str = "relay";
@@ -24,20 +26,38 @@ pub fn subject(prefix: &str, e: &RecordedEvent) -> String {
     format!("{prefix}events.{}.{}", e.aggregate_type, e.event_type)
 }
 
-/// What a consumer of the stream receives.
-pub fn message(e: &RecordedEvent) -> serde_json::Value {
-    json!({
-        "position": e.position,
-        "event_id": e.event_id,
-        "recorded_at": e.recorded_at,
-        "aggregate_type": e.aggregate_type,
-        "aggregate_id": e.aggregate_id,
-        "sequence": e.sequence,
-        "event_type": e.event_type,
-        "event_version": e.event_version,
-        "payload": serde_json::value::RawValue::from_string(e.payload.clone()).ok(),
-        "metadata": e.metadata,
-    })
+/// What a consumer of the stream receives: the event as stored, its payload inline (null
+/// if it were not JSON).
+pub fn message(e: &RecordedEvent) -> Vec<u8> {
+    // Written straight from the event: a `json!` tree parsed the payload into values only to
+    // write them out again, a third of the relay's work per event.
+    #[derive(Serialize)]
+    struct Message<'a> {
+        position: i64,
+        event_id: Uuid,
+        recorded_at: DateTime<Utc>,
+        aggregate_type: &'a str,
+        aggregate_id: &'a str,
+        sequence: i64,
+        event_type: &'a str,
+        event_version: &'a str,
+        payload: Option<&'a RawValue>,
+        metadata: &'a Value,
+    }
+    let message = Message {
+        position: e.position,
+        event_id: e.event_id,
+        recorded_at: e.recorded_at,
+        aggregate_type: &e.aggregate_type,
+        aggregate_id: &e.aggregate_id,
+        sequence: e.sequence,
+        event_type: &e.event_type,
+        event_version: &e.event_version,
+        payload: serde_json::from_str(&e.payload).ok(),
+        metadata: &e.metadata,
+    };
+    // Strings, numbers and JSON values only: writing them to memory cannot fail.
+    serde_json::to_vec(&message).unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +84,12 @@ async fn step(
     let mut acks = Vec::with_capacity(events.len());
     for e in &events {
         let msg = PublishMessage::build()
-            .payload(message(e).to_string().into())
+            .payload(message(e).into())
             .message_id(e.event_id.to_string());
-        let span =
-            platform::telemetry::event_span("relay.publish", e).unwrap_or_else(tracing::Span::none);
+        // Held open over the publish, not entered: nothing inside logs or starts a span.
+        let _span = platform::telemetry::event_span("relay.publish", e);
         acks.push(
             js.send_publish(subject(prefix, e), msg)
-                .instrument(span)
                 .await
                 .map_err(|e| RelayError::Nats(e.to_string()))?,
         );
@@ -130,5 +149,39 @@ async fn wait(shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = tokio::time::sleep(d) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_the_event_with_its_payload_inline() {
+        let e = RecordedEvent {
+            position: 7,
+            event_id: Uuid::nil(),
+            recorded_at: DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            aggregate_type: "job".into(),
+            aggregate_id: "j-1".into(),
+            sequence: 2,
+            event_type: "JobSubmitted".into(),
+            event_version: "1".into(),
+            payload: r#"{"JobSubmitted":{"n":1.5,"s":"a\"b"}}"#.into(),
+            metadata: serde_json::json!({"correlation_id": "c-1"}),
+        };
+        let text = String::from_utf8(message(&e)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"position":7,"event_id":"00000000-0000-0000-0000-000000000000","recorded_at":"2026-12-07T10:00:00Z","aggregate_type":"job","aggregate_id":"j-1","sequence":2,"event_type":"JobSubmitted","event_version":"1","payload":{"JobSubmitted":{"n":1.5,"s":"a\"b"}},"metadata":{"correlation_id":"c-1"}}"#
+        );
+        let not_json = RecordedEvent {
+            payload: "{".into(),
+            ..e
+        };
+        let v: Value = serde_json::from_slice(&message(&not_json)).unwrap();
+        assert!(v["payload"].is_null());
     }
 }

@@ -49,13 +49,14 @@ pub async fn step(
         return Ok(0);
     };
     let count = read.len();
-    // Each traced event's span covers its batch's apply and commit.
-    let spans: std::collections::HashMap<i64, (tracing::Span, Option<String>)> = read
+    // Each traced event's span covers its batch's apply and commit; in position order, as
+    // read, so a change finds its own by a binary search.
+    let spans: Vec<(i64, platform::telemetry::StepSpan, Option<String>)> = read
         .iter()
         .filter_map(|e| {
             let span = platform::telemetry::event_span("projection.apply", e)?;
             let correlation = e.metadata.get("correlation_id").and_then(|c| c.as_str());
-            Some((e.position, (span, correlation.map(str::to_owned))))
+            Some((e.position, span, correlation.map(str::to_owned)))
         })
         .collect();
     let (events, poison) = poison::split_raw("projections", read);
@@ -80,8 +81,9 @@ pub async fn step(
     tx.commit().await?;
     if !spans.is_empty() {
         for c in notices.iter_mut().flat_map(|n| n.changes.iter_mut()) {
-            if let Some((span, correlation)) = spans.get(&c.position) {
-                c.traceparent = platform::telemetry::traceparent_of(span);
+            if let Ok(i) = spans.binary_search_by_key(&c.position, |s| s.0) {
+                let (_, span, correlation) = &spans[i];
+                c.traceparent = Some(span.traceparent());
                 c.correlation_id.clone_from(correlation);
             }
         }

@@ -23,7 +23,6 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -198,16 +197,21 @@ async fn send_traced(
     let Some(tp) = c.traceparent.as_deref() else {
         return tx.send(event(c)).await;
     };
-    let span = tracing::info_span!(
-        "sse.send",
-        job_id = %c.id,
-        correlation_id = c.correlation_id.as_deref().unwrap_or(""),
-        user_id = %user,
-        status = %c.status,
-        position = c.position,
-    );
-    platform::telemetry::continue_from(&span, Some(tp));
-    tx.send(event(c)).instrument(span).await
+    let Some(span) = platform::telemetry::step_span("sse.send", Some(tp)) else {
+        return tx.send(event(c)).await;
+    };
+    // Ids written on the stack: no formatting machinery per event.
+    let (mut job, mut owner) = (Uuid::encode_buffer(), Uuid::encode_buffer());
+    let span = span
+        .text("job_id", c.id.hyphenated().encode_lower(&mut job))
+        .text("correlation_id", c.correlation_id.as_deref().unwrap_or(""))
+        .text("user_id", user.hyphenated().encode_lower(&mut owner))
+        .text("status", &c.status)
+        .int("position", c.position);
+    // Open over the send: it ends when the event is handed to the connection.
+    let sent = tx.send(event(c)).await;
+    drop(span);
+    sent
 }
 
 /// Feeds one connection until it closes.

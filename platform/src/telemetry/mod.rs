@@ -7,6 +7,7 @@
 
 mod otlp;
 mod spans;
+mod step;
 
 use std::sync::{
     OnceLock,
@@ -16,6 +17,7 @@ use std::sync::{
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, registry::LookupSpan};
 
 use spans::{Ids, SpanLayer};
+pub use step::StepSpan;
 
 static EXPORTER: OnceLock<otlp::Exporter> = OnceLock::new();
 /// The crates whose spans make a job's trace.
@@ -80,8 +82,11 @@ where
     }
     let exporter = EXPORTER.get()?;
     EXPORTING.store(true, Ordering::Relaxed);
-    eventstore::trace::set_exporting(true);
+    eventstore::trace::set_append_span(append_span);
+    // The hint matters: without one the subscriber's level is TRACE, and libraries that
+    // ask before they log (sqlx summarises every query for its debug line) do the work.
     let spans = tracing_subscriber::filter::DynFilterFn::new(move |m, _| ours(m))
+        .with_max_level_hint(tracing::level_filters::LevelFilter::INFO)
         .with_callsite_filter(|m| {
             if ours(m) {
                 tracing::subscriber::Interest::always()
@@ -138,58 +143,86 @@ pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
 
 /// A span for one step (`relay.publish`, `projection.apply`, …) of handling job event
 /// `event`, in the trace its metadata names: only when traces are exported and the event
-/// carries one, so the hot loops create no span otherwise.
+/// carries one, so the hot loops make no span otherwise.
 pub fn event_span(
     step: &'static str,
     event: &eventstore::reader::RecordedEvent,
-) -> Option<tracing::Span> {
+) -> Option<StepSpan> {
     // The job's own events make its path through a role; a usage event's span there would
     // double the spans per job and show nothing new (its append is in the trace already).
-    if !exporting() || event.aggregate_type != "job" {
+    if event.aggregate_type != "job" {
         return None;
     }
     let meta = |k: &str| event.metadata.get(k).and_then(serde_json::Value::as_str);
     let tp = meta("traceparent")?;
-    let span = tracing::info_span!(
-        "event",
-        otel.name = step,
-        event_type = event.event_type.as_str(),
-        position = event.position,
-        job_id = event.aggregate_id.as_str(),
-        correlation_id = meta("correlation_id").unwrap_or(""),
-    );
-    continue_from(&span, Some(tp));
-    Some(span)
+    Some(
+        step_span(step, Some(tp))?
+            .text("event_type", &event.event_type)
+            .int("position", event.position)
+            .text("job_id", &event.aggregate_id)
+            .text("correlation_id", meta("correlation_id").unwrap_or("")),
+    )
+}
+
+/// A span for step `name`, continuing the trace `traceparent` names (a root of its own when
+/// that is missing or malformed); `None` when traces are not exported.
+pub fn step_span(name: &'static str, traceparent: Option<&str>) -> Option<StepSpan> {
+    let exporter = EXPORTER.get().filter(|_| exporting())?;
+    Some(StepSpan::new(exporter, name, traceparent))
+}
+
+/// The span of an append: a child of `parent`, the span that asked for it.
+fn append_span(
+    parent: &tracing::Span,
+    job_id: &str,
+    correlation_id: &str,
+    events: usize,
+) -> Option<eventstore::trace::Closer> {
+    let exporter = EXPORTER.get()?;
+    let span = StepSpan::child_of(exporter, "eventstore.append", spans::ids_of(parent), false)
+        .text("job_id", job_id)
+        .text("correlation_id", correlation_id)
+        .int("events", i64::try_from(events).unwrap_or(i64::MAX));
+    Some(Box::new(span))
 }
 
 /// Parses a W3C `traceparent` (version 00, or a later one read as 00 as the spec says);
 /// `None` when it is malformed or names an all-zero id.
 fn parse(value: &str) -> Option<Ids> {
     let b = value.as_bytes();
-    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
     let fits = match b.get(..2)? {
         b"00" => b.len() == 55,
         b"ff" => false,
-        v => hex(v) && (b.len() == 55 || b.get(55) == Some(&b'-')),
+        v => lower_hex(v, &mut [0]).is_some() && (b.len() == 55 || b.get(55) == Some(&b'-')),
     };
-    if !fits || !b[..55].is_ascii() || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
-        return None;
-    }
-    let (trace, span, flags) = (&b[3..35], &b[36..52], &b[53..55]);
-    if !(hex(trace) && hex(span) && hex(flags)) {
+    if !fits || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
     let mut trace_id = [0; 16];
     let mut span_id = [0; 8];
-    let mut flag = [0; 1];
-    hex::decode_to_slice(trace, &mut trace_id).ok()?;
-    hex::decode_to_slice(span, &mut span_id).ok()?;
-    hex::decode_to_slice(flags, &mut flag).ok()?;
+    let mut flags = [0; 1];
+    lower_hex(&b[3..35], &mut trace_id)?;
+    lower_hex(&b[36..52], &mut span_id)?;
+    lower_hex(&b[53..55], &mut flags)?;
     (trace_id != [0; 16] && span_id != [0; 8]).then_some(Ids {
         trace_id,
         span_id,
-        sampled: flag[0] & 1 == 1,
+        sampled: flags[0] & 1 == 1,
     })
+}
+
+/// Decodes `text` (twice `out`'s length) into `out`; `None` on anything but lowercase hex,
+/// the only hex W3C allows. One pass: each event's span parses one on the hot paths.
+fn lower_hex(text: &[u8], out: &mut [u8]) -> Option<()> {
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(())
 }
 
 /// `filter`, with chromiumoxide held to errors unless the filter names it: it warns about
@@ -229,6 +262,11 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736+00f067aa0ba902b7-01",
+            "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01é",
         ] {
             assert!(parse(bad).is_none(), "{bad}");
         }

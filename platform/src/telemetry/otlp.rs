@@ -149,8 +149,10 @@ fn run(shared: &Shared, url: &str, head: &[u8]) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
+            // The next batch starts as large as this one: spans are not copied as it grows.
+            let room = p.body.capacity();
             (
-                std::mem::take(&mut p.body),
+                std::mem::replace(&mut p.body, Vec::with_capacity(room)),
                 std::mem::take(&mut p.spans),
                 p.stop,
             )

@@ -52,20 +52,23 @@ impl Ids {
         if self.sampled {
             out[54] = b'1';
         }
-        out.iter().copied().map(char::from).collect()
+        // Hex digits and dashes only: always UTF-8.
+        std::str::from_utf8(&out)
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 }
 
 /// Random ids, never all zero (which W3C reserves for "none").
-fn new_trace_id() -> [u8; 16] {
+pub(super) fn new_trace_id() -> [u8; 16] {
     rand::random::<u128>().max(1).to_be_bytes()
 }
 
-fn new_span_id() -> [u8; 8] {
+pub(super) fn new_span_id() -> [u8; 8] {
     rand::random::<u64>().max(1).to_be_bytes()
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
+pub(super) fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -139,7 +142,7 @@ where
 }
 
 /// OTLP `SpanKind` numbers.
-const INTERNAL: u8 = 1;
+pub(super) const INTERNAL: u8 = 1;
 
 impl Recorded {
     fn ids(&self) -> Ids {
@@ -150,12 +153,13 @@ impl Recorded {
         }
     }
 
-    /// Takes `otel.name` and `otel.kind` as the span's own; `false` for any other field.
-    fn own(&mut self, field: &Field, text: &str) -> bool {
+    /// Takes `otel.name` and `otel.kind` as the span's own; gives any other field's text
+    /// back (an owned text is moved, never copied).
+    fn own<'t>(&mut self, field: &Field, text: Cow<'t, str>) -> Option<Cow<'t, str>> {
         match field.name() {
-            "otel.name" => self.name = Cow::Owned(text.to_owned()),
+            "otel.name" => self.name = Cow::Owned(text.into_owned()),
             "otel.kind" => {
-                self.kind = match text {
+                self.kind = match &*text {
                     "server" => 2,
                     "client" => 3,
                     "producer" => 4,
@@ -163,9 +167,9 @@ impl Recorded {
                     _ => INTERNAL,
                 }
             }
-            _ => return false,
+            _ => return Some(text),
         }
-        true
+        None
     }
 
     fn set(&mut self, field: &Field, value: Value) {
@@ -179,8 +183,8 @@ impl Recorded {
 
 impl Visit for Recorded {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if !self.own(field, value) {
-            self.set(field, Value::Str(value.to_owned()));
+        if let Some(text) = self.own(field, Cow::Borrowed(value)) {
+            self.set(field, Value::Str(text.into_owned()));
         }
     }
 
@@ -201,9 +205,8 @@ impl Visit for Recorded {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let text = format!("{value:?}");
-        if !self.own(field, &text) {
-            self.set(field, Value::Str(text));
+        if let Some(text) = self.own(field, Cow::Owned(format!("{value:?}"))) {
+            self.set(field, Value::Str(text.into_owned()));
         }
     }
 }

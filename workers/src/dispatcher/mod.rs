@@ -384,7 +384,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 };
                 // The dispatch joins the submission's trace, and the worker continues it.
                 if let Some(span) = platform::telemetry::event_span("dispatcher.dispatch", e) {
-                    env.meta.traceparent = platform::telemetry::traceparent_of(&span);
+                    env.meta.traceparent = Some(span.traceparent());
                 }
                 let ns = self.namespaces.route(&s.task_type);
                 match s.run_at {
@@ -409,7 +409,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 };
                 env.attempt = r.next_attempt;
                 if let Some(span) = platform::telemetry::event_span("dispatcher.dispatch", e) {
-                    env.meta.traceparent = platform::telemetry::traceparent_of(&span);
+                    env.meta.traceparent = Some(span.traceparent());
                 }
                 let ns = self.namespaces.route(&state.task_type);
                 self.enqueue_scheduled(&ns, &env, r.not_before.timestamp_millis())

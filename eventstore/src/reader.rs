@@ -32,7 +32,40 @@ pub struct RecordedEvent {
     pub metadata: Value,
 }
 
+/// An event as stored, to be written out as JSON (the relay's message, the audit export's
+/// line): its payload inline, exactly as stored.
+#[derive(Debug, serde::Serialize)]
+pub struct Stored<'a> {
+    position: i64,
+    event_id: Uuid,
+    recorded_at: DateTime<Utc>,
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    sequence: i64,
+    event_type: &'a str,
+    event_version: &'a str,
+    /// `None` (written as null) if the stored text were not JSON.
+    pub payload: Option<&'a serde_json::value::RawValue>,
+    metadata: &'a Value,
+}
+
 impl RecordedEvent {
+    /// The event as stored, for writing out as JSON.
+    pub fn stored(&self) -> Stored<'_> {
+        Stored {
+            position: self.position,
+            event_id: self.event_id,
+            recorded_at: self.recorded_at,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            payload: serde_json::from_str(&self.payload).ok(),
+            metadata: &self.metadata,
+        }
+    }
+
     /// The payload as a typed event.
     ///
     /// # Errors
@@ -57,9 +90,11 @@ pub async fn read_from(
     if safe <= position {
         return Ok(vec![]);
     }
+    // The metadata as stored (json): a cast to jsonb parsed and rendered it again in Postgres
+    // for every reader of every event.
     sqlx::query_as(
         "SELECT position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
-                event_type, event_version, payload::text AS payload, metadata::jsonb AS metadata \
+                event_type, event_version, payload::text AS payload, metadata \
            FROM events WHERE position > $1 AND position <= $3 ORDER BY position LIMIT $2",
     )
     .bind(position)
@@ -114,7 +149,7 @@ pub async fn events_of(
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     sqlx::query_as(
         "SELECT position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
-                event_type, event_version, payload::text AS payload, metadata::jsonb AS metadata \
+                event_type, event_version, payload::text AS payload, metadata \
            FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
     )
     .bind(aggregate_type)

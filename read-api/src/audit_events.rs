@@ -19,8 +19,6 @@ use platform::{
     auth::{Principal, Role},
     problem::Problem,
 };
-use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
@@ -84,21 +82,6 @@ fn parse(params: &HashMap<String, String>) -> Result<Filter, Problem> {
         from: time("from")?,
         to: time("to")?,
     })
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    position: i64,
-    event_id: Uuid,
-    recorded_at: DateTime<Utc>,
-    aggregate_type: &'a str,
-    aggregate_id: &'a str,
-    sequence: i64,
-    event_type: &'a str,
-    event_version: &'a str,
-    /// Exactly as stored.
-    payload: &'a RawValue,
-    metadata: &'a serde_json::Value,
 }
 
 /// Reads the whole log in order and sends the lines `filter` keeps, until the client goes.
@@ -172,18 +155,7 @@ fn keeps(filter: &Filter, e: &RecordedEvent, jobs: &mut HashSet<String>) -> bool
 }
 
 fn line(e: &RecordedEvent) -> Option<String> {
-    let payload: &RawValue = serde_json::from_str(&e.payload).ok()?;
-    serde_json::to_string(&Line {
-        position: e.position,
-        event_id: e.event_id,
-        recorded_at: e.recorded_at,
-        aggregate_type: &e.aggregate_type,
-        aggregate_id: &e.aggregate_id,
-        sequence: e.sequence,
-        event_type: &e.event_type,
-        event_version: &e.event_version,
-        payload,
-        metadata: &e.metadata,
-    })
-    .ok()
+    let stored = e.stored();
+    stored.payload?;
+    serde_json::to_string(&stored).ok()
 }

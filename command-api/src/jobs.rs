@@ -230,94 +230,47 @@ impl WorkerReport {
     }
 }
 
-/// A worker starts an attempt.
+impl From<StartBody> for WorkerReport {
+    fn from(b: StartBody) -> Self {
+        Self::Start(b)
+    }
+}
+
+impl From<HeartbeatBody> for WorkerReport {
+    fn from(b: HeartbeatBody) -> Self {
+        Self::Heartbeat(b)
+    }
+}
+
+impl From<CompleteBody> for WorkerReport {
+    fn from(b: CompleteBody) -> Self {
+        Self::Complete(b)
+    }
+}
+
+impl From<FailBody> for WorkerReport {
+    fn from(b: FailBody) -> Self {
+        Self::Fail(b)
+    }
+}
+
+/// A worker's report on its attempt, `B` the body of its endpoint (start, heartbeat,
+/// complete, fail).
 ///
 /// # Errors
 /// 403 without a worker token, 404, 409 on a stale attempt or a finished job.
-pub async fn start(
+pub async fn worker_report<B: Into<WorkerReport>>(
     State(state): State<AppState>,
     Worker(principal): Worker,
     span: RequestSpan,
     Path(id): Path<String>,
-    body: Json<StartBody>,
-) -> Response {
-    worker_endpoint(
-        &state,
-        principal,
-        span,
-        &id,
-        WorkerReport::Start(body.value),
-    )
-    .await
-}
-
-/// A worker's attempt is still alive.
-///
-/// # Errors
-/// As [`start`].
-pub async fn heartbeat(
-    State(state): State<AppState>,
-    Worker(principal): Worker,
-    span: RequestSpan,
-    Path(id): Path<String>,
-    body: Json<HeartbeatBody>,
-) -> Response {
-    worker_endpoint(
-        &state,
-        principal,
-        span,
-        &id,
-        WorkerReport::Heartbeat(body.value),
-    )
-    .await
-}
-
-/// A worker's attempt finished with a result.
-///
-/// # Errors
-/// As [`start`].
-pub async fn complete(
-    State(state): State<AppState>,
-    Worker(principal): Worker,
-    span: RequestSpan,
-    Path(id): Path<String>,
-    body: Json<CompleteBody>,
-) -> Response {
-    worker_endpoint(
-        &state,
-        principal,
-        span,
-        &id,
-        WorkerReport::Complete(body.value),
-    )
-    .await
-}
-
-/// A worker's attempt failed.
-///
-/// # Errors
-/// As [`start`].
-pub async fn fail(
-    State(state): State<AppState>,
-    Worker(principal): Worker,
-    span: RequestSpan,
-    Path(id): Path<String>,
-    body: Json<FailBody>,
-) -> Response {
-    worker_endpoint(&state, principal, span, &id, WorkerReport::Fail(body.value)).await
-}
-
-async fn worker_endpoint(
-    state: &AppState,
-    principal: Principal,
-    span: RequestSpan,
-    id: &str,
-    report: WorkerReport,
+    body: Json<B>,
 ) -> Response {
     let outcome = async {
         require_worker(principal)?;
-        let id = job_id(id)?;
-        run(state, id, principal, &span, |_| true, report.command()?).await
+        let id = job_id(&id)?;
+        let command = body.value.into().command()?;
+        run(&state, id, principal, &span, |_| true, command).await
     };
     span.answer(outcome.await)
 }

@@ -69,10 +69,22 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(submit::submit))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/worker/jobs/{id}/start", post(jobs::start))
-        .route("/v1/worker/jobs/{id}/heartbeat", post(jobs::heartbeat))
-        .route("/v1/worker/jobs/{id}/complete", post(jobs::complete))
-        .route("/v1/worker/jobs/{id}/fail", post(jobs::fail))
+        .route(
+            "/v1/worker/jobs/{id}/start",
+            post(jobs::worker_report::<jobs::StartBody>),
+        )
+        .route(
+            "/v1/worker/jobs/{id}/heartbeat",
+            post(jobs::worker_report::<jobs::HeartbeatBody>),
+        )
+        .route(
+            "/v1/worker/jobs/{id}/complete",
+            post(jobs::worker_report::<jobs::CompleteBody>),
+        )
+        .route(
+            "/v1/worker/jobs/{id}/fail",
+            post(jobs::worker_report::<jobs::FailBody>),
+        )
         .route("/v1/billing/checkout", post(billing::checkout))
         .layer(DefaultBodyLimit::max(limit))
         .merge(

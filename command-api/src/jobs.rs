@@ -42,7 +42,7 @@ async fn run(
     state: &AppState,
     id: JobId,
     principal: Principal,
-    span: &tracing::Span,
+    span: &RequestSpan,
     allowed: impl Fn(&Job) -> bool,
     command: JobCommand,
 ) -> Result<Response, ApiError> {
@@ -62,7 +62,7 @@ pub async fn report(
     report: WorkerReport,
 ) -> Result<(), ApiError> {
     require_worker(worker)?;
-    let span = tracing::Span::current();
+    let span = RequestSpan::within(tracing::Span::current());
     execute(state, id, worker, &span, |_| true, report.command()?)
         .await
         .map(drop)
@@ -72,7 +72,7 @@ async fn execute(
     state: &AppState,
     id: JobId,
     principal: Principal,
-    span: &tracing::Span,
+    span: &RequestSpan,
     allowed: impl Fn(&Job) -> bool,
     command: JobCommand,
 ) -> Result<(domain::job::JobStatus, Attempt), ApiError> {
@@ -95,8 +95,9 @@ async fn execute(
         .execute_checked::<Job, _>(&id_text, command, meta, check, |job: &Job| {
             job.state().map(|s| (s.status, s.attempt))
         })
-        // The append's span is the request's child (a few polls: load, lock, commit).
-        .instrument(span.clone())
+        // Log lines of the load, lock and commit carry the request's fields; the append's
+        // span finds the request's, its parent, in the events' `traceparent`.
+        .instrument(span.log().clone())
         .await??;
     Ok(executed.view.ok_or(JobError::NotFound)?)
 }
@@ -117,7 +118,7 @@ pub async fn cancel(
 async fn cancel_job(
     state: &AppState,
     principal: Principal,
-    span: &tracing::Span,
+    span: &RequestSpan,
     id: &str,
 ) -> Result<Response, ApiError> {
     let id = job_id(id)?;

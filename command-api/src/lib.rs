@@ -123,11 +123,11 @@ pub async fn run(
 pub fn metadata(
     correlation_id: &CorrelationId,
     principal: Principal,
-    span: &tracing::Span,
+    span: &platform::http::RequestSpan,
 ) -> Metadata {
     // Sized for its four entries: growing past three rehashed on every command.
     let mut m = Metadata::with_capacity(4);
-    if let Some(tp) = platform::telemetry::traceparent_of(span) {
+    if let Some(tp) = span.traceparent() {
         m.insert("traceparent".into(), tp);
     }
     m.insert("correlation_id".into(), correlation_id.to_string());

@@ -5,7 +5,7 @@
 //! The sweeper releases reservations whose job never got submitted, and the lease sweep
 //! fails as retryable every running attempt whose heartbeats stopped, so every job ends.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use chrono::Utc;
 use domain::{
@@ -17,7 +17,7 @@ use domain::{
 use eventstore::{
     EventStore, LiveJob, Metadata, Progress, StoreError,
     poison::{self, Decoded},
-    reader::RecordedEvent,
+    reader::{Meta, RecordedEvent},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -326,16 +326,15 @@ fn react(
             ) {
                 pending.jobs.insert(job_id.as_uuid(), state);
             }
-            usage_reaction(*job_id, job_event, Utc::now()).map(|(key, command)| Reaction {
-                usage_id: key.aggregate_id(),
-                command,
-                metadata: inherited_metadata(event),
-                job_id: *job_id,
-                cause: event
-                    .metadata
-                    .get("traceparent")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
+            usage_reaction(*job_id, job_event, Utc::now()).map(|(key, command)| {
+                let meta = event.meta();
+                Reaction {
+                    usage_id: key.aggregate_id(),
+                    command,
+                    metadata: inherited_metadata(event, &meta),
+                    job_id: *job_id,
+                    cause: meta.traceparent.map(Cow::into_owned),
+                }
             })
         }
         Decoded::Usage(usage_event) => {
@@ -435,14 +434,10 @@ pub async fn expire_leases(store: &EventStore, lease: Duration) -> Result<usize,
 }
 
 /// The correlation id of the event that caused a command goes along with it.
-fn inherited_metadata(event: &RecordedEvent) -> Metadata {
-    let mut meta = Metadata::new();
-    if let Some(c) = event
-        .metadata
-        .get("correlation_id")
-        .and_then(|v| v.as_str())
-    {
-        meta.insert("correlation_id".into(), c.to_owned());
+fn inherited_metadata(event: &RecordedEvent, names: &Meta<'_>) -> Metadata {
+    let mut meta = Metadata::with_capacity(3);
+    if let Some(c) = &names.correlation_id {
+        meta.insert("correlation_id".into(), c.clone().into_owned());
     }
     meta.insert("actor".into(), "process-manager".into());
     meta.insert("caused_by".into(), event.event_id.to_string());

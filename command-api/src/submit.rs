@@ -18,7 +18,7 @@ use domain::{
 };
 use eventstore::{
     AppendTrace, CommitError, EventStore, IdempotencyRecord, Loaded, MAX_ATTEMPTS, StoreError,
-    WriteUnit, backoff,
+    WriteUnit, backoff, trace::Parent,
 };
 use platform::{auth::Principal, http::RequestSpan, problem::Problem};
 use serde::Deserialize;
@@ -68,7 +68,7 @@ pub async fn submit(
 async fn accept(
     state: AppState,
     principal: Principal,
-    span: &tracing::Span,
+    span: &RequestSpan,
     headers: HeaderMap,
     body: Json<SubmitRequest>,
 ) -> Result<Response, ApiError> {
@@ -165,7 +165,7 @@ async fn accept(
         &meta,
     ))?;
     // Only the job's events carry the trace on: no follower opens a span for a usage event.
-    meta.remove("traceparent");
+    let traceparent = meta.remove("traceparent");
 
     for attempt in 0..MAX_ATTEMPTS {
         // Decided and queued under the ledger's lock, committed after it: the user's next
@@ -200,7 +200,9 @@ async fn accept(
             };
             // The append's span is the request's child.
             let trace = AppendTrace {
-                parent: span,
+                parent: traceparent
+                    .as_deref()
+                    .map_or(Parent::Current, Parent::Traceparent),
                 job_id: &job_id_text,
                 correlation_id: correlation_id.as_str(),
             };
@@ -221,7 +223,7 @@ async fn accept(
                 // The worker's start comes next: spare it a load.
                 state.store.remember(&job_id_text, job_after);
                 tracing::info!(
-                    parent: span,
+                    parent: span.log(),
                     message = "Job submitted.",
                     job_id = %job_id,
                     user_id = %user,

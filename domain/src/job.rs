@@ -93,6 +93,11 @@ pub struct SubmitJob {
     /// From `X-Correlation-Id`, or generated.
     pub correlation_id: CorrelationId,
     /// Run no earlier than this; `None` or past: at once.
+    #[serde(
+        default,
+        serialize_with = "crate::time::write_opt",
+        deserialize_with = "crate::time::read_opt"
+    )]
     pub run_at: Option<DateTime<Utc>>,
     /// Attempts before dead-lettering.
     pub max_attempts: MaxAttempts,
@@ -103,6 +108,10 @@ pub struct SubmitJob {
     /// Its concurrency group among its owner's jobs, if any.
     pub concurrency: Option<ConcurrencyGroup>,
     /// The time of submission.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -114,6 +123,10 @@ pub struct StartJob {
     /// Who runs it.
     pub worker_id: WorkerId,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -123,6 +136,10 @@ pub struct HeartbeatJob {
     /// The attempt running.
     pub attempt: Attempt,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -134,6 +151,10 @@ pub struct CompleteJob {
     /// The executor's output.
     pub result: serde_json::Value,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -151,6 +172,10 @@ pub struct FailJob {
     #[serde(default)]
     pub retry_after_ms: Option<u64>,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
     /// Randomness for the backoff jitter, drawn by the caller.
     pub jitter_seed: u64,
@@ -165,6 +190,10 @@ pub struct ExpireJob {
     /// How long an attempt may go without a start or heartbeat, in seconds.
     pub lease_secs: u32,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
     /// Randomness for the backoff jitter, drawn by the caller.
     pub jitter_seed: u64,
@@ -174,6 +203,10 @@ pub struct ExpireJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelJob {
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -204,6 +237,11 @@ pub struct JobSubmitted {
     /// Follows the job everywhere.
     pub correlation_id: CorrelationId,
     /// Not before this time, if later than submission.
+    #[serde(
+        default,
+        serialize_with = "crate::time::write_opt",
+        deserialize_with = "crate::time::read_opt"
+    )]
     pub run_at: Option<DateTime<Utc>>,
     /// Attempts before dead-lettering.
     pub max_attempts: MaxAttempts,
@@ -214,6 +252,10 @@ pub struct JobSubmitted {
     /// `queued`, or `scheduled` when `run_at` is in the future.
     pub status: JobStatus,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub submitted_at: DateTime<Utc>,
     /// Its concurrency group among its owner's jobs (absent in events before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +270,10 @@ pub struct JobStarted {
     /// Who runs it.
     pub worker_id: WorkerId,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub started_at: DateTime<Utc>,
 }
 
@@ -237,6 +283,10 @@ pub struct JobHeartbeat {
     /// The attempt.
     pub attempt: Attempt,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub at: DateTime<Utc>,
 }
 
@@ -250,6 +300,10 @@ pub struct JobCompleted {
     /// The ledger that commits the unit.
     pub usage: UsageKey,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub completed_at: DateTime<Utc>,
 }
 
@@ -263,6 +317,10 @@ pub struct JobFailed {
     /// Whether the worker thought a retry may help.
     pub retryable: bool,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub failed_at: DateTime<Utc>,
 }
 
@@ -272,6 +330,10 @@ pub struct JobRetryScheduled {
     /// The attempt to run next.
     pub next_attempt: Attempt,
     /// Not before this time.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub not_before: DateTime<Utc>,
 }
 
@@ -285,6 +347,10 @@ pub struct JobDeadLettered {
     /// The ledger that releases the unit.
     pub usage: UsageKey,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub dead_lettered_at: DateTime<Utc>,
 }
 
@@ -296,6 +362,10 @@ pub struct JobCanceled {
     /// The ledger that releases the unit.
     pub usage: UsageKey,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub canceled_at: DateTime<Utc>,
 }
 
@@ -464,11 +534,20 @@ pub struct JobState {
     /// Who runs the current attempt.
     pub worker_id: Option<WorkerId>,
     /// When the next attempt may run.
+    #[serde(
+        default,
+        serialize_with = "crate::time::write_opt",
+        deserialize_with = "crate::time::read_opt"
+    )]
     pub not_before: Option<DateTime<Utc>>,
     /// The last failure.
     pub last_error: Option<ErrorText>,
     /// When the running attempt was last seen (its start or latest heartbeat).
-    #[serde(default)]
+    #[serde(
+        default,
+        serialize_with = "crate::time::write_opt",
+        deserialize_with = "crate::time::read_opt"
+    )]
     pub last_seen: Option<DateTime<Utc>>,
     /// Its concurrency group among its owner's jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

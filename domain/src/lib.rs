@@ -14,6 +14,7 @@
 //! - [`process`]: which usage command follows which job event.
 //! - [`payload`]: each built-in task's payload, checked at submit.
 //! - [`envelope`]: what workers receive; [`schema`]: the JSON Schemas.
+//! - [`time`]: event times read back without chrono's general parser.
 
 pub mod chain;
 #[cfg(feature = "cqrs")]
@@ -34,6 +35,7 @@ pub mod retry;
 pub mod schema;
 pub mod subscription;
 pub mod task;
+pub mod time;
 pub mod usage;
 
 #[cfg(test)]

@@ -12,8 +12,16 @@ use crate::error::ParseError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct BillingPeriod {
     /// First instant of the period.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub start: DateTime<Utc>,
     /// First instant after the period.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub end: DateTime<Utc>,
 }
 

@@ -25,6 +25,10 @@ pub struct BeginReport {
     /// Units consumed in it, as replayed from its ledger.
     pub consumed: u64,
     /// Now.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -34,6 +38,10 @@ pub struct FinishReport {
     /// The user.
     pub user_id: UserId,
     /// The ledger's period start.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub period_start: DateTime<Utc>,
     /// The range's last unit.
     pub to_unit: u64,
@@ -53,6 +61,10 @@ pub struct ReportRange {
     /// Stripe's idempotency identifier: user, period and range.
     pub identifier: String,
     /// The meter event's time: inside the period, never in the future.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub timestamp: DateTime<Utc>,
 }
 
@@ -78,6 +90,10 @@ pub struct UsageReported {
     /// The user.
     pub user_id: UserId,
     /// The ledger's period start.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub period_start: DateTime<Utc>,
     /// First unit of the range.
     pub from_unit: u64,

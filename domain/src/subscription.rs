@@ -73,10 +73,18 @@ pub struct ApplyStripeEvent {
     /// Stripe's event id.
     pub event_id: StripeEventId,
     /// Stripe's `created` time of the event.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub created: DateTime<Utc>,
     /// What it says.
     pub change: StripeChange,
     /// When it was received.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -117,6 +125,10 @@ pub struct SubscriptionChanged {
     /// The Stripe event applied.
     pub stripe_event_id: StripeEventId,
     /// Stripe's time of that event.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub stripe_created: DateTime<Utc>,
     /// The customer.
     pub customer_id: StripeObjectId,
@@ -138,6 +150,10 @@ pub struct SubscriptionEnded {
     /// The Stripe event applied.
     pub stripe_event_id: StripeEventId,
     /// Stripe's time of that event.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub stripe_created: DateTime<Utc>,
     /// The subscription.
     pub subscription_id: StripeObjectId,
@@ -241,6 +257,10 @@ pub struct PaidSubscription {
     /// Its current period.
     pub period: BillingPeriod,
     /// Stripe's time of the last applied change.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub changed_at: DateTime<Utc>,
 }
 

@@ -28,6 +28,10 @@ pub struct UsageKey {
     /// The user.
     pub user_id: UserId,
     /// The first instant of the period.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub period_start: DateTime<Utc>,
 }
 
@@ -61,11 +65,12 @@ impl UsageKey {
 
     /// The aggregate id in the event store: `<user uuid>:<period start, RFC 3339 seconds>`.
     pub fn aggregate_id(&self) -> String {
-        format!(
-            "{}:{}",
-            self.user_id,
-            self.period_start.format("%Y-%m-%dT%H:%M:%SZ")
-        )
+        let mut id = String::with_capacity(57);
+        let mut user = uuid::Uuid::encode_buffer();
+        id.push_str(self.user_id.as_uuid().hyphenated().encode_lower(&mut user));
+        id.push(':');
+        crate::time::push_seconds(&mut id, &self.period_start);
+        id
     }
 }
 
@@ -83,6 +88,10 @@ pub struct ReserveUnit {
     /// That plan's configured limit; `None` is unlimited.
     pub limit: Option<u64>,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -92,6 +101,10 @@ pub struct CommitUnit {
     /// The job.
     pub job_id: JobId,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -115,6 +128,10 @@ pub struct ReleaseUnit {
     /// Why.
     pub reason: ReleaseReason,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -122,6 +139,10 @@ pub struct ReleaseUnit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ClosePeriod {
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub now: DateTime<Utc>,
 }
 
@@ -149,6 +170,10 @@ pub struct UnitReserved {
     /// The plan's limit at reservation; `None` is unlimited.
     pub limit: Option<u64>,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub reserved_at: DateTime<Utc>,
 }
 
@@ -159,12 +184,20 @@ pub struct UnitConsumed {
     /// The user.
     pub user_id: UserId,
     /// The period's first instant.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub period_start: DateTime<Utc>,
     /// The job.
     pub job_id: JobId,
     /// 1 for the period's first unit, one more for each next.
     pub unit: u64,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub consumed_at: DateTime<Utc>,
     /// The previous unit's hash, or the genesis hash.
     pub prev_hash: String,
@@ -180,6 +213,10 @@ pub struct UnitReleased {
     /// Why.
     pub reason: ReleaseReason,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub released_at: DateTime<Utc>,
 }
 
@@ -191,6 +228,10 @@ pub struct PeriodClosed {
     /// Reservations still open at closing.
     pub pending: u64,
     /// When.
+    #[serde(
+        serialize_with = "crate::time::write",
+        deserialize_with = "crate::time::read"
+    )]
     pub closed_at: DateTime<Utc>,
 }
 

@@ -296,11 +296,16 @@ impl EventStore {
     /// [`CommitError::Stopped`] when the writer is gone.
     pub fn enqueue(&self, unit: WriteUnit) -> Result<(u64, Committing), CommitError> {
         let span = crate::trace::append_span().and_then(|open| {
-            let (job, correlation) = names(&unit);
+            let (job, meta) = names(&unit);
+            // The events' `traceparent` names the span that made them (a request's).
+            let parent = meta
+                .traceparent
+                .as_deref()
+                .map_or(trace::Parent::Current, trace::Parent::Traceparent);
             open(
-                &tracing::Span::current(),
+                parent,
                 job.as_deref().unwrap_or(""),
-                correlation.as_deref().unwrap_or(""),
+                meta.correlation_id.as_deref().unwrap_or(""),
                 events(&unit),
             )
         });
@@ -479,7 +484,7 @@ pub const MAX_ATTEMPTS: u32 = 16;
 /// Who an append is for, as its span names it.
 pub struct AppendTrace<'a> {
     /// The span the append's is a child of.
-    pub parent: &'a tracing::Span,
+    pub parent: trace::Parent<'a>,
     /// The job the unit's events are about.
     pub job_id: &'a str,
     /// The job's correlation id.
@@ -491,24 +496,16 @@ fn events(unit: &WriteUnit) -> usize {
     unit.appends.iter().map(|a| a.events.len()).sum()
 }
 
-/// The job and correlation id a unit's events are about, found in them.
-fn names(unit: &WriteUnit) -> (Option<String>, Option<String>) {
-    // One unit's events share their metadata: the first names the correlation id.
-    let correlation = unit
+/// The job a unit's events are about and their metadata's names, found in them.
+fn names(unit: &WriteUnit) -> (Option<String>, reader::Meta<'_>) {
+    // One unit's events share their metadata.
+    let meta = unit
         .appends
         .iter()
         .flat_map(|a| a.events.iter())
         .next()
-        .and_then(|e| {
-            // Borrowed from the text where it can be: no map, no copy of the other entries.
-            #[derive(serde::Deserialize)]
-            struct Meta<'a> {
-                #[serde(borrow)]
-                correlation_id: Option<std::borrow::Cow<'a, str>>,
-            }
-            let meta: Meta<'_> = serde_json::from_str(&e.metadata).ok()?;
-            meta.correlation_id.map(std::borrow::Cow::into_owned)
-        });
+        .map(|e| reader::Meta::of(&e.metadata))
+        .unwrap_or_default();
     let job = unit
         .appends
         .iter()
@@ -520,7 +517,7 @@ fn names(unit: &WriteUnit) -> (Option<String>, Option<String>) {
                 .flat_map(|a| a.events.iter())
                 .find_map(|e| crate::trace::job_in(&e.payload))
         });
-    (job, correlation)
+    (job, meta)
 }
 
 /// Sleeps before retry `attempt` (0-based): 2 ms doubling to 128 ms, each with full jitter.

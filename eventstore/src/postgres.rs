@@ -255,7 +255,7 @@ impl EventLog for Postgres {
         sqlx::query_as(
             "SELECT e.position, e.event_id, e.recorded_at, e.aggregate_type, e.aggregate_id, \
                     e.sequence, e.event_type, e.event_version, e.payload::text AS payload, \
-                    e.metadata \
+                    e.metadata::text AS metadata \
                FROM parked_events p JOIN events e ON e.position = p.position \
               WHERE p.consumer = $1 AND p.retry ORDER BY e.position",
         )

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -28,8 +30,27 @@ pub struct RecordedEvent {
     pub event_version: String,
     /// The payload as stored (JSON text), decoded by [`RecordedEvent::decode`].
     pub payload: String,
-    /// The metadata as stored.
-    pub metadata: Value,
+    /// The metadata as stored (a JSON object's text), read by [`RecordedEvent::meta`]: kept
+    /// as text, as most followers of most events never look inside it.
+    pub metadata: String,
+}
+
+/// What a follower takes from an event's metadata, borrowed from its text where it can be.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Meta<'a> {
+    /// The job's correlation id.
+    #[serde(borrow)]
+    pub correlation_id: Option<Cow<'a, str>>,
+    /// The W3C `traceparent` of the span that made the event, when it was traced.
+    #[serde(borrow)]
+    pub traceparent: Option<Cow<'a, str>>,
+}
+
+impl<'a> Meta<'a> {
+    /// The names in `text`, a metadata object's JSON; none when it is not one.
+    pub fn of(text: &'a str) -> Self {
+        serde_json::from_str(text).unwrap_or_default()
+    }
 }
 
 /// An event as stored, to be written out as JSON (the relay's message, the audit export's
@@ -45,8 +66,8 @@ pub struct Stored<'a> {
     event_type: &'a str,
     event_version: &'a str,
     /// `None` (written as null) if the stored text were not JSON.
-    pub payload: Option<&'a serde_json::value::RawValue>,
-    metadata: &'a Value,
+    pub payload: Option<&'a RawValue>,
+    metadata: Option<&'a RawValue>,
 }
 
 impl RecordedEvent {
@@ -62,8 +83,13 @@ impl RecordedEvent {
             event_type: &self.event_type,
             event_version: &self.event_version,
             payload: serde_json::from_str(&self.payload).ok(),
-            metadata: &self.metadata,
+            metadata: serde_json::from_str(&self.metadata).ok(),
         }
+    }
+
+    /// What its metadata names.
+    pub fn meta(&self) -> Meta<'_> {
+        Meta::of(&self.metadata)
     }
 
     /// The payload as a typed event.
@@ -90,11 +116,11 @@ pub async fn read_from(
     if safe <= position {
         return Ok(vec![]);
     }
-    // The metadata as stored (json): a cast to jsonb parsed and rendered it again in Postgres
-    // for every reader of every event.
+    // The metadata as stored (json, read as its text): a cast to jsonb parsed and rendered
+    // it again in Postgres for every reader of every event.
     sqlx::query_as(
         "SELECT position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
-                event_type, event_version, payload::text AS payload, metadata \
+                event_type, event_version, payload::text AS payload, metadata::text AS metadata \
            FROM events WHERE position > $1 AND position <= $3 ORDER BY position LIMIT $2",
     )
     .bind(position)
@@ -149,7 +175,7 @@ pub async fn events_of(
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     sqlx::query_as(
         "SELECT position, event_id, recorded_at, aggregate_type, aggregate_id, sequence, \
-                event_type, event_version, payload::text AS payload, metadata \
+                event_type, event_version, payload::text AS payload, metadata::text AS metadata \
            FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
     )
     .bind(aggregate_type)

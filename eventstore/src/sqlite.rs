@@ -555,6 +555,6 @@ fn recorded(r: Row) -> Result<RecordedEvent, sqlx::Error> {
         event_type: r.6,
         event_version: r.7,
         payload: r.8,
-        metadata: serde_json::from_str(&r.9).map_err(|_| bad("metadata"))?,
+        metadata: r.9,
     })
 }

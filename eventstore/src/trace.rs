@@ -6,7 +6,17 @@ use std::{any::Any, sync::OnceLock};
 /// Opens an append's span (a child of `parent`, naming the job, its correlation id and the
 /// number of events) and returns what closes it when dropped; `None` when not traced.
 pub type AppendSpan =
-    fn(parent: &tracing::Span, job_id: &str, correlation_id: &str, events: usize) -> Option<Closer>;
+    fn(parent: Parent<'_>, job_id: &str, correlation_id: &str, events: usize) -> Option<Closer>;
+
+/// The span that asked for an append.
+#[derive(Clone, Copy, Debug)]
+pub enum Parent<'a> {
+    /// The caller's current span.
+    Current,
+    /// The span this W3C `traceparent` names, in this process (a request's span is not one
+    /// of tracing's, so it cannot be current).
+    Traceparent(&'a str),
+}
 
 /// Ends an append's span when dropped.
 pub type Closer = Box<dyn Any + Send>;

@@ -89,7 +89,8 @@ fn main() {
         metadata: serde_json::json!({
             "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "correlation_id": uuid::Uuid::new_v4().to_string(),
-        }),
+        })
+        .to_string(),
     };
     let cpu0 = cpu_seconds();
     let mut on_thread = std::time::Duration::ZERO;

@@ -75,6 +75,9 @@ pub async fn connect_for_migrations(url: &Secret) -> Result<PgPool, DbError> {
     connect_with(url, 2, &[("lock_timeout", "60s")]).await
 }
 
+/// How long a pooled connection may sit idle before it is pinged before use.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 async fn connect_with(url: &Secret, max: u32, session: &[(&str, &str)]) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(url.expose())
         .map_err(|_| DbError::BadUrl)?
@@ -90,6 +93,19 @@ async fn connect_with(url: &Secret, max: u32, session: &[(&str, &str)]) -> Resul
         .max_connections(max)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out: a round trip per acquire, several per
+        // job. Only a connection idle for a while is pinged; a busy one that the server has
+        // since dropped fails its statement, which every caller already handles (a request
+        // answers 5xx and is retried with its idempotency key, a follower reads again).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < PING_AFTER_IDLE {
+                    return Ok(true);
+                }
+                Ok(sqlx::Connection::ping(conn).await.is_ok())
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|e| DbError::Connect(reason(&e)))

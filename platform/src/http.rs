@@ -2,6 +2,8 @@
 //! reachable), `/openapi.json`, problem+json for unknown routes and methods, and per-route
 //! latency metrics.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use axum::{
     Router,
     http::StatusCode,
@@ -14,31 +16,84 @@ use domain::task::TaskCatalog;
 
 use eventstore::EventStore;
 
-use crate::problem::Problem;
+use crate::{problem::Problem, telemetry::StepSpan};
 
-/// The request's span, made by [`crate::metrics::track`]: handlers record into it, parent
-/// what they start on it, and answer inside it ([`RequestSpan::answer`]). The request's
-/// future is not instrumented with it, which entered and left it on each of its ~16 polls:
-/// a third of what traces cost per submission (ADR 0018).
-#[derive(Clone, Debug)]
-pub struct RequestSpan(pub tracing::Span);
+/// The name of a request's span for log lines; its trace is a separate, exported span.
+pub const LOG_SPAN: &str = "request";
+
+/// The request's spans, made by [`crate::metrics::track`]: handlers record the job's ids
+/// into them, carry their `traceparent` on, and answer inside them ([`RequestSpan::answer`]).
+/// Two spans: one of tracing's for log lines' fields (disabled when logs are quieter than
+/// info), and the exported one, kept out of tracing's registry, which cost a registry span's
+/// making, recording and closing on every request (ADR 0020).
+#[derive(Clone)]
+pub struct RequestSpan {
+    log: tracing::Span,
+    trace: Option<Arc<Mutex<StepSpan>>>,
+}
 
 impl RequestSpan {
-    /// `outcome` as a response; a failure's is made inside the span, so its log line carries
-    /// the request's fields (`job_id`, `correlation_id`, route). A success logs nothing
-    /// there, and entering the span costs on every request when traces are exported.
+    /// A request's spans: `log` for its log lines, `trace` exported when traces are.
+    pub fn new(log: tracing::Span, trace: Option<StepSpan>) -> Self {
+        Self {
+            log,
+            trace: trace.map(|t| Arc::new(Mutex::new(t))),
+        }
+    }
+
+    /// For a command not served over HTTP (a worker's report in process): the caller's span
+    /// stands for the request's.
+    pub fn within(span: tracing::Span) -> Self {
+        Self {
+            log: span,
+            trace: None,
+        }
+    }
+
+    /// The span log lines of the request are made in.
+    pub fn log(&self) -> &tracing::Span {
+        &self.log
+    }
+
+    /// Records text field `key` (declared on the log span: `job_id`, `correlation_id`).
+    pub fn record(&self, key: &'static str, value: &str) {
+        self.log.record(key, value);
+        self.with_trace(|t| t.set_text(key, value));
+    }
+
+    /// Records integer field `key`.
+    pub fn record_int(&self, key: &'static str, value: i64) {
+        self.log.record(key, value);
+        self.with_trace(|t| t.set_int(key, value));
+    }
+
+    /// The W3C `traceparent` of the request's exported span, for what it causes to carry on;
+    /// `None` when traces are not exported.
+    pub fn traceparent(&self) -> Option<String> {
+        match &self.trace {
+            Some(t) => Some(
+                t.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .traceparent(),
+            ),
+            None => crate::telemetry::traceparent_of(&self.log),
+        }
+    }
+
+    fn with_trace(&self, f: impl FnOnce(&mut StepSpan)) {
+        if let Some(t) = &self.trace {
+            f(&mut t.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    }
+
+    /// `outcome` as a response; a failure's is made inside the log span, so its log line
+    /// carries the request's fields (`job_id`, `correlation_id`, route). A success logs
+    /// nothing there.
     pub fn answer<T: IntoResponse, E: IntoResponse>(&self, outcome: Result<T, E>) -> Response {
         match outcome {
             Ok(ok) => ok.into_response(),
-            Err(e) => self.0.in_scope(|| e.into_response()),
+            Err(e) => self.log.in_scope(|| e.into_response()),
         }
-    }
-}
-
-impl std::ops::Deref for RequestSpan {
-    type Target = tracing::Span;
-    fn deref(&self) -> &tracing::Span {
-        &self.0
     }
 }
 
@@ -53,7 +108,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestSpan {
             .extensions
             .get::<Self>()
             .cloned()
-            .unwrap_or_else(|| Self(tracing::Span::none())))
+            .unwrap_or_else(|| Self::within(tracing::Span::none())))
     }
 }
 

@@ -109,27 +109,31 @@ pub async fn track(
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
-    let span = tracing::info_span!(
-        "http",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
+    let log = tracing::info_span!(
+        crate::http::LOG_SPAN,
         http.request.method = method.as_str(),
         http.route = route.as_str(),
         http.response.status_code = tracing::field::Empty,
         job_id = tracing::field::Empty,
         correlation_id = tracing::field::Empty,
     );
-    crate::telemetry::continue_from(
-        &span,
+    let trace = crate::telemetry::server_span(
+        &method,
+        &route,
         req.headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok()),
     );
+    let span = crate::http::RequestSpan::new(log, trace);
     let started = std::time::Instant::now();
-    req.extensions_mut()
-        .insert(crate::http::RequestSpan(span.clone()));
+    req.extensions_mut().insert(span.clone());
     let res = next.run(req).await;
-    span.record("http.response.status_code", res.status().as_u16());
+    span.record_int(
+        "http.response.status_code",
+        i64::from(res.status().as_u16()),
+    );
+    // The exported span ends here, with the handler's copies already dropped.
+    drop(span);
     metrics::histogram!(
         "runledger_http_request_duration_seconds",
         "method" => method,

@@ -144,7 +144,7 @@ mod tests {
             event_type: "JobSubmitted".into(),
             event_version: "1".into(),
             payload: r#"{"JobSubmitted":{"n":1.5,"s":"a\"b"}}"#.into(),
-            metadata: serde_json::json!({"correlation_id": "c-1"}),
+            metadata: r#"{"correlation_id":"c-1"}"#.into(),
         };
         let text = String::from_utf8(message(&e)).unwrap();
         assert_eq!(

@@ -55,8 +55,8 @@ pub async fn step(
         .iter()
         .filter_map(|e| {
             let span = platform::telemetry::event_span("projection.apply", e)?;
-            let correlation = e.metadata.get("correlation_id").and_then(|c| c.as_str());
-            Some((e.position, span, correlation.map(str::to_owned)))
+            let correlation = span.text_of("correlation_id").map(str::to_owned);
+            Some((e.position, span, correlation))
         })
         .collect();
     let (events, poison) = poison::split_raw("projections", read);

@@ -6,6 +6,7 @@ mod cqrs;
 mod job;
 mod report;
 mod subscription;
+mod time_props;
 mod usage;
 mod usage_props;
 

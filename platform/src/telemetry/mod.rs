@@ -98,9 +98,11 @@ where
 }
 
 /// Only spans, only runledger's own: log events stay out of the traces (a span event per log
-/// line would cost on every request), and so do the libraries' spans.
+/// line would cost on every request), and so do the libraries' spans and the request's span
+/// for log lines (its trace is a [`server_span`]).
 fn ours(m: &tracing::Metadata<'_>) -> bool {
     m.is_span()
+        && m.name() != crate::http::LOG_SPAN
         && *m.level() <= tracing::Level::INFO
         && OURS.iter().any(|c| m.target().starts_with(c))
 }
@@ -153,14 +155,19 @@ pub fn event_span(
     if event.aggregate_type != "job" {
         return None;
     }
-    let meta = |k: &str| event.metadata.get(k).and_then(serde_json::Value::as_str);
-    let tp = meta("traceparent")?;
+    // Set only when spans are exported: the metadata is read only then.
+    let exporter = EXPORTER.get()?;
+    let meta = event.meta();
+    let tp = meta.traceparent.as_deref()?;
     Some(
-        step_span(step, Some(tp))?
+        StepSpan::new(exporter, step, Some(tp))
             .text("event_type", &event.event_type)
             .int("position", event.position)
             .text("job_id", &event.aggregate_id)
-            .text("correlation_id", meta("correlation_id").unwrap_or("")),
+            .text(
+                "correlation_id",
+                meta.correlation_id.as_deref().unwrap_or(""),
+            ),
     )
 }
 
@@ -172,15 +179,32 @@ pub fn step_span(name: &'static str, traceparent: Option<&str>) -> Option<StepSp
     Some(StepSpan::new(exporter, name, traceparent))
 }
 
+/// The span of a request this process serves (`POST /v1/jobs`, the route's pattern), the
+/// child of the caller's `traceparent` header when it sends one; `None` when traces are not
+/// exported.
+pub fn server_span(method: &str, route: &str, traceparent: Option<&str>) -> Option<StepSpan> {
+    let exporter = EXPORTER.get()?;
+    Some(
+        StepSpan::new(exporter, format!("{method} {route}"), traceparent)
+            .kind(spans::SERVER)
+            .text("http.request.method", method)
+            .text("http.route", route),
+    )
+}
+
 /// The span of an append: a child of `parent`, the span that asked for it.
 fn append_span(
-    parent: &tracing::Span,
+    parent: eventstore::trace::Parent<'_>,
     job_id: &str,
     correlation_id: &str,
     events: usize,
 ) -> Option<eventstore::trace::Closer> {
     let exporter = EXPORTER.get()?;
-    let span = StepSpan::child_of(exporter, "eventstore.append", spans::ids_of(parent), false)
+    let parent = match parent {
+        eventstore::trace::Parent::Current => spans::ids_of(&tracing::Span::current()),
+        eventstore::trace::Parent::Traceparent(tp) => parse(tp),
+    };
+    let span = StepSpan::child_of(exporter, "eventstore.append", parent, false)
         .text("job_id", job_id)
         .text("correlation_id", correlation_id)
         .int("events", i64::try_from(events).unwrap_or(i64::MAX));

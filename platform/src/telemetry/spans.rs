@@ -143,6 +143,7 @@ where
 
 /// OTLP `SpanKind` numbers.
 pub(super) const INTERNAL: u8 = 1;
+pub(super) const SERVER: u8 = 2;
 
 impl Recorded {
     fn ids(&self) -> Ids {
@@ -160,7 +161,7 @@ impl Recorded {
             "otel.name" => self.name = Cow::Owned(text.into_owned()),
             "otel.kind" => {
                 self.kind = match &*text {
-                    "server" => 2,
+                    "server" => SERVER,
                     "client" => 3,
                     "producer" => 4,
                     "consumer" => 5,

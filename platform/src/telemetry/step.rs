@@ -1,10 +1,11 @@
-//! Spans of one step on a job's event (`relay.publish`, `projection.apply`,
-//! `dispatcher.dispatch`, `sse.send`) and of an append (`eventstore.append`): each continues
-//! the trace its event or caller carries, is never entered and never parents a span in its
-//! process, so it is kept out of tracing's registry and written to the batch when dropped. A registry span cost as much again as its export
-//! to make and close (ADR 0019).
+//! Spans that are never entered and never parent a span of tracing's in their process: a
+//! step on a job's event (`relay.publish`, `projection.apply`, `dispatcher.dispatch`,
+//! `sse.send`), an append (`eventstore.append`) and a request's exported span (ADR 0020).
+//! Each continues the trace its event, caller or request carries, is kept out of tracing's
+//! registry and is written to the batch when dropped: a registry span cost as much again as
+//! its export to make and close (ADR 0019).
 
-use std::time::SystemTime;
+use std::{borrow::Cow, time::SystemTime};
 
 use super::{
     otlp::{Exporter, Span, Value},
@@ -19,7 +20,9 @@ pub struct StepSpan {
     parent_id: [u8; 8],
     /// Whether the parent is another process's.
     remote: bool,
-    name: &'static str,
+    name: Cow<'static, str>,
+    /// The OTLP `SpanKind` number.
+    kind: u8,
     start: SystemTime,
     attributes: Vec<(&'static str, Value)>,
 }
@@ -29,7 +32,7 @@ impl StepSpan {
     /// own when that is missing or malformed (a trace is never worth refusing work for).
     pub(super) fn new(
         exporter: &'static Exporter,
-        name: &'static str,
+        name: impl Into<Cow<'static, str>>,
         traceparent: Option<&str>,
     ) -> Self {
         Self::child_of(exporter, name, traceparent.and_then(super::parse), true)
@@ -39,7 +42,7 @@ impl StepSpan {
     /// root when there is none.
     pub(super) fn child_of(
         exporter: &'static Exporter,
-        name: &'static str,
+        name: impl Into<Cow<'static, str>>,
         parent: Option<Ids>,
         remote: bool,
     ) -> Self {
@@ -52,7 +55,8 @@ impl StepSpan {
             },
             parent_id: parent.map_or([0; 8], |p| p.span_id),
             remote: remote && parent.is_some(),
-            name,
+            name: name.into(),
+            kind: spans::INTERNAL,
             start: SystemTime::now(),
             attributes: Vec::with_capacity(6),
         }
@@ -72,6 +76,38 @@ impl StepSpan {
         self
     }
 
+    /// Makes it a span of `kind` (an OTLP `SpanKind` number).
+    #[must_use]
+    pub(super) fn kind(mut self, kind: u8) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Sets text attribute `key`, replacing the value it had: for what is known only later.
+    pub fn set_text(&mut self, key: &'static str, value: &str) {
+        self.set(key, Value::Str(value.to_owned()));
+    }
+
+    /// Sets integer attribute `key`, replacing the value it had.
+    pub fn set_int(&mut self, key: &'static str, value: i64) {
+        self.set(key, Value::Int(value));
+    }
+
+    fn set(&mut self, key: &'static str, value: Value) {
+        match self.attributes.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.attributes.push((key, value)),
+        }
+    }
+
+    /// The text attribute `key`, when it has one.
+    pub fn text_of(&self, key: &str) -> Option<&str> {
+        self.attributes.iter().find_map(|(k, v)| match v {
+            Value::Str(s) if *k == key => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
     /// Its W3C `traceparent`, for the next step to continue.
     pub fn traceparent(&self) -> String {
         self.ids.traceparent()
@@ -88,8 +124,8 @@ impl Drop for StepSpan {
             span_id: self.ids.span_id,
             parent_id: self.parent_id,
             remote_parent: self.remote,
-            name: self.name,
-            kind: spans::INTERNAL,
+            name: &self.name,
+            kind: self.kind,
             start_unix_nanos: spans::unix_nanos(self.start),
             end_unix_nanos: spans::unix_nanos(SystemTime::now()),
             attributes: &self.attributes,

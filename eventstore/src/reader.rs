@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use std::borrow::Cow;
 
 use serde_json::value::RawValue;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// An event as recorded, with its place in the global order.
@@ -112,7 +112,10 @@ pub async fn read_from(
     position: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let safe = horizon(pool).await?;
+    // One connection for the horizon's queries and the read: the pool pings every
+    // connection given back, a round trip per release (sqlx 0.8).
+    let mut conn = pool.acquire().await?;
+    let safe = horizon(&mut conn).await?;
     if safe <= position {
         return Ok(vec![]);
     }
@@ -126,7 +129,7 @@ pub async fn read_from(
     .bind(position)
     .bind(limit)
     .bind(safe)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -138,10 +141,10 @@ const HORIZON_WAIT: Duration = Duration::from_millis(250);
 /// the transactions that held the position lock when it was read have ended. Writers are
 /// never made to wait; the reader waits for them (about one commit), polling every
 /// millisecond. 0 when they outlast [`HORIZON_WAIT`]: the caller reads again later.
-async fn horizon(pool: &PgPool) -> Result<i64, sqlx::Error> {
+async fn horizon(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     let (drawn, writers): (i64, Vec<String>) =
         sqlx::query_as("SELECT drawn, writers FROM events_horizon()")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     if writers.is_empty() {
         return Ok(drawn);
@@ -153,7 +156,7 @@ async fn horizon(pool: &PgPool) -> Result<i64, sqlx::Error> {
             "SELECT EXISTS (SELECT 1 FROM unnest(events_position_writers()) AS w WHERE w = ANY($1))",
         )
         .bind(&writers)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
         if !left {
             return Ok(drawn);

@@ -276,29 +276,37 @@ async fn run(
 /// that touches an aggregate an earlier unit of the batch touches joins only when it is built
 /// on that unit (its sequences follow on); otherwise their sequences would collide.
 pub(super) fn split_chains(queued: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
-    type Key = (&'static str, String);
-    let mut last: HashMap<Key, u64> = HashMap::new();
-    // Aggregates of units that wait: whatever touches them waits too, to keep queue order.
-    let mut waiting: HashSet<Key> = HashSet::new();
-    let (mut now, mut later) = (Vec::new(), Vec::new());
-    for q in queued {
-        let keys: Vec<Key> = q
-            .unit
-            .appends
+    fn key(a: &Append) -> (&'static str, &str) {
+        (a.aggregate_type, a.aggregate_id.as_str())
+    }
+    // Decided on keys borrowed from the units (no id copied), then the units are moved.
+    let joins: Vec<bool> = {
+        let mut last: HashMap<(&str, &str), u64> = HashMap::with_capacity(queued.len() * 2);
+        // Aggregates of units that wait: whatever touches them waits too, to keep queue order.
+        let mut waiting: HashSet<(&str, &str)> = HashSet::new();
+        queued
             .iter()
-            .map(|a| (a.aggregate_type, a.aggregate_id.clone()))
-            .collect();
-        let joins =
-            q.unit.appends.iter().zip(&keys).all(|(a, k)| {
-                !waiting.contains(k) && last.get(k).is_none_or(|t| a.base == Some(*t))
-            });
+            .map(|q| {
+                let joins = q.unit.appends.iter().all(|a| {
+                    let k = key(a);
+                    !waiting.contains(&k) && last.get(&k).is_none_or(|t| a.base == Some(*t))
+                });
+                for a in &q.unit.appends {
+                    if joins {
+                        last.insert(key(a), q.ticket);
+                    } else {
+                        waiting.insert(key(a));
+                    }
+                }
+                joins
+            })
+            .collect()
+    };
+    let (mut now, mut later) = (Vec::with_capacity(queued.len()), Vec::new());
+    for (q, joins) in queued.into_iter().zip(joins) {
         if joins {
-            for k in keys {
-                last.insert(k, q.ticket);
-            }
             now.push(q);
         } else {
-            waiting.extend(keys);
             later.push(q);
         }
     }

@@ -15,9 +15,9 @@ use serde::{Deserializer, Serialize, Serializer, de};
 const LONGEST: usize = 30;
 
 /// `t` as chrono's serde writes it (`2026-12-07T10:00:00.123Z`: the fraction in 3, 6 or 9
-/// digits when there is one) into `out`, returning its length; `None` for a leap second or
-/// a year outside 0..=9999, left to chrono.
-fn written_as(t: &DateTime<Utc>, out: &mut [u8; LONGEST]) -> Option<usize> {
+/// digits when there is one), written in `out`; `None` for a leap second or a year outside
+/// 0..=9999, left to chrono.
+fn written_as<'a>(t: &DateTime<Utc>, out: &'a mut [u8; LONGEST]) -> Option<&'a str> {
     let (date, time) = (t.date_naive(), t.time());
     let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
     let nanos = time.nanosecond();
@@ -51,7 +51,8 @@ fn written_as(t: &DateTime<Utc>, out: &mut [u8; LONGEST]) -> Option<usize> {
         20 + digits
     };
     out[end] = b'Z';
-    Some(end + 1)
+    // Digits and separators only: always UTF-8.
+    std::str::from_utf8(&out[..=end]).ok()
 }
 
 /// Appends `t` to the second (`2026-12-01T00:00:00Z`, chrono's `%Y-%m-%dT%H:%M:%SZ`) to
@@ -61,10 +62,7 @@ pub fn push_seconds(out: &mut String, t: &DateTime<Utc>) {
     let whole = t
         .with_nanosecond(0)
         .filter(|_| t.nanosecond() < 1_000_000_000);
-    match whole
-        .and_then(|w| written_as(&w, &mut text))
-        .and_then(|n| std::str::from_utf8(&text[..n]).ok())
-    {
+    match whole.and_then(|w| written_as(&w, &mut text)) {
         Some(s) => out.push_str(s),
         None => {
             use std::fmt::Write;
@@ -79,7 +77,7 @@ pub fn push_seconds(out: &mut String, t: &DateTime<Utc>) {
 /// The serializer's.
 pub fn write<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     let mut out = [0; LONGEST];
-    match written_as(t, &mut out).and_then(|n| std::str::from_utf8(&out[..n]).ok()) {
+    match written_as(t, &mut out) {
         Some(text) => s.serialize_str(text),
         None => t.serialize(s),
     }
@@ -105,8 +103,11 @@ impl Serialize for Written<'_> {
 }
 
 /// Parses an RFC 3339 time as chrono's `DateTime<Utc>` deserializer does.
-pub fn parse(text: &str) -> Option<DateTime<Utc>> {
-    written(text).or_else(|| text.parse().ok())
+///
+/// # Errors
+/// chrono's, when `text` is not an RFC 3339 time.
+pub fn parse(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    written(text).map_or_else(|| text.parse(), Ok)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, as chrono writes a `DateTime<Utc>`; `None` for any
@@ -155,7 +156,7 @@ impl de::Visitor<'_> for Visitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        written(v).map_or_else(|| v.parse().map_err(E::custom), Ok)
+        parse(v).map_err(E::custom)
     }
 }
 

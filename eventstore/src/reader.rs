@@ -1,10 +1,11 @@
 //! The ordered reader: every committed event, once, in global position order.
 
-use std::time::{Duration, Instant};
+use std::{
+    borrow::Cow,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
-use std::borrow::Cow;
-
 use serde_json::value::RawValue;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;

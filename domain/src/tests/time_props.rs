@@ -44,7 +44,7 @@ proptest! {
     ) {
         let t = Utc.timestamp_opt(secs, nanos).unwrap();
         let text = t.to_rfc3339_opts(digits, true);
-        prop_assert_eq!(parse(&text), chrono(&text));
+        prop_assert_eq!(parse(&text).ok(), chrono(&text));
         // The way events are written: chrono's serde.
         let json = serde_json::to_string(&t).unwrap();
         let read: Times = serde_json::from_str(&format!(r#"{{"at":{json},"run_at":{json}}}"#)).unwrap();
@@ -86,7 +86,7 @@ proptest! {
 
     #[test]
     fn any_text_reads_as_chrono_reads_it(text in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,11})?([Zz]|[+-][0-9]{2}:[0-9]{2})?") {
-        prop_assert_eq!(parse(&text), chrono(&text));
+        prop_assert_eq!(parse(&text).ok(), chrono(&text));
     }
 }
 
@@ -108,7 +108,7 @@ fn other_shapes_go_to_chrono_and_bad_ones_fail() {
         "",
         "２０２６-12-07T10:00:00Z",
     ] {
-        assert_eq!(parse(text), chrono(text), "{text}");
+        assert_eq!(parse(text).ok(), chrono(text), "{text}");
     }
     let none = Times {
         at: Utc.timestamp_opt(1_765_000_000, 120_000).unwrap(),

@@ -111,138 +111,173 @@ async fn accept(
         return Ok(r);
     }
 
-    let subscription = state
-        .store
-        .load_fresh::<Subscription>(&user.to_string())
-        .await?
-        .state;
-    let plan = subscription.plan_at(now);
-    let period = subscription.period_at(now);
-    let usage_key = UsageKey::new(user, &period);
-    let usage_id = usage_key.aggregate_id();
     let job_id = JobId::from_uuid(uuid::Uuid::new_v4());
     let job_id_text = job_id.to_string();
     span.record("job_id", job_id_text.as_str());
     span.record("correlation_id", correlation_id.as_str());
-    let mut meta = metadata(&correlation_id, principal, span);
-    let reserve = ReserveUnit {
-        job_id,
-        user_id: user,
-        period,
-        plan,
-        limit: state.settings.limits.limit(plan),
-        now,
-    };
-    let job_events = Job::default().decide(JobCommand::Submit(SubmitJob {
-        job_id,
-        user_id: user,
-        task_type,
-        payload: req.payload,
-        correlation_id: correlation_id.clone(),
-        run_at,
-        max_attempts,
-        retry: RetryPolicy::default(),
-        usage: usage_key,
-        concurrency,
-        now,
-    }))?;
-    let status = match job_events.first() {
-        Some(JobEvent::JobSubmitted(e)) => e.status,
-        _ => return Err(StoreError::Invariant("job submission produced no event".into()).into()),
-    };
-    let response = json!({"job_id": job_id, "status": status.as_str()});
-    let (job_append, _, job_after) = encode(EventStore::prepare(
-        &job_id_text,
-        Loaded {
-            state: Job::default(),
-            sequence: 0,
-            snapshot_sequence: 0,
-            snapshot_bytes: 0,
-            cached: false,
-            pending: None,
-        },
-        &job_events,
-        &meta,
-    ))?;
-    // Only the job's events carry the trace on: no follower opens a span for a usage event.
-    let traceparent = meta.remove("traceparent");
-
-    for attempt in 0..MAX_ATTEMPTS {
-        // Decided and queued under the ledger's lock, committed after it: the user's next
-        // submission decides on this state at once instead of waiting for the fsync.
-        let committing = {
-            let _usage_guard = state.store.lock("usage", &usage_id).await;
-            let loaded = state.store.load::<Usage>(&usage_id).await?;
-            let usage_events = match loaded.state.decide(UsageCommand::Reserve(reserve.clone())) {
-                Ok(events) => events,
-                // Another process may have released units since this state was cached.
-                Err(_) if loaded.cached => {
-                    state.store.settle(&loaded).await?;
-                    continue;
-                }
-                Err(e) => {
-                    state.store.remember(&usage_id, loaded);
-                    return Err(e.into());
-                }
-            };
-            let (usage_append, snapshot, mut after) =
-                encode(EventStore::prepare(&usage_id, loaded, &usage_events, &meta))?;
-            let unit = WriteUnit {
-                appends: vec![usage_append, job_append.clone()],
-                snapshots: snapshot.into_iter().collect(),
-                idempotency: key.as_ref().map(|k| IdempotencyRecord {
-                    user_id: user.as_uuid(),
-                    key: k.clone(),
-                    request_hash: request_hash.clone(),
-                    status: 202,
-                    body: response.clone(),
-                }),
-            };
-            // The append's span is the request's child.
-            let trace = AppendTrace {
-                parent: traceparent
-                    .as_deref()
-                    .map_or(Parent::Current, Parent::Traceparent),
-                job_id: &job_id_text,
-                correlation_id: correlation_id.as_str(),
-            };
-            let (ticket, committing) = state
-                .store
-                .enqueue_traced(unit, trace)
-                .map_err(StoreError::from)?;
-            after.pending = Some(ticket);
-            state.store.remember(&usage_id, after);
-            committing
+    let user_text = user.to_string();
+    let mut payload = req.payload;
+    // A round decides on the cached subscription, and commits only if it is still the
+    // latest (its guard); when it is not, or a refusal was decided on it, the next round
+    // reads it from the database. A plan change is rare; a read per submission was not.
+    'round: for _ in 0..MAX_ATTEMPTS {
+        let subscription = state.store.read::<Subscription>(&user_text).await?;
+        let plan = subscription.state.plan_at(now);
+        let period = subscription.state.period_at(now);
+        let usage_key = UsageKey::new(user, &period);
+        let usage_id = usage_key.aggregate_id();
+        let mut meta = metadata(&correlation_id, principal, span);
+        let reserve = ReserveUnit {
+            job_id,
+            user_id: user,
+            period,
+            plan,
+            limit: state.settings.limits.limit(plan),
+            now,
         };
-        let outcome = committing.await;
-        if outcome.is_err() {
-            state.store.forget_after_failure("usage", &usage_id).await;
-        }
-        match outcome {
-            Ok(()) => {
-                // The worker's start comes next: spare it a load.
-                state.store.remember(&job_id_text, job_after);
-                tracing::info!(
-                    parent: span.log(),
-                    message = "Job submitted.",
-                    job_id = %job_id,
-                    user_id = %user,
-                    correlation_id = %correlation_id,
+        let job_events = Job::default().decide(JobCommand::Submit(SubmitJob {
+            job_id,
+            user_id: user,
+            task_type: task_type.clone(),
+            payload,
+            correlation_id: correlation_id.clone(),
+            run_at,
+            max_attempts,
+            retry: RetryPolicy::default(),
+            usage: usage_key,
+            concurrency: concurrency.clone(),
+            now,
+        }))?;
+        let status = match job_events.first() {
+            Some(JobEvent::JobSubmitted(e)) => e.status,
+            _ => {
+                return Err(
+                    StoreError::Invariant("job submission produced no event".into()).into(),
                 );
-                return Ok((StatusCode::ACCEPTED, AxumJson(response)).into_response());
             }
-            Err(CommitError::Conflict) => backoff(attempt).await,
-            Err(CommitError::DuplicateKey) => {
-                // Another process recorded this key first: answer as it did.
-                if let Some(r) = replay(&state, principal, key.as_deref(), &request_hash).await? {
-                    return Ok(r);
+        };
+        let response = json!({"job_id": job_id, "status": status.as_str()});
+        let (job_append, _, job_after) = encode(EventStore::prepare(
+            &job_id_text,
+            Loaded {
+                state: Job::default(),
+                sequence: 0,
+                snapshot_sequence: 0,
+                snapshot_bytes: 0,
+                cached: false,
+                pending: None,
+            },
+            &job_events,
+            &meta,
+        ))?;
+        // Only the job's events carry the trace on: no follower opens a span for a usage event.
+        let traceparent = meta.remove("traceparent");
+
+        for attempt in 0..MAX_ATTEMPTS {
+            // Decided and queued under the ledger's lock, committed after it: the user's next
+            // submission decides on this state at once instead of waiting for the fsync.
+            let committing = {
+                let _usage_guard = state.store.lock("usage", &usage_id).await;
+                let loaded = state.store.load::<Usage>(&usage_id).await?;
+                let usage_events = match loaded.state.decide(UsageCommand::Reserve(reserve.clone()))
+                {
+                    Ok(events) => events,
+                    // Another process may have released units since this state was cached.
+                    Err(_) if loaded.cached => {
+                        state.store.settle(&loaded).await?;
+                        continue;
+                    }
+                    // Or changed the plan since the subscription was cached.
+                    Err(_) if subscription.cached => {
+                        state.store.remember(&usage_id, loaded);
+                        state.store.forget("subscription", &user_text);
+                        payload = payload_of(job_events);
+                        continue 'round;
+                    }
+                    Err(e) => {
+                        state.store.remember(&usage_id, loaded);
+                        return Err(e.into());
+                    }
+                };
+                let (usage_append, snapshot, mut after) =
+                    encode(EventStore::prepare(&usage_id, loaded, &usage_events, &meta))?;
+                let unit = WriteUnit {
+                    appends: vec![usage_append, job_append.clone()],
+                    snapshots: snapshot.into_iter().collect(),
+                    idempotency: key.as_ref().map(|k| IdempotencyRecord {
+                        user_id: user.as_uuid(),
+                        key: k.clone(),
+                        request_hash: request_hash.clone(),
+                        status: 202,
+                        body: response.clone(),
+                    }),
+                    guards: vec![subscription.guard(&user_text)],
+                };
+                // The append's span is the request's child.
+                let trace = AppendTrace {
+                    parent: traceparent
+                        .as_deref()
+                        .map_or(Parent::Current, Parent::Traceparent),
+                    job_id: &job_id_text,
+                    correlation_id: correlation_id.as_str(),
+                };
+                let (ticket, committing) = state
+                    .store
+                    .enqueue_traced(unit, trace)
+                    .map_err(StoreError::from)?;
+                after.pending = Some(ticket);
+                state.store.remember(&usage_id, after);
+                committing
+            };
+            let outcome = committing.await;
+            if outcome.is_err() {
+                state.store.forget_after_failure("usage", &usage_id).await;
+            }
+            match outcome {
+                Ok(()) => {
+                    // The worker's start comes next: spare it a load.
+                    state.store.remember(&job_id_text, job_after);
+                    tracing::info!(
+                        parent: span.log(),
+                        message = "Job submitted.",
+                        job_id = %job_id,
+                        user_id = %user,
+                        correlation_id = %correlation_id,
+                    );
+                    return Ok((StatusCode::ACCEPTED, AxumJson(response)).into_response());
                 }
-                backoff(attempt).await;
+                Err(CommitError::Conflict) => backoff(attempt).await,
+                Err(CommitError::Stale) => {
+                    state.store.forget("subscription", &user_text);
+                    payload = payload_of(job_events);
+                    continue 'round;
+                }
+                Err(CommitError::DuplicateKey) => {
+                    // Another process recorded this key first: answer as it did.
+                    if let Some(r) =
+                        replay(&state, principal, key.as_deref(), &request_hash).await?
+                    {
+                        return Ok(r);
+                    }
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(StoreError::from(e).into()),
             }
-            Err(e) => return Err(StoreError::from(e).into()),
         }
+        return Err(StoreError::Contention(format!("usage/{usage_id}")).into());
     }
-    Err(StoreError::Contention(format!("usage/{usage_id}")).into())
+    Err(StoreError::Contention(format!("subscription/{user_text}")).into())
+}
+
+/// The payload given back by a submission's events, for another round.
+fn payload_of(events: Vec<JobEvent>) -> Value {
+    events
+        .into_iter()
+        .find_map(|e| match e {
+            JobEvent::JobSubmitted(e) => Some(e.payload),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 fn encode<T>(r: Result<T, serde_json::Error>) -> Result<T, ApiError> {

@@ -23,6 +23,14 @@ impl Cache {
         entry.downcast::<Loaded<A>>().ok().map(|b| *b)
     }
 
+    /// A copy of the entry, left in place: for states read and not appended to.
+    pub(super) fn copy<A: StoredAggregate>(&self, t: &'static str, id: &str) -> Option<Loaded<A>> {
+        let map = self.map.lock().ok()?;
+        map.get(&(t, id.to_owned()))?
+            .downcast_ref::<Loaded<A>>()
+            .cloned()
+    }
+
     pub(super) fn put<A: StoredAggregate>(&self, t: &'static str, id: &str, loaded: Loaded<A>) {
         if let Ok(mut map) = self.map.lock() {
             if map.len() >= MAX_ENTRIES {

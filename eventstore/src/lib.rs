@@ -6,6 +6,7 @@
 mod cache;
 mod locks;
 pub mod log;
+mod meta;
 mod ops;
 pub mod poison;
 mod postgres;
@@ -25,7 +26,9 @@ use serde_json::Value;
 pub use sqlite::Sqlite;
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Notify;
-pub use writer::{Append, CommitError, Committing, IdempotencyRecord, SnapshotWrite, WriteUnit};
+pub use writer::{
+    Append, CommitError, Committing, Guard, IdempotencyRecord, SnapshotWrite, WriteUnit,
+};
 
 use self::{cache::Cache, locks::KeyedLocks, writer::Writer};
 
@@ -68,6 +71,18 @@ pub struct Loaded<A> {
     /// The queued unit whose events this state already includes, while that unit may not
     /// be committed yet (pipelining; the writer fails what is built on a failed unit).
     pub pending: Option<u64>,
+}
+
+impl<A: StoredAggregate> Loaded<A> {
+    /// The guard that keeps a decision on this state of aggregate `id` from committing
+    /// once the aggregate has moved on.
+    pub fn guard(&self, id: &str) -> Guard {
+        Guard {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            sequence: self.sequence,
+        }
+    }
 }
 
 /// Failures of the store itself, not refusals of the domain.
@@ -183,6 +198,25 @@ impl EventStore {
             });
         }
         self.load_fresh::<A>(id).await
+    }
+
+    /// For a decision that reads `id` and appends nothing to it: a copy of the cached state,
+    /// loaded (and cached) when there is none. It may be stale: the unit the decision makes
+    /// carries the state's [`Loaded::guard`] and fails as [`CommitError::Stale`] when another
+    /// process moved the aggregate on.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Decode`].
+    pub async fn read<A: StoredAggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        if let Some(hit) = self.cache.copy::<A>(A::TYPE, id) {
+            return Ok(Loaded {
+                cached: true,
+                ..hit
+            });
+        }
+        let loaded = self.load_fresh::<A>(id).await?;
+        self.cache.put(A::TYPE, id, loaded.clone());
+        Ok(loaded)
     }
 
     /// Loads from the database, bypassing the cache.
@@ -452,7 +486,7 @@ impl EventStore {
                 let unit = WriteUnit {
                     appends: vec![append],
                     snapshots: snapshot.into_iter().collect(),
-                    idempotency: None,
+                    ..WriteUnit::default()
                 };
                 let (ticket, committing) = self.enqueue(unit)?;
                 let v = view(&after.state);
@@ -534,7 +568,7 @@ impl From<CommitError> for StoreError {
             CommitError::Stopped => Self::WriterStopped,
             CommitError::StorageFull => Self::StorageFull,
             CommitError::OutcomeUnknown => Self::OutcomeUnknown,
-            CommitError::Conflict | CommitError::DuplicateKey => {
+            CommitError::Conflict | CommitError::Stale | CommitError::DuplicateKey => {
                 Self::Invariant("a conflict reached a caller that does not retry".to_owned())
             }
         }

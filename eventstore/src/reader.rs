@@ -1,14 +1,13 @@
 //! The ordered reader: every committed event, once, in global position order.
 
-use std::{
-    borrow::Cow,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
+
+pub use crate::meta::Meta;
 
 /// An event as recorded, with its place in the global order.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -34,24 +33,6 @@ pub struct RecordedEvent {
     /// The metadata as stored (a JSON object's text), read by [`RecordedEvent::meta`]: kept
     /// as text, as most followers of most events never look inside it.
     pub metadata: String,
-}
-
-/// What a follower takes from an event's metadata, borrowed from its text where it can be.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct Meta<'a> {
-    /// The job's correlation id.
-    #[serde(borrow)]
-    pub correlation_id: Option<Cow<'a, str>>,
-    /// The W3C `traceparent` of the span that made the event, when it was traced.
-    #[serde(borrow)]
-    pub traceparent: Option<Cow<'a, str>>,
-}
-
-impl<'a> Meta<'a> {
-    /// The names in `text`, a metadata object's JSON; none when it is not one.
-    pub fn of(text: &'a str) -> Self {
-        serde_json::from_str(text).unwrap_or_default()
-    }
 }
 
 /// An event as stored, to be written out as JSON (the relay's message, the audit export's

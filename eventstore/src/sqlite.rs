@@ -521,6 +521,22 @@ async fn write_unit(
         .execute(&mut **tx)
         .await?;
     }
+    for g in &unit.guards {
+        // Units are written one after the other: an earlier unit's append is seen here.
+        // After the unit's writes: a read first would take a shared lock that SQLite may
+        // refuse to upgrade to the write lock (SQLITE_BUSY) while another connection writes.
+        let (last,): (i64,) = sqlx::query_as(
+            "SELECT coalesce(max(sequence), 0) FROM events \
+              WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+        )
+        .bind(g.aggregate_type)
+        .bind(&g.aggregate_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        if last != g.sequence {
+            return Ok(Some(CommitError::Stale));
+        }
+    }
     Ok(None)
 }
 

@@ -64,6 +64,20 @@ pub struct SnapshotWrite {
     pub payload: String,
 }
 
+/// A state a decision read without appending to it (the user's subscription, for a
+/// submission): the unit commits only if the aggregate's last sequence is still `sequence`,
+/// else it fails as [`CommitError::Stale`]. Checked in the unit's transaction, so a cached
+/// state costs no read per command.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The sequence of the last event the decision saw (0: none).
+    pub sequence: i64,
+}
+
 /// The response to keep for an `Idempotency-Key`, committed with the events it produced.
 #[derive(Debug, Clone)]
 pub struct IdempotencyRecord {
@@ -88,12 +102,17 @@ pub struct WriteUnit {
     pub snapshots: Vec<SnapshotWrite>,
     /// The idempotency record, if the request had a key.
     pub idempotency: Option<IdempotencyRecord>,
+    /// States the decision read and did not append to.
+    pub guards: Vec<Guard>,
 }
 
 impl WriteUnit {
     /// Whether it writes nothing.
     fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.snapshots.is_empty() && self.idempotency.is_none()
+        self.appends.is_empty()
+            && self.snapshots.is_empty()
+            && self.idempotency.is_none()
+            && self.guards.is_empty()
     }
 }
 
@@ -103,6 +122,9 @@ pub enum CommitError {
     /// Another writer appended to one of the aggregates first: reload and decide again.
     #[error("optimistic concurrency conflict")]
     Conflict,
+    /// A state the decision read (a [`Guard`]) has moved on: read it again and decide again.
+    #[error("a state the decision read has changed")]
+    Stale,
     /// The idempotency key was recorded by another request first.
     #[error("idempotency key already used")]
     DuplicateKey,
@@ -274,7 +296,9 @@ async fn run(
 
 /// Splits `queued` into what can commit in one transaction and what must wait for it: a unit
 /// that touches an aggregate an earlier unit of the batch touches joins only when it is built
-/// on that unit (its sequences follow on); otherwise their sequences would collide.
+/// on that unit (its sequences follow on); otherwise their sequences would collide. A unit
+/// guarding an aggregate that an earlier unit appends to waits too: the guards are checked
+/// before the batch's rows are written.
 pub(super) fn split_chains(queued: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
     fn key(a: &Append) -> (&'static str, &str) {
         (a.aggregate_type, a.aggregate_id.as_str())
@@ -290,6 +314,9 @@ pub(super) fn split_chains(queued: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
                 let joins = q.unit.appends.iter().all(|a| {
                     let k = key(a);
                     !waiting.contains(&k) && last.get(&k).is_none_or(|t| a.base == Some(*t))
+                }) && q.unit.guards.iter().all(|g| {
+                    let k = (g.aggregate_type, g.aggregate_id.as_str());
+                    !waiting.contains(&k) && !last.contains_key(&k)
                 });
                 for a in &q.unit.appends {
                     if joins {
@@ -437,6 +464,13 @@ pub(super) async fn commit_batch(pool: &PgPool, batch: Vec<Queued>, failed: &mut
 
 async fn try_commit(pool: &PgPool, units: &[&WriteUnit]) -> Result<(), Refusal> {
     let mut tx = pool.begin().await.map_err(before_commit)?;
+    let stale = check_guards(&mut tx, units).await.map_err(before_commit)?;
+    if !stale.is_empty() {
+        let _ = tx.rollback().await;
+        return Err(Refusal::Units(
+            stale.into_iter().map(|i| (i, CommitError::Stale)).collect(),
+        ));
+    }
     let duplicates = insert_idempotency(&mut tx, units)
         .await
         .map_err(before_commit)?;
@@ -466,6 +500,45 @@ async fn try_commit(pool: &PgPool, units: &[&WriteUnit]) -> Result<(), Refusal> 
     tx.commit()
         .await
         .map_err(|e| Refusal::Database(Failure::at_commit(&e), e))
+}
+
+/// The indexes of units with a guard whose aggregate has moved on: one query for the batch.
+async fn check_guards(
+    tx: &mut Transaction<'_, Postgres>,
+    units: &[&WriteUnit],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let guards: Vec<(usize, &Guard)> = units
+        .iter()
+        .enumerate()
+        .flat_map(|(i, u)| u.guards.iter().map(move |g| (i, g)))
+        .collect();
+    if guards.is_empty() {
+        return Ok(vec![]);
+    }
+    let types: Vec<&str> = guards.iter().map(|(_, g)| g.aggregate_type).collect();
+    let ids: Vec<&str> = guards
+        .iter()
+        .map(|(_, g)| g.aggregate_id.as_str())
+        .collect();
+    let seqs: Vec<i64> = guards.iter().map(|(_, g)| g.sequence).collect();
+    // The guards that no longer hold, by their place in the arrays.
+    let moved: Vec<(i64,)> = sqlx::query_as(
+        "SELECT g.ord FROM UNNEST($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY AS g(t, i, s, ord) \
+          WHERE coalesce((SELECT max(sequence) FROM events e \
+                           WHERE e.aggregate_type = g.t AND e.aggregate_id = g.i), 0) <> g.s",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&seqs)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stale: Vec<usize> = moved
+        .into_iter()
+        .filter_map(|(ord,)| guards.get(usize::try_from(ord - 1).ok()?).map(|(i, _)| *i))
+        .collect();
+    stale.sort_unstable();
+    stale.dedup();
+    Ok(stale)
 }
 
 /// Inserts the idempotency records; returns the indexes of units whose key already exists.

@@ -466,6 +466,7 @@ pub async fn a_failed_unit_fails_the_units_built_on_it(
             appends: vec![append],
             snapshots: vec![],
             idempotency,
+            guards: vec![],
         };
         let (ticket, committing) = first.enqueue(unit).unwrap();
         after.pending = Some(ticket);
@@ -536,4 +537,92 @@ pub async fn a_failed_unit_fails_the_units_built_on_it(
         .map(|j| j.as_uuid().as_u128())
         .collect();
     assert_eq!(held, vec![1, 5, 8]);
+}
+
+/// Guards against a real store (either backend): a unit that decided on an aggregate it
+/// does not append to (a guard) commits only while that aggregate's last sequence is still
+/// the one it read, and a guard behind an append to its aggregate in the same queue sees it.
+///
+/// # Panics
+/// When the store breaks the rule: this is a test.
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
+pub async fn a_guard_commits_only_while_its_state_is_the_latest(
+    first: &eventstore::EventStore,
+    second: &eventstore::EventStore,
+) {
+    use domain::{Decider, ids::UserId, usage::Usage};
+
+    use eventstore::{CommitError, EventStore, Guard, Metadata, WriteUnit};
+
+    let new_user = || UserId::from_uuid(uuid::Uuid::new_v4());
+    let owner = new_user();
+    let guarded = usage_id(owner);
+    // A reservation on a new user's ledger, decided while `guarded` was at `sequence`.
+    let unit = |sequence: i64| {
+        let user = new_user();
+        let id = usage_id(user);
+        let events = Usage::default().decide(reserve(user, 1)).unwrap();
+        let loaded = eventstore::Loaded {
+            state: Usage::default(),
+            sequence: 0,
+            snapshot_sequence: 0,
+            snapshot_bytes: 0,
+            cached: false,
+            pending: None,
+        };
+        let (append, _, _) = EventStore::prepare(&id, loaded, &events, &Metadata::new()).unwrap();
+        let unit = WriteUnit {
+            appends: vec![append],
+            guards: vec![Guard {
+                aggregate_type: "usage",
+                aggregate_id: guarded.clone(),
+                sequence,
+            }],
+            ..WriteUnit::default()
+        };
+        (id, unit)
+    };
+    let written = |id: String| async move { first.events_of("usage", &id).await.unwrap().len() };
+
+    // 1. Nothing appended to the guarded aggregate yet: a guard at 0 holds.
+    let (id, u) = unit(0);
+    first.commit(u).await.unwrap();
+    assert_eq!(written(id).await, 1);
+
+    // 2. Another process moves it on: a guard at the old sequence fails, writing nothing;
+    //    one at the new sequence commits.
+    second
+        .execute::<Usage>(&guarded, reserve(owner, 7), &Metadata::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let (id, u) = unit(0);
+    assert!(matches!(first.commit(u).await, Err(CommitError::Stale)));
+    assert_eq!(written(id).await, 0);
+    let (id, u) = unit(1);
+    first.commit(u).await.unwrap();
+    assert_eq!(written(id).await, 1);
+
+    // 3. An append to the guarded aggregate queued just before: a guard at the sequence it
+    //    makes commits, one at the sequence before it fails, whether or not they share its
+    //    transaction.
+    let loaded = first.load_fresh::<Usage>(&guarded).await.unwrap();
+    let events = loaded.state.decide(reserve(owner, 8)).unwrap();
+    let (append, _, _) = EventStore::prepare(&guarded, loaded, &events, &Metadata::new()).unwrap();
+    let (_, moving) = first
+        .enqueue(WriteUnit {
+            appends: vec![append],
+            ..WriteUnit::default()
+        })
+        .unwrap();
+    let (after_id, after) = unit(2);
+    let (before_id, before) = unit(1);
+    let (_, after) = first.enqueue(after).unwrap();
+    let (_, before) = first.enqueue(before).unwrap();
+    moving.await.unwrap();
+    after.await.unwrap();
+    assert!(matches!(before.await, Err(CommitError::Stale)));
+    assert_eq!(written(after_id).await, 1);
+    assert_eq!(written(before_id).await, 0);
+    assert_eq!(written(guarded).await, 2);
 }

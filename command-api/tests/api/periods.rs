@@ -10,6 +10,7 @@ use domain::{
     subscription::{
         ApplyStripeEvent, StripeChange, Subscription, SubscriptionCommand, SubscriptionStatus,
     },
+    usage::UsageKey,
 };
 use platform::auth::Role;
 
@@ -65,4 +66,89 @@ async fn a_late_renewal_of_another_length_corrects_the_ledger() {
     .unwrap();
     assert_eq!(ledgers.len(), 1, "{ledgers:?}");
     assert_eq!(app.count_events("UnitReserved").await, 2);
+}
+
+/// Moves `user` to PRO for `period` through `store`, as a webhook on another replica does.
+async fn upgrade_elsewhere(
+    store: &eventstore::EventStore,
+    user: domain::ids::UserId,
+    period: BillingPeriod,
+) {
+    let now = Utc::now();
+    let command = SubscriptionCommand::ApplyStripeEvent(ApplyStripeEvent {
+        user_id: user,
+        event_id: StripeEventId::parse("evt_test_elsewhere").unwrap(),
+        created: now,
+        change: StripeChange::SubscriptionChanged {
+            customer_id: StripeObjectId::parse("cus_test").unwrap(),
+            subscription_id: StripeObjectId::parse("sub_test").unwrap(),
+            plan: Plan::Pro,
+            status: SubscriptionStatus::Active,
+            period,
+        },
+        now,
+    });
+    store
+        .execute::<Subscription>(&user.to_string(), command, &Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The ledger each `UnitReserved` of `user` went to, in order.
+async fn ledgers_of(app: &TestApp, user: domain::ids::UserId) -> Vec<String> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT aggregate_id FROM events WHERE event_type = 'UnitReserved' \
+           AND aggregate_id LIKE $1 ORDER BY position",
+    )
+    .bind(format!("{user}:%"))
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(id,)| id).collect()
+}
+
+/// The subscription is cached between submissions; another process (a webhook on another
+/// replica) moves the user to a paid period. The next submission here, decided on the
+/// cached free plan, is stopped by its guard and decided again: its unit lands in the paid
+/// period's ledger, not the calendar month's.
+#[tokio::test]
+async fn a_subscription_changed_by_another_process_applies_to_the_next_submission() {
+    let app = spawn_app(&[]).await;
+    let user = new_user();
+    let t = token(user, Role::Customer);
+    assert_eq!(app.submit(&t).await.status, 202);
+    let now = Utc::now();
+    let paid = BillingPeriod::new(now - Duration::days(3), now + Duration::days(27)).unwrap();
+    let elsewhere = eventstore::EventStore::new(app.db.pool.clone());
+    upgrade_elsewhere(&elsewhere, user, paid).await;
+    let r = app.submit(&t).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let month = BillingPeriod::calendar_month(now);
+    assert_eq!(
+        ledgers_of(&app, user).await,
+        [
+            UsageKey::new(user, &month).aggregate_id(),
+            UsageKey::new(user, &paid).aggregate_id()
+        ]
+    );
+}
+
+/// A refusal decided on the cached subscription is decided again on the stored one: the
+/// free plan's last unit is used, another process upgrades the user, and the next
+/// submission here is accepted at once.
+#[tokio::test]
+async fn a_refusal_on_a_cached_plan_is_checked_against_the_stored_one() {
+    let app = spawn_app(&[("RUNLEDGER_FREE_LIMIT", "1")]).await;
+    let user = new_user();
+    let t = token(user, Role::Customer);
+    assert_eq!(app.submit(&t).await.status, 202);
+    assert_eq!(app.submit(&t).await.status, 402);
+    let now = Utc::now();
+    let paid = BillingPeriod::new(now - Duration::days(3), now + Duration::days(27)).unwrap();
+    let elsewhere = eventstore::EventStore::new(app.db.pool.clone());
+    upgrade_elsewhere(&elsewhere, user, paid).await;
+    let r = app.submit(&t).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(ledgers_of(&app, user).await.len(), 2);
 }

@@ -176,6 +176,7 @@ async fn a_refused_unit_commits_nothing_of_itself() {
                 status: 202,
                 body: serde_json::json!({"n": n as u64}),
             }),
+            guards: vec![],
         }
     };
     st.commit(unit(1, "k1")).await.unwrap();
@@ -290,4 +291,16 @@ async fn a_failed_unit_fails_the_units_built_on_it() {
     let pool = open(&dir).await;
     platform::testing::a_failed_unit_fails_the_units_built_on_it(&store(&pool), &store(&pool))
         .await;
+}
+
+/// A unit guarding a state it read commits only while that state is the latest.
+#[tokio::test]
+async fn a_guard_commits_only_while_its_state_is_the_latest() {
+    let dir = TempDir::new();
+    let pool = open(&dir).await;
+    platform::testing::a_guard_commits_only_while_its_state_is_the_latest(
+        &store(&pool),
+        &store(&pool),
+    )
+    .await;
 }

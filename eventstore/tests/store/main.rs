@@ -329,6 +329,17 @@ async fn a_failed_unit_fails_the_units_built_on_it() {
     platform::testing::a_failed_unit_fails_the_units_built_on_it(&first, &second).await;
 }
 
+/// A unit guarding a state it read commits only while that state is the latest.
+#[tokio::test]
+async fn a_guard_commits_only_while_its_state_is_the_latest() {
+    let db = TestDb::create().await;
+    let (first, second) = (
+        EventStore::new(db.pool.clone()),
+        EventStore::new(db.pool.clone()),
+    );
+    platform::testing::a_guard_commits_only_while_its_state_is_the_latest(&first, &second).await;
+}
+
 /// Commands on one aggregate decide while the ones before them are still committing, so
 /// they share transactions: one ledger's 200 concurrent reservations take far fewer than
 /// 200 commits, and its sequence is whole.

@@ -14,6 +14,21 @@ async fn bus(settings: &Settings) -> anyhow::Result<NoticeBus> {
     Ok(NoticeBus::nats(client, settings.nats_prefix.clone()))
 }
 
+/// Where a role that commits events says so, when NATS is configured: followers in other
+/// processes wake on it (`platform::wake`) instead of waiting out their poll.
+async fn announcer(settings: &Settings) -> anyhow::Result<Option<(async_nats::Client, String)>> {
+    let Some(url) = &settings.nats_url else {
+        return Ok(None);
+    };
+    let client = platform::nats::connect(url)
+        .await
+        .context("connecting to NATS")?;
+    Ok(Some((
+        client,
+        platform::wake::subject(&settings.nats_prefix),
+    )))
+}
+
 async fn pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     Ok(platform::db::connect(settings.require_database()?, settings.db_max_connections).await?)
 }
@@ -41,12 +56,22 @@ pub async fn command_api(s: Settings, migrate: bool) -> anyhow::Result<ExitCode>
     );
     schema(&s, migrate).await?;
     let addr = s.addr;
+    let shutdown = platform::shutdown::on_signal();
+    let wake = announcer(&s).await?;
     let state = command_api::build(s).await?;
+    if let Some((client, subject)) = wake {
+        tokio::spawn(platform::wake::announce(
+            client,
+            subject,
+            state.store.appended().clone(),
+            shutdown.clone(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(message = "Command API listening.", addr = %addr);
-    command_api::run(listener, state, platform::shutdown::on_signal()).await?;
+    command_api::run(listener, state, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -84,9 +109,14 @@ pub async fn projections(s: Settings, migrate: bool) -> anyhow::Result<ExitCode>
         &[("consumer", "projections")],
     );
     schema(&s, migrate).await?;
-    let bus = bus(&s).await?;
+    let url = s.require_nats()?;
+    let client = platform::nats::connect(url)
+        .await
+        .context("connecting to NATS")?;
+    let bus = NoticeBus::nats(client.clone(), s.nats_prefix.clone());
     let pool = pool(&s).await?;
     let shutdown = platform::shutdown::on_signal();
+    let woken = platform::wake::follower(client, &s.nats_prefix, &shutdown);
     metrics_endpoint(&s, &shutdown).await?;
     tracing::info!(message = "Projections running.");
     tokio::spawn(projections::jobs::trim_every(
@@ -94,7 +124,7 @@ pub async fn projections(s: Settings, migrate: bool) -> anyhow::Result<ExitCode>
         s.changes_retention,
         shutdown.clone(),
     ));
-    projections::runner::run(pool, Projection::ALL.to_vec(), bus, None, shutdown).await;
+    projections::runner::run(pool, Projection::ALL.to_vec(), bus, Some(woken), shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,12 +162,14 @@ pub async fn relay(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> {
         .await
         .context("connecting to NATS")?;
     let shutdown = platform::shutdown::on_signal();
+    let woken = platform::wake::follower(client.clone(), &s.nats_prefix, &shutdown);
     metrics_endpoint(&s, &shutdown).await?;
     tracing::info!(message = "Relay running.");
     projections::relay::run(
         eventstore::EventStore::new(pool),
         client,
         s.nats_prefix.clone(),
+        Some(woken),
         shutdown,
     )
     .await;
@@ -163,8 +195,17 @@ pub async fn dispatcher(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> 
         .context("connecting to Redis")?;
     let shutdown = platform::shutdown::on_signal();
     metrics_endpoint(&s, &shutdown).await?;
+    let store = eventstore::EventStore::new(pool);
+    if let Some((client, subject)) = announcer(&s).await? {
+        tokio::spawn(platform::wake::announce(
+            client,
+            subject,
+            store.appended().clone(),
+            shutdown.clone(),
+        ));
+    }
     let dispatcher = workers::dispatcher::Dispatcher::new(
-        eventstore::EventStore::new(pool),
+        store,
         workers::queue::RedisQueue { conn: redis },
         domain::task::NamespaceMap::default(),
     )

@@ -19,6 +19,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;
+pub mod wake;
 
 /// Why a role could not start.
 #[derive(Debug, thiserror::Error)]

@@ -75,11 +75,13 @@ async fn step(
     Ok(events.len())
 }
 
-/// Creates the stream if needed; runs until `shutdown`.
+/// Creates the stream if needed; runs until `shutdown`. Caught up, it waits for `woken`
+/// (commits announced by other processes, `platform::wake`) or 10 ms, whichever comes first.
 pub async fn run(
     store: EventStore,
     client: async_nats::Client,
     prefix: String,
+    woken: Option<std::sync::Arc<tokio::sync::Notify>>,
     shutdown: CancellationToken,
 ) {
     let js = jetstream::new(client);
@@ -104,7 +106,18 @@ pub async fn run(
             }
         }
         match step(&store, &js, &prefix).await {
-            Ok(0) => wait(&shutdown, Duration::from_millis(10)).await,
+            Ok(0) => {
+                let woken = async {
+                    match &woken {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = woken => {}
+                    () = wait(&shutdown, Duration::from_millis(10)) => {}
+                }
+            }
             Ok(_) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(message = "Relay batch failed; retrying from the checkpoint.", error = %e);

@@ -101,6 +101,7 @@ pub async fn run(mut s: Settings, data: Data, concurrency: usize) -> anyhow::Res
             store.clone(),
             client,
             s.nats_prefix.clone(),
+            Some(store.appended().clone()),
             shutdown.clone(),
         )));
     }

@@ -128,6 +128,7 @@ impl Stack {
             eventstore::EventStore::new(self.db.pool.clone()),
             client,
             String::new(),
+            None,
             self.shutdown.clone(),
         )));
     }

@@ -215,9 +215,11 @@ async fn accept(
                 };
                 // The append's span is the request's child.
                 let trace = AppendTrace {
-                    parent: traceparent
-                        .as_deref()
-                        .map_or(Parent::Current, Parent::Traceparent),
+                    parent: span.parent().unwrap_or_else(|| {
+                        traceparent
+                            .as_deref()
+                            .map_or(Parent::Current, Parent::Traceparent)
+                    }),
                     job_id: &job_id_text,
                     correlation_id: correlation_id.as_str(),
                 };

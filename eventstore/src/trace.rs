@@ -16,6 +16,15 @@ pub enum Parent<'a> {
     /// The span this W3C `traceparent` names, in this process (a request's span is not one
     /// of tracing's, so it cannot be current).
     Traceparent(&'a str),
+    /// A span in this process, by its ids (a request's exported span): nothing to parse.
+    Ids {
+        /// The W3C trace id.
+        trace_id: [u8; 16],
+        /// The span's id.
+        span_id: [u8; 8],
+        /// Whether the trace is sampled.
+        sampled: bool,
+    },
 }
 
 /// Ends an append's span when dropped.

@@ -80,6 +80,14 @@ impl RequestSpan {
         }
     }
 
+    /// The request's exported span as the parent of an append it asks for; `None` when
+    /// traces are not exported or the request's span is tracing's.
+    pub fn parent(&self) -> Option<eventstore::trace::Parent<'static>> {
+        self.trace
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(PoisonError::into_inner).as_parent())
+    }
+
     fn with_trace(&self, f: impl FnOnce(&mut StepSpan)) {
         if let Some(t) = &self.trace {
             f(&mut t.lock().unwrap_or_else(PoisonError::into_inner));

@@ -203,6 +203,15 @@ fn append_span(
     let parent = match parent {
         eventstore::trace::Parent::Current => spans::ids_of(&tracing::Span::current()),
         eventstore::trace::Parent::Traceparent(tp) => parse(tp),
+        eventstore::trace::Parent::Ids {
+            trace_id,
+            span_id,
+            sampled,
+        } => Some(Ids {
+            trace_id,
+            span_id,
+            sampled,
+        }),
     };
     let span = StepSpan::child_of(exporter, "eventstore.append", parent, false)
         .text("job_id", job_id)

@@ -19,9 +19,29 @@ const DELAY: Duration = Duration::from_secs(1);
 /// A request the collector has not answered by then is given up (its spans counted dropped).
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An attribute's value.
+/// An attribute's value, owned.
 pub(super) enum Value {
     Str(String),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+}
+
+impl Value {
+    pub(super) fn as_attr(&self) -> Attr<'_> {
+        match self {
+            Self::Str(s) => Attr::Str(s),
+            Self::Int(i) => Attr::Int(*i),
+            Self::Double(d) => Attr::Double(*d),
+            Self::Bool(b) => Attr::Bool(*b),
+        }
+    }
+}
+
+/// An attribute's value as encoded, borrowed from wherever the span keeps it.
+#[derive(Clone, Copy)]
+pub(super) enum Attr<'a> {
+    Str(&'a str),
     Int(i64),
     Double(f64),
     Bool(bool),
@@ -39,7 +59,6 @@ pub(super) struct Span<'a> {
     pub kind: u8,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub attributes: &'a [(&'static str, Value)],
 }
 
 /// Takes encoded spans and posts them in batches from its own thread.
@@ -85,14 +104,15 @@ impl Exporter {
         })
     }
 
-    /// Adds `span` to the pending batch; dropped (and counted) when the queue is full.
-    pub fn push(&self, span: &Span<'_>) {
+    /// Adds `span` with its `attributes` to the pending batch; dropped (and counted) when
+    /// the queue is full.
+    pub fn push<'v>(&self, span: &Span<'_>, attributes: impl Iterator<Item = (&'v str, Attr<'v>)>) {
         thread_local! {
             static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
-            encode_span(scratch, span);
+            encode_span(scratch, span, attributes);
             let mut p = self.shared.lock();
             if p.spans >= QUEUE {
                 drop(p);
@@ -221,7 +241,7 @@ fn request_head(service: &str) -> Vec<u8> {
     ];
     let mut resource = Vec::new();
     for (k, v) in &attributes {
-        key_value(&mut resource, 1, k, v);
+        key_value(&mut resource, 1, k, v.as_attr());
     }
     let mut out = Vec::new();
     bytes(&mut out, 1, &resource);
@@ -239,7 +259,13 @@ const IS_REMOTE: u32 = 0x200;
 /// W3C trace flags: sampled (only sampled spans are exported).
 const SAMPLED: u32 = 0x01;
 
-fn encode_span(out: &mut Vec<u8>, s: &Span<'_>) {
+fn encode_span<'v>(
+    out: &mut Vec<u8>,
+    s: &Span<'_>,
+    attributes: impl Iterator<Item = (&'v str, Attr<'v>)>,
+) {
+    // Room for the fixed fields; attributes reserve their own.
+    out.reserve(80 + s.name.len());
     bytes(out, 1, &s.trace_id);
     bytes(out, 2, &s.span_id);
     if s.parent_id != [0; 8] {
@@ -254,7 +280,7 @@ fn encode_span(out: &mut Vec<u8>, s: &Span<'_>) {
     out.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
     tag(out, 8, FIXED64);
     out.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
-    for (k, v) in s.attributes {
+    for (k, v) in attributes {
         key_value(out, 9, k, v);
     }
     let remote = if s.parent_id == [0; 8] {
@@ -269,47 +295,51 @@ fn encode_span(out: &mut Vec<u8>, s: &Span<'_>) {
 }
 
 /// A `KeyValue` as field `field` of its message.
-fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: Attr<'_>) {
     let any = match value {
-        Value::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
-        Value::Bool(_) => 2,
-        Value::Int(i) => 1 + varint_len(*i as u64),
-        Value::Double(_) => 9,
+        Attr::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
+        Attr::Bool(_) => 2,
+        Attr::Int(i) => 1 + varint_len(i as u64),
+        Attr::Double(_) => 9,
     };
     let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
+    out.reserve(kv + 2);
     tag(out, field, LEN);
     varint(out, kv as u64);
     bytes(out, 1, key.as_bytes());
     tag(out, 2, LEN);
     varint(out, any as u64);
     match value {
-        Value::Str(s) => bytes(out, 1, s.as_bytes()),
-        Value::Bool(b) => {
+        Attr::Str(s) => bytes(out, 1, s.as_bytes()),
+        Attr::Bool(b) => {
             tag(out, 2, VARINT);
-            out.push(u8::from(*b));
+            out.push(u8::from(b));
         }
-        Value::Int(i) => {
+        Attr::Int(i) => {
             tag(out, 3, VARINT);
             // Protobuf's int64 is the two's complement as an unsigned varint.
-            varint(out, *i as u64);
+            varint(out, i as u64);
         }
-        Value::Double(d) => {
+        Attr::Double(d) => {
             tag(out, 4, FIXED64);
             out.extend_from_slice(&d.to_bits().to_le_bytes());
         }
     }
 }
 
+#[inline]
 fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
     tag(out, field, LEN);
     varint(out, data.len() as u64);
     out.extend_from_slice(data);
 }
 
+#[inline]
 fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire)));
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v & 0x7f) as u8 | 0x80);
@@ -339,6 +369,7 @@ mod tests {
             ("ratio", Value::Double(0.5)),
             ("retried", Value::Bool(true)),
         ];
+        let attributes = || attributes.iter().map(|(k, v)| (*k, v.as_attr()));
         let span = Span {
             trace_id: [7; 16],
             span_id: [8; 8],
@@ -348,7 +379,6 @@ mod tests {
             kind: 2,
             start_unix_nanos: 1_700_000_000_000_000_000,
             end_unix_nanos: 1_700_000_000_000_500_000,
-            attributes: &attributes,
         };
         let mut spans = Vec::new();
         for s in [
@@ -359,7 +389,7 @@ mod tests {
             },
         ] {
             let mut one = Vec::new();
-            encode_span(&mut one, s);
+            encode_span(&mut one, s, attributes());
             bytes(&mut spans, 2, &one);
         }
         let req =

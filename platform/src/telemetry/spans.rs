@@ -127,17 +127,19 @@ where
         if !r.sampled {
             return;
         }
-        self.exporter.push(&Span {
-            trace_id: r.trace_id,
-            span_id: r.span_id,
-            parent_id: r.parent_id,
-            remote_parent: r.remote_parent,
-            name: &r.name,
-            kind: r.kind,
-            start_unix_nanos: unix_nanos(r.start),
-            end_unix_nanos: unix_nanos(SystemTime::now()),
-            attributes: &r.attributes,
-        });
+        self.exporter.push(
+            &Span {
+                trace_id: r.trace_id,
+                span_id: r.span_id,
+                parent_id: r.parent_id,
+                remote_parent: r.remote_parent,
+                name: &r.name,
+                kind: r.kind,
+                start_unix_nanos: unix_nanos(r.start),
+                end_unix_nanos: unix_nanos(SystemTime::now()),
+            },
+            r.attributes.iter().map(|(k, v)| (*k, v.as_attr())),
+        );
     }
 }
 

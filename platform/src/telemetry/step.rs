@@ -8,9 +8,16 @@
 use std::{borrow::Cow, time::SystemTime};
 
 use super::{
-    otlp::{Exporter, Span, Value},
+    otlp::{Attr, Exporter, Span},
     spans::{self, Ids},
 };
+
+/// Where an attribute's value is: text in the span's one buffer, or a number.
+#[derive(Clone, Copy)]
+enum Slot {
+    Text { start: u32, end: u32 },
+    Int(i64),
+}
 
 /// An open step span; exported (when sampled) as it is dropped.
 pub struct StepSpan {
@@ -24,7 +31,10 @@ pub struct StepSpan {
     /// The OTLP `SpanKind` number.
     kind: u8,
     start: SystemTime,
-    attributes: Vec<(&'static str, Value)>,
+    attributes: Vec<(&'static str, Slot)>,
+    /// Every text attribute's value, one after the other: one allocation per span, not one
+    /// per attribute.
+    text: String,
 }
 
 impl StepSpan {
@@ -59,20 +69,22 @@ impl StepSpan {
             kind: spans::INTERNAL,
             start: SystemTime::now(),
             attributes: Vec::with_capacity(6),
+            text: String::with_capacity(128),
         }
     }
 
     /// Adds a text attribute.
     #[must_use]
     pub fn text(mut self, key: &'static str, value: &str) -> Self {
-        self.attributes.push((key, Value::Str(value.to_owned())));
+        let slot = self.keep(value);
+        self.attributes.push((key, slot));
         self
     }
 
     /// Adds an integer attribute.
     #[must_use]
     pub fn int(mut self, key: &'static str, value: i64) -> Self {
-        self.attributes.push((key, Value::Int(value)));
+        self.attributes.push((key, Slot::Int(value)));
         self
     }
 
@@ -85,27 +97,58 @@ impl StepSpan {
 
     /// Sets text attribute `key`, replacing the value it had: for what is known only later.
     pub fn set_text(&mut self, key: &'static str, value: &str) {
-        self.set(key, Value::Str(value.to_owned()));
+        let slot = self.keep(value);
+        self.set(key, slot);
     }
 
     /// Sets integer attribute `key`, replacing the value it had.
     pub fn set_int(&mut self, key: &'static str, value: i64) {
-        self.set(key, Value::Int(value));
+        self.set(key, Slot::Int(value));
     }
 
-    fn set(&mut self, key: &'static str, value: Value) {
+    fn set(&mut self, key: &'static str, slot: Slot) {
         match self.attributes.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => *v = value,
-            None => self.attributes.push((key, value)),
+            Some((_, v)) => *v = slot,
+            None => self.attributes.push((key, slot)),
+        }
+    }
+
+    /// Appends `value` to the span's text; a text past 4 GiB is cut to nothing.
+    fn keep(&mut self, value: &str) -> Slot {
+        let start = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        let end = u32::try_from(self.text.len() + value.len()).unwrap_or(start);
+        if end > start {
+            self.text.push_str(value);
+        }
+        Slot::Text { start, end }
+    }
+
+    fn attr(&self, slot: Slot) -> Attr<'_> {
+        match slot {
+            Slot::Text { start, end } => {
+                Attr::Str(self.text.get(start as usize..end as usize).unwrap_or(""))
+            }
+            Slot::Int(i) => Attr::Int(i),
         }
     }
 
     /// The text attribute `key`, when it has one.
     pub fn text_of(&self, key: &str) -> Option<&str> {
-        self.attributes.iter().find_map(|(k, v)| match v {
-            Value::Str(s) if *k == key => Some(s.as_str()),
-            _ => None,
-        })
+        self.attributes
+            .iter()
+            .find_map(|(k, slot)| match self.attr(*slot) {
+                Attr::Str(s) if *k == key => Some(s),
+                _ => None,
+            })
+    }
+
+    /// The span as a parent of an append in this process.
+    pub fn as_parent(&self) -> eventstore::trace::Parent<'static> {
+        eventstore::trace::Parent::Ids {
+            trace_id: self.ids.trace_id,
+            span_id: self.ids.span_id,
+            sampled: self.ids.sampled,
+        }
     }
 
     /// Its W3C `traceparent`, for the next step to continue.
@@ -119,16 +162,22 @@ impl Drop for StepSpan {
         if !self.ids.sampled {
             return;
         }
-        self.exporter.push(&Span {
-            trace_id: self.ids.trace_id,
-            span_id: self.ids.span_id,
-            parent_id: self.parent_id,
-            remote_parent: self.remote,
-            name: &self.name,
-            kind: self.kind,
-            start_unix_nanos: spans::unix_nanos(self.start),
-            end_unix_nanos: spans::unix_nanos(SystemTime::now()),
-            attributes: &self.attributes,
-        });
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|(k, slot)| (*k, self.attr(*slot)));
+        self.exporter.push(
+            &Span {
+                trace_id: self.ids.trace_id,
+                span_id: self.ids.span_id,
+                parent_id: self.parent_id,
+                remote_parent: self.remote,
+                name: &self.name,
+                kind: self.kind,
+                start_unix_nanos: spans::unix_nanos(self.start),
+                end_unix_nanos: spans::unix_nanos(SystemTime::now()),
+            },
+            attributes,
+        );
     }
 }

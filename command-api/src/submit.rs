@@ -159,14 +159,7 @@ async fn accept(
         let response = json!({"job_id": job_id, "status": status.as_str()});
         let (job_append, _, job_after) = encode(EventStore::prepare(
             &job_id_text,
-            Loaded {
-                state: Job::default(),
-                sequence: 0,
-                snapshot_sequence: 0,
-                snapshot_bytes: 0,
-                cached: false,
-                pending: None,
-            },
+            Loaded::<Job>::default(),
             &job_events,
             &meta,
         ))?;

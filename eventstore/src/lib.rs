@@ -54,8 +54,8 @@ pub const SNAPSHOT_EVERY: i64 = 100;
 /// twice the state, instead of rewriting the whole state every 100 events.
 const EVENT_BYTES: usize = 256;
 
-/// An aggregate's state as of its last event.
-#[derive(Debug, Clone)]
+/// An aggregate's state as of its last event (by default: a new aggregate, no event yet).
+#[derive(Debug, Clone, Default)]
 pub struct Loaded<A> {
     /// The state.
     pub state: A,

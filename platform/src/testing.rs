@@ -562,14 +562,7 @@ pub async fn a_guard_commits_only_while_its_state_is_the_latest(
         let user = new_user();
         let id = usage_id(user);
         let events = Usage::default().decide(reserve(user, 1)).unwrap();
-        let loaded = eventstore::Loaded {
-            state: Usage::default(),
-            sequence: 0,
-            snapshot_sequence: 0,
-            snapshot_bytes: 0,
-            cached: false,
-            pending: None,
-        };
+        let loaded = eventstore::Loaded::<Usage>::default();
         let (append, _, _) = EventStore::prepare(&id, loaded, &events, &Metadata::new()).unwrap();
         let unit = WriteUnit {
             appends: vec![append],

@@ -107,14 +107,8 @@ pub async fn run(
         }
         match step(&store, &js, &prefix).await {
             Ok(0) => {
-                let woken = async {
-                    match &woken {
-                        Some(n) => n.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
-                    () = woken => {}
+                    () = crate::runner::woken(woken.as_deref()) => {}
                     () = wait(&shutdown, Duration::from_millis(10)) => {}
                 }
             }

@@ -105,7 +105,16 @@ pub async fn step(
     Ok(count)
 }
 
-/// Runs `projections` until `shutdown`, waking early on `appended` (commits in this process).
+/// When `signal` (if any) is notified: commits in this process, or announced by others.
+pub(crate) async fn woken(signal: Option<&Notify>) {
+    match signal {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `projections` until `shutdown`, waking early on `appended` (commits in this process,
+/// or announced by other processes: `platform::wake`).
 pub async fn run(
     pool: PgPool,
     projections: Vec<Projection>,
@@ -117,15 +126,9 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         match step(&pool, &projections, &bus).await {
             Ok(0) => {
-                let woken = async {
-                    match &appended {
-                        Some(n) => n.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    () = woken => idle = IDLE_MIN,
+                    () = woken(appended.as_deref()) => idle = IDLE_MIN,
                     () = tokio::time::sleep(idle) => idle = (idle * 2).min(IDLE_MAX),
                 }
             }

@@ -16,12 +16,19 @@ use platform::auth::Role;
 
 use crate::helpers::*;
 
-async fn renewal(app: &TestApp, user: domain::ids::UserId, n: u32, period: BillingPeriod) {
-    let now = Utc::now();
+/// Applies Stripe event `n`, a PRO subscription for `period` created at `created`, through
+/// `store` (the app's own, or another replica's).
+async fn subscribe_pro(
+    store: &eventstore::EventStore,
+    user: domain::ids::UserId,
+    n: u32,
+    created: chrono::DateTime<Utc>,
+    period: BillingPeriod,
+) {
     let command = SubscriptionCommand::ApplyStripeEvent(ApplyStripeEvent {
         user_id: user,
         event_id: StripeEventId::parse(&format!("evt_test_{n}")).unwrap(),
-        created: now - Duration::minutes(10) + Duration::seconds(i64::from(n)),
+        created,
         change: StripeChange::SubscriptionChanged {
             customer_id: StripeObjectId::parse("cus_test").unwrap(),
             subscription_id: StripeObjectId::parse("sub_test").unwrap(),
@@ -29,14 +36,18 @@ async fn renewal(app: &TestApp, user: domain::ids::UserId, n: u32, period: Billi
             status: SubscriptionStatus::Active,
             period,
         },
-        now,
+        now: Utc::now(),
     });
-    app.state
-        .store
+    store
         .execute::<Subscription>(&user.to_string(), command, &Default::default())
         .await
         .unwrap()
         .unwrap();
+}
+
+async fn renewal(app: &TestApp, user: domain::ids::UserId, n: u32, period: BillingPeriod) {
+    let created = Utc::now() - Duration::minutes(10) + Duration::seconds(i64::from(n));
+    subscribe_pro(&app.state.store, user, n, created, period).await;
 }
 
 #[tokio::test]
@@ -68,33 +79,6 @@ async fn a_late_renewal_of_another_length_corrects_the_ledger() {
     assert_eq!(app.count_events("UnitReserved").await, 2);
 }
 
-/// Moves `user` to PRO for `period` through `store`, as a webhook on another replica does.
-async fn upgrade_elsewhere(
-    store: &eventstore::EventStore,
-    user: domain::ids::UserId,
-    period: BillingPeriod,
-) {
-    let now = Utc::now();
-    let command = SubscriptionCommand::ApplyStripeEvent(ApplyStripeEvent {
-        user_id: user,
-        event_id: StripeEventId::parse("evt_test_elsewhere").unwrap(),
-        created: now,
-        change: StripeChange::SubscriptionChanged {
-            customer_id: StripeObjectId::parse("cus_test").unwrap(),
-            subscription_id: StripeObjectId::parse("sub_test").unwrap(),
-            plan: Plan::Pro,
-            status: SubscriptionStatus::Active,
-            period,
-        },
-        now,
-    });
-    store
-        .execute::<Subscription>(&user.to_string(), command, &Default::default())
-        .await
-        .unwrap()
-        .unwrap();
-}
-
 /// The ledger each `UnitReserved` of `user` went to, in order.
 async fn ledgers_of(app: &TestApp, user: domain::ids::UserId) -> Vec<String> {
     let rows: Vec<(String,)> = sqlx::query_as(
@@ -121,7 +105,7 @@ async fn a_subscription_changed_by_another_process_applies_to_the_next_submissio
     let now = Utc::now();
     let paid = BillingPeriod::new(now - Duration::days(3), now + Duration::days(27)).unwrap();
     let elsewhere = eventstore::EventStore::new(app.db.pool.clone());
-    upgrade_elsewhere(&elsewhere, user, paid).await;
+    subscribe_pro(&elsewhere, user, 1, now, paid).await;
     let r = app.submit(&t).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     let month = BillingPeriod::calendar_month(now);
@@ -147,7 +131,7 @@ async fn a_refusal_on_a_cached_plan_is_checked_against_the_stored_one() {
     let now = Utc::now();
     let paid = BillingPeriod::new(now - Duration::days(3), now + Duration::days(27)).unwrap();
     let elsewhere = eventstore::EventStore::new(app.db.pool.clone());
-    upgrade_elsewhere(&elsewhere, user, paid).await;
+    subscribe_pro(&elsewhere, user, 1, now, paid).await;
     let r = app.submit(&t).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     assert_eq!(ledgers_of(&app, user).await.len(), 2);

@@ -156,14 +156,7 @@ async fn a_refused_unit_commits_nothing_of_itself() {
     let user = new_user();
     let id = usage_id(user);
     let unit = |n: u128, key: &str| {
-        let loaded = Loaded {
-            state: Usage::default(),
-            sequence: 0,
-            snapshot_sequence: 0,
-            snapshot_bytes: 0,
-            cached: false,
-            pending: None,
-        };
+        let loaded = Loaded::<Usage>::default();
         let events = Usage::default().decide(reserve(user, n)).unwrap();
         let (append, _, _) = EventStore::prepare(&id, loaded, &events, &Metadata::new()).unwrap();
         WriteUnit {

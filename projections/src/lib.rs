@@ -122,7 +122,8 @@ impl Projection {
     }
 
     /// Applies a batch to its tables named with `suffix` (`""` live, `_rebuild` while
-    /// rebuilding); returns the change notices to publish after commit.
+    /// rebuilding); returns the change notices to publish after commit. `warm`: the live
+    /// runner's job rows ([`jobs::Warm`]).
     ///
     /// # Errors
     /// [`ProjectionError`].
@@ -131,9 +132,10 @@ impl Projection {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
         suffix: &str,
+        warm: Option<&mut jobs::Warm>,
     ) -> Result<Vec<Notice>, ProjectionError> {
         match self {
-            Self::Jobs => jobs::apply(conn, events, suffix).await,
+            Self::Jobs => jobs::apply(conn, events, suffix, warm).await,
             Self::Usage => usage::apply(conn, events, suffix).await.map(|()| vec![]),
             Self::Subscriptions => subscriptions::apply(conn, events, suffix)
                 .await

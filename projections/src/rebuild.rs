@@ -170,7 +170,7 @@ async fn rebuild_alone(
                 crate::jobs::flush(&mut tx, &mut buffer, SUFFIX).await?;
             }
         } else {
-            projection.apply(&mut tx, &batch, SUFFIX).await?;
+            projection.apply(&mut tx, &batch, SUFFIX, None).await?;
         }
         poison::park_pg(&mut *tx, projection.name(), &poison).await?;
         // A crash loses the held rows with the checkpoint: the copies are built anew.
@@ -207,7 +207,7 @@ async fn rebuild_alone(
         let (batch, poison) = poison::split_raw(projection.name(), read);
         still_parked.extend(poison.iter().map(|(e, _)| e.position));
         poison::park_pg(&mut *tx, projection.name(), &poison).await?;
-        projection.apply(&mut tx, &batch, SUFFIX).await?;
+        projection.apply(&mut tx, &batch, SUFFIX, None).await?;
         position = last;
     }
     // What was parked and reads now is in the new tables.

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Projection, ProjectionError};
+use crate::{Projection, ProjectionError, jobs::Warm};
 
 const BATCH: i64 = 1_000;
 const IDLE_MIN: Duration = Duration::from_millis(5);
@@ -27,6 +27,7 @@ pub async fn step(
     pool: &PgPool,
     projections: &[Projection],
     bus: &NoticeBus,
+    warm: &mut Warm,
 ) -> Result<usize, ProjectionError> {
     let mut tx = pool.begin().await?;
     // Rows and checkpoints commit together: a crash that loses this commit loses both, and
@@ -61,6 +62,7 @@ pub async fn step(
         .collect();
     let (events, poison) = poison::split_raw("projections", read);
     let mut notices = Vec::new();
+    let mut jobs_applied = false;
     for (p, cp) in projections.iter().zip(&from) {
         let newer = &events[events.partition_point(|e| e.position <= *cp)..];
         let skipped: Vec<_> = poison
@@ -73,12 +75,22 @@ pub async fn step(
         }
         // Parked with the checkpoint: `runledger projections rebuild` reads them again.
         poison::park_pg(&mut *tx, p.name(), &skipped).await?;
-        notices.extend(p.apply(&mut tx, newer, "").await?);
+        let rows = if *p == Projection::Jobs {
+            warm.valid_at(*cp);
+            jobs_applied = true;
+            Some(&mut *warm)
+        } else {
+            None
+        };
+        notices.extend(p.apply(&mut tx, newer, "", rows).await?);
         save_checkpoint(&mut *tx, p.name(), last).await?;
         metrics::counter!("runledger_projection_events_total", "projection" => p.name())
             .increment(newer.len() as u64);
     }
     tx.commit().await?;
+    if jobs_applied {
+        warm.committed(last);
+    }
     if !spans.is_empty() {
         for c in notices.iter_mut().flat_map(|n| n.changes.iter_mut()) {
             if let Ok(i) = spans.binary_search_by_key(&c.position, |s| s.0) {
@@ -123,8 +135,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut idle = IDLE_MIN;
+    let mut warm = Warm::default();
     while !shutdown.is_cancelled() {
-        match step(&pool, &projections, &bus).await {
+        match step(&pool, &projections, &bus, &mut warm).await {
             Ok(0) => {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
@@ -134,6 +147,8 @@ pub async fn run(
             }
             Ok(_) => idle = IDLE_MIN,
             Err(e) => {
+                // Rows of a batch that did not commit may be held: start over.
+                warm.clear();
                 tracing::error!(message = "Projection batch failed; retrying.", error = %e);
                 tokio::select! {
                     () = shutdown.cancelled() => {}

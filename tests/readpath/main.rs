@@ -9,3 +9,4 @@ mod read;
 mod recovery;
 mod retention;
 mod streams;
+mod warm;

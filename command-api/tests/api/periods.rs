@@ -79,6 +79,16 @@ async fn a_late_renewal_of_another_length_corrects_the_ledger() {
     assert_eq!(app.count_events("UnitReserved").await, 2);
 }
 
+/// Moves `user` to PRO for a period that began 3 days ago, through another process's store
+/// (a webhook served by another replica); returns the period.
+async fn pro_elsewhere(app: &TestApp, user: domain::ids::UserId) -> BillingPeriod {
+    let now = Utc::now();
+    let paid = BillingPeriod::new(now - Duration::days(3), now + Duration::days(27)).unwrap();
+    let elsewhere = eventstore::EventStore::new(app.db.pool.clone());
+    subscribe_pro(&elsewhere, user, 1, now, paid).await;
+    paid
+}
+
 /// The ledger each `UnitReserved` of `user` went to, in order.
 async fn ledgers_of(app: &TestApp, user: domain::ids::UserId) -> Vec<String> {
     let rows: Vec<(String,)> = sqlx::query_as(
@@ -102,13 +112,10 @@ async fn a_subscription_changed_by_another_process_applies_to_the_next_submissio
     let user = new_user();
     let t = token(user, Role::Customer);
     assert_eq!(app.submit(&t).await.status, 202);
-    let now = Utc::now();
-    let paid = BillingPeriod::new(now - Duration::days(3), now + Duration::days(27)).unwrap();
-    let elsewhere = eventstore::EventStore::new(app.db.pool.clone());
-    subscribe_pro(&elsewhere, user, 1, now, paid).await;
+    let paid = pro_elsewhere(&app, user).await;
     let r = app.submit(&t).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
-    let month = BillingPeriod::calendar_month(now);
+    let month = BillingPeriod::calendar_month(Utc::now());
     assert_eq!(
         ledgers_of(&app, user).await,
         [
@@ -128,10 +135,7 @@ async fn a_refusal_on_a_cached_plan_is_checked_against_the_stored_one() {
     let t = token(user, Role::Customer);
     assert_eq!(app.submit(&t).await.status, 202);
     assert_eq!(app.submit(&t).await.status, 402);
-    let now = Utc::now();
-    let paid = BillingPeriod::new(now - Duration::days(3), now + Duration::days(27)).unwrap();
-    let elsewhere = eventstore::EventStore::new(app.db.pool.clone());
-    subscribe_pro(&elsewhere, user, 1, now, paid).await;
+    let paid = pro_elsewhere(&app, user).await;
     let r = app.submit(&t).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     assert_eq!(ledgers_of(&app, user).await.len(), 2);

@@ -135,7 +135,7 @@ async fn a_refusal_on_a_cached_plan_is_checked_against_the_stored_one() {
     let t = token(user, Role::Customer);
     assert_eq!(app.submit(&t).await.status, 202);
     assert_eq!(app.submit(&t).await.status, 402);
-    let paid = pro_elsewhere(&app, user).await;
+    pro_elsewhere(&app, user).await;
     let r = app.submit(&t).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     assert_eq!(ledgers_of(&app, user).await.len(), 2);

@@ -26,6 +26,8 @@ pub struct Stack {
     pub command: command_api::AppState,
     pub bus: NoticeBus,
     pub projections: Vec<JoinHandle<()>>,
+    /// The projections' own connections, closed when they are killed.
+    projections_pool: Option<sqlx::PgPool>,
     pub relay: Option<JoinHandle<()>>,
     pub shutdown: CancellationToken,
 }
@@ -86,6 +88,7 @@ impl Stack {
             command,
             bus,
             projections: vec![],
+            projections_pool: None,
             relay: None,
             shutdown,
         };
@@ -98,15 +101,25 @@ impl Stack {
         self.start_projections_on(&bus);
     }
 
-    /// The projections, sending their change notices on `bus`.
+    /// The projections, sending their change notices on `bus`, on connections of their own
+    /// as a `runledger projections` process has.
     pub fn start_projections_on(&mut self, bus: &NoticeBus) {
+        let pool = self
+            .projections_pool
+            .get_or_insert_with(|| {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_lazy(&self.db.url)
+                    .unwrap()
+            })
+            .clone();
         // The jobs projection alone, and the other two together: both ways of running.
         for set in [
             vec![Projection::Jobs],
             vec![Projection::Usage, Projection::Subscriptions],
         ] {
             self.projections.push(tokio::spawn(projections::runner::run(
-                self.db.pool.clone(),
+                pool.clone(),
                 set,
                 bus.clone(),
                 None,
@@ -115,10 +128,15 @@ impl Stack {
         }
     }
 
-    /// Drops the projection tasks wherever they are, mid-batch included.
-    pub fn kill_projections(&mut self) {
+    /// Drops the projection tasks wherever they are, mid-batch included, and closes their
+    /// connections as a killed process's are: a transaction cut short is rolled back by
+    /// the server, never handed to the next user of a shared pool still open.
+    pub async fn kill_projections(&mut self) {
         for t in self.projections.drain(..) {
             t.abort();
+        }
+        if let Some(pool) = self.projections_pool.take() {
+            pool.close().await;
         }
     }
 

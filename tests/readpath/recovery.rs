@@ -61,7 +61,7 @@ async fn killed_projections_and_relay_resume_to_what_a_rebuild_gives() {
         let jobs = join_all((0..40).map(|i| stack.submit(&users[i % 4].1))).await;
         // Kill both mid-work, while the batch above is being projected and relayed.
         tokio::time::sleep(Duration::from_millis(5 * round)).await;
-        stack.kill_projections();
+        stack.kill_projections().await;
         stack.kill_relay();
         join_all(jobs.iter().take(20).map(|j| stack.run_job(j))).await;
         stack.start_projections();
@@ -76,7 +76,7 @@ async fn killed_projections_and_relay_resume_to_what_a_rebuild_gives() {
         dump(&stack, USAGE).await,
     );
     assert_eq!(views.len(), 120);
-    stack.kill_projections();
+    stack.kill_projections().await;
     for p in projections::Projection::ALL {
         projections::rebuild::rebuild(&stack.db.pool, p, |_| {})
             .await

@@ -13,7 +13,7 @@ async fn changes_reach_open_streams_when_every_notice_is_lost() {
     let (_, t) = new_user();
     let mut sse = stack.sse(&t, None).await;
     // The projections now notify on subjects the read side does not listen to.
-    stack.kill_projections();
+    stack.kill_projections().await;
     let client = platform::nats::connect(&stack.nats.url).await.unwrap();
     let lost = NoticeBus::nats(client, "nobody".to_owned());
     stack.start_projections_on(&lost);

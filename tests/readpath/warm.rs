@@ -20,7 +20,7 @@ async fn drain(stack: &Stack, warm: &mut Warm) {
 #[tokio::test]
 async fn rows_kept_by_one_runner_are_not_used_after_another_wrote() {
     let mut stack = Stack::start().await;
-    stack.kill_projections();
+    stack.kill_projections().await;
     let (_, t) = new_user();
     let (mut a, mut b) = (Warm::default(), Warm::default());
 

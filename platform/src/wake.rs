@@ -22,6 +22,8 @@ pub async fn announce(
     appended: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    // Made once: each publish then clones a shared handle, not the text.
+    let subject = async_nats::Subject::from(subject);
     // Registered before each publish: a commit signalled while one is sent is not missed.
     let mut next = std::pin::pin!(appended.notified());
     next.as_mut().enable();

@@ -106,7 +106,7 @@ pub async fn apply(
     let mut buffer = Buffer::default();
     if let Some(w) = warm.as_deref_mut() {
         // The rows this batch's events need and this process knows, as stored.
-        for e in events {
+        for e in events.iter().filter(|e| e.aggregate_type == "job") {
             if let Ok(id) = Uuid::parse_str(&e.aggregate_id)
                 && let Some(row) = w.rows.remove(&id)
             {

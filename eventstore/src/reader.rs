@@ -85,7 +85,7 @@ impl RecordedEvent {
 
 /// Up to `limit` events after `position`, in order, never past the horizon: every event
 /// returned is below any event committed later, so a reader that goes on from the last one
-/// returned skips nothing (ADR 0015).
+/// returned skips nothing (ADR 0015, ADR 0024).
 ///
 /// # Errors
 /// Database errors.
@@ -94,13 +94,40 @@ pub async fn read_from(
     position: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    // One connection for the horizon's queries and the read: the pool pings every
+    // One connection for the horizon's queries and the reads: the pool pings every
     // connection given back, a round trip per release (sqlx 0.8).
     let mut conn = pool.acquire().await?;
+    // Positions are drawn once each: when every position from `position + 1` to `k` is
+    // committed, nothing can commit at or below `k` any more, and no probe of the writers
+    // in flight is needed (ADR 0024). Only a hole right after `position` asks for one.
+    let mut read = read_after(&mut conn, position, limit, i64::MAX).await?;
+    let run = contiguous(position, &read);
+    if run > 0 || read.is_empty() {
+        read.truncate(run);
+        return Ok(read);
+    }
     let safe = horizon(&mut conn).await?;
     if safe <= position {
         return Ok(vec![]);
     }
+    read_after(&mut conn, position, limit, safe).await
+}
+
+/// How many of `read` (in position order) follow `position` without a hole.
+fn contiguous(position: i64, read: &[RecordedEvent]) -> usize {
+    read.iter()
+        .zip(position + 1..)
+        .take_while(|(e, p)| e.position == *p)
+        .count()
+}
+
+/// Up to `limit` committed events after `position`, at or below `until`.
+async fn read_after(
+    conn: &mut PgConnection,
+    position: i64,
+    limit: i64,
+    until: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     // The metadata as stored (json, read as its text): a cast to jsonb parsed and rendered
     // it again in Postgres for every reader of every event.
     sqlx::query_as(
@@ -110,7 +137,7 @@ pub async fn read_from(
     )
     .bind(position)
     .bind(limit)
-    .bind(safe)
+    .bind(until)
     .fetch_all(&mut *conn)
     .await
 }
@@ -192,6 +219,21 @@ pub async fn checkpoint<'e>(db: impl PgExecutor<'e>, name: &str) -> Result<i64, 
     Ok(row.map_or(0, |(p,)| p))
 }
 
+/// The stored checkpoints among `names`, as (name, position); a reader that never ran is
+/// absent.
+///
+/// # Errors
+/// Database errors.
+pub async fn checkpoints<'e>(
+    db: impl PgExecutor<'e>,
+    names: &[&str],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT name, position FROM checkpoints WHERE name = ANY($1)")
+        .bind(names)
+        .fetch_all(db)
+        .await
+}
+
 /// Moves checkpoint `name` forward to `position`; `false` (and nothing changed) when it is
 /// already past it: another instance of the reader got further, and this one is stale.
 ///
@@ -214,6 +256,30 @@ pub async fn advance_checkpoint<'e>(
     Ok(done.rows_affected() == 1)
 }
 
+/// Stores the checkpoints of `names` at `position` in one statement; call it in the
+/// transaction that applied the events.
+///
+/// # Errors
+/// Database errors.
+pub async fn save_checkpoints<'e>(
+    db: impl PgExecutor<'e>,
+    names: &[&str],
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO checkpoints (name, position) SELECT n, $2 FROM unnest($1::text[]) AS n \
+         ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+    )
+    .bind(names)
+    .bind(position)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Stores a reader's checkpoint; call it in the transaction that applied the events.
 ///
 /// # Errors
@@ -232,4 +298,40 @@ pub async fn save_checkpoint<'e>(
     .execute(db)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(positions: &[i64]) -> Vec<RecordedEvent> {
+        positions
+            .iter()
+            .map(|&position| RecordedEvent {
+                position,
+                event_id: Uuid::nil(),
+                recorded_at: DateTime::<Utc>::MIN_UTC,
+                aggregate_type: String::new(),
+                aggregate_id: String::new(),
+                sequence: 1,
+                event_type: String::new(),
+                event_version: String::new(),
+                payload: String::new(),
+                metadata: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_stops_at_the_first_hole() {
+        assert_eq!(contiguous(4, &at(&[5, 6, 7, 9, 10])), 3);
+        assert_eq!(contiguous(4, &at(&[5, 6, 7])), 3);
+        assert_eq!(contiguous(0, &at(&[1])), 1);
+    }
+
+    #[test]
+    fn a_hole_right_after_the_checkpoint_gives_no_run() {
+        assert_eq!(contiguous(4, &at(&[6, 7])), 0);
+        assert_eq!(contiguous(4, &at(&[])), 0);
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use eventstore::{
     poison,
-    reader::{checkpoint, head, read_from, save_checkpoint},
+    reader::{checkpoints, head, read_from, save_checkpoints},
 };
 use platform::notice::NoticeBus;
 use sqlx::PgPool;
@@ -35,14 +35,19 @@ pub async fn step(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    let mut from = Vec::with_capacity(projections.len());
-    for p in projections {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(p.lock_key())
-            .execute(&mut *tx)
-            .await?;
-        from.push(checkpoint(&mut *tx, p.name()).await?);
-    }
+    // All locks in one statement, then all checkpoints in the next (whose snapshot is taken
+    // once the locks are held): two round trips per batch, not two per projection.
+    let keys: Vec<i64> = projections.iter().map(|p| p.lock_key()).collect();
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    let stored = checkpoints(&mut *tx, &names).await?;
+    let from: Vec<i64> = names
+        .iter()
+        .map(|n| stored.iter().find(|(s, _)| s == n).map_or(0, |(_, p)| *p))
+        .collect();
     let start = from.iter().copied().min().unwrap_or(0);
     let read = read_from(pool, start, BATCH).await?;
     let Some(last) = read.last().map(|e| e.position) else {
@@ -63,6 +68,7 @@ pub async fn step(
     let (events, poison) = poison::split_raw("projections", read);
     let mut notices = Vec::new();
     let mut jobs_applied = false;
+    let mut applied = Vec::with_capacity(projections.len());
     for (p, cp) in projections.iter().zip(&from) {
         let newer = &events[events.partition_point(|e| e.position <= *cp)..];
         let skipped: Vec<_> = poison
@@ -83,10 +89,11 @@ pub async fn step(
             None
         };
         notices.extend(p.apply(&mut tx, newer, "", rows).await?);
-        save_checkpoint(&mut *tx, p.name(), last).await?;
+        applied.push(p.name());
         metrics::counter!("runledger_projection_events_total", "projection" => p.name())
             .increment(newer.len() as u64);
     }
+    save_checkpoints(&mut *tx, &applied, last).await?;
     tx.commit().await?;
     if jobs_applied {
         warm.committed(last);

@@ -20,7 +20,8 @@ async fn announcer(settings: &Settings) -> anyhow::Result<Option<(async_nats::Cl
     let Some(url) = &settings.nats_url else {
         return Ok(None);
     };
-    let client = platform::nats::connect(url)
+    // Without echo: the dispatcher also listens on this connection.
+    let client = platform::nats::connect_no_echo(url)
         .await
         .context("connecting to NATS")?;
     Ok(Some((
@@ -196,7 +197,15 @@ pub async fn dispatcher(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> 
     let shutdown = platform::shutdown::on_signal();
     metrics_endpoint(&s, &shutdown).await?;
     let store = eventstore::EventStore::new(pool);
+    let mut woken = None;
     if let Some((client, subject)) = announcer(&s).await? {
+        // Submissions and reports commit in the command API: woken by its announcements,
+        // a job is dispatched without waiting out the poll.
+        woken = Some(platform::wake::follower(
+            client.clone(),
+            &s.nats_prefix,
+            &shutdown,
+        ));
         tokio::spawn(platform::wake::announce(
             client,
             subject,
@@ -204,13 +213,16 @@ pub async fn dispatcher(s: Settings, migrate: bool) -> anyhow::Result<ExitCode> 
             shutdown.clone(),
         ));
     }
-    let dispatcher = workers::dispatcher::Dispatcher::new(
+    let mut dispatcher = workers::dispatcher::Dispatcher::new(
         store,
         workers::queue::RedisQueue { conn: redis },
         domain::task::NamespaceMap::default(),
     )
     .with_reconcile_grace(s.reconcile_grace)
     .with_fairness(s.dispatch);
+    if let Some(w) = woken {
+        dispatcher = dispatcher.with_wakeups(w);
+    }
     let namespaces = vec![
         domain::task::Namespace::default_ns(),
         domain::task::Namespace::browser(),

@@ -139,4 +139,65 @@ mod tests {
         }
         shutdown.cancel();
     }
+
+    /// The dispatcher announces its commits and listens for the others' on one connection
+    /// without echo: its own announcements reach everyone else but never wake it.
+    #[tokio::test]
+    async fn one_connection_announces_and_hears_only_the_others() {
+        let nats = NatsServer::start().await;
+        let shutdown = CancellationToken::new();
+        let both = crate::nats::connect_no_echo(&nats.url).await.unwrap();
+        let other = crate::nats::connect(&nats.url).await.unwrap();
+        let watcher = crate::nats::connect(&nats.url).await.unwrap();
+        let (mine, theirs) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let woken = follower(both.clone(), "e.", &shutdown);
+        let seen = follower(watcher, "e.", &shutdown);
+        tokio::spawn(announce(
+            both,
+            subject("e."),
+            mine.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(announce(
+            other,
+            subject("e."),
+            theirs.clone(),
+            shutdown.clone(),
+        ));
+        // Both subscriptions are live once a commit of the other connection wakes both.
+        let subscribed = async {
+            loop {
+                theirs.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let a = tokio::time::timeout(Duration::from_millis(50), woken.notified());
+                let b = tokio::time::timeout(Duration::from_millis(50), seen.notified());
+                if a.await.is_ok() && b.await.is_ok() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), subscribed)
+            .await
+            .unwrap();
+        let quiet = |n: &Arc<Notify>| {
+            let n = n.clone();
+            async move { tokio::time::timeout(Duration::from_millis(200), n.notified()).await }
+        };
+        let _ = quiet(&woken).await;
+        let _ = quiet(&seen).await;
+        for _ in 0..3 {
+            mine.notify_waiters();
+            // Published: the watcher hears it ...
+            tokio::time::timeout(Duration::from_secs(5), seen.notified())
+                .await
+                .unwrap();
+            // ... and the connection that published it does not.
+            assert!(quiet(&woken).await.is_err());
+        }
+        theirs.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), woken.notified())
+            .await
+            .unwrap();
+        shutdown.cancel();
+    }
 }

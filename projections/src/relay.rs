@@ -41,14 +41,22 @@ enum RelayError {
 }
 
 /// Publishes one batch after the checkpoint; returns how many events (0: caught up).
+/// `saved`: the checkpoint this relay last stored, read from the database when `None` (at
+/// start, and after a failed batch: another relay may have moved it).
 async fn step(
     store: &EventStore,
     js: &jetstream::Context,
     prefix: &str,
+    saved: &mut Option<i64>,
 ) -> Result<usize, RelayError> {
-    let from = store.checkpoint(CHECKPOINT).await?;
+    let from = match *saved {
+        Some(p) => p,
+        None => store.checkpoint(CHECKPOINT).await?,
+    };
+    *saved = None;
     let events = store.read_from(from, BATCH).await?;
     let Some(last) = events.last().map(|e| e.position) else {
+        *saved = Some(from);
         return Ok(0);
     };
     let mut acks = Vec::with_capacity(events.len());
@@ -68,6 +76,7 @@ async fn step(
         ack.await.map_err(|e| RelayError::Nats(e.to_string()))?;
     }
     store.save_checkpoint(CHECKPOINT, last).await?;
+    *saved = Some(last);
     // Only a full batch can leave a lag: a round trip per batch spared otherwise.
     let lag = if events.len() as i64 == BATCH {
         store.head().await.map_or(0, |h| h - last)
@@ -91,6 +100,7 @@ pub async fn run(
     let js = jetstream::new(client);
     let mut backoff = Duration::from_millis(100);
     let mut stream_ready = false;
+    let mut saved = None;
     while !shutdown.is_cancelled() {
         if !stream_ready {
             let config = stream::Config {
@@ -109,7 +119,7 @@ pub async fn run(
                 }
             }
         }
-        match step(&store, &js, &prefix).await {
+        match step(&store, &js, &prefix, &mut saved).await {
             Ok(0) => {
                 tokio::select! {
                     () = crate::runner::woken(woken.as_deref()) => {}

@@ -99,6 +99,8 @@ pub struct Dispatcher<Q> {
     /// Users at their limit, not asked again until one of their slots frees (or a second
     /// passes: another dispatcher, or the sweep, may have freed one).
     full: HashMap<UserId, Instant>,
+    /// Commits announced by other processes (`platform::wake`), when it listens.
+    woken: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<Q: JobQueue> Dispatcher<Q> {
@@ -117,6 +119,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             backlog: Arc::default(),
             holders: HashMap::new(),
             full: HashMap::new(),
+            woken: None,
         }
     }
 
@@ -124,6 +127,14 @@ impl<Q: JobQueue> Dispatcher<Q> {
     #[must_use]
     pub fn with_reconcile_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Wakes on `woken` (commits announced by other processes, `platform::wake`) as well as
+    /// on its own store's commits, instead of waiting out its 10 ms poll.
+    #[must_use]
+    pub fn with_wakeups(mut self, woken: Arc<tokio::sync::Notify>) -> Self {
+        self.woken = Some(woken);
         self
     }
 
@@ -165,6 +176,7 @@ impl<Q: JobQueue> Dispatcher<Q> {
             plans: self.plans.clone(),
             holders: HashMap::new(),
             full: HashMap::new(),
+            woken: None,
         }
     }
 
@@ -615,9 +627,16 @@ impl<Q: JobQueue> Dispatcher<Q> {
                 last_sweep = Instant::now();
             }
             if read == 0 {
+                let announced = async {
+                    match &self.woken {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = self.store.appended().notified() => {}
+                    () = announced => {}
                     () = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
             }

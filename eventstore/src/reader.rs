@@ -289,15 +289,7 @@ pub async fn save_checkpoint<'e>(
     name: &str,
     position: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
-         ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-    )
-    .bind(name)
-    .bind(position)
-    .execute(db)
-    .await?;
-    Ok(())
+    save_checkpoints(db, &[name], position).await
 }
 
 #[cfg(test)]

@@ -91,6 +91,7 @@ async fn lead(
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut last_sweep = tokio::time::Instant::now();
     let mut last_check = tokio::time::Instant::now();
+    let mut saved = None;
     let result = loop {
         if shutdown.is_cancelled() {
             break Ok(());
@@ -112,7 +113,7 @@ async fn lead(
             }
             last_check = tokio::time::Instant::now();
         }
-        match step(store).await {
+        match step_from(store, &mut saved).await {
             Ok(0) => {
                 if last_sweep.elapsed() >= sweep_every {
                     if let Err(e) = sweep(store, timeouts.reservation).await {
@@ -150,15 +151,30 @@ async fn lead(
 /// # Errors
 /// Store failures; the checkpoint then stays where it was and the batch is redone.
 pub async fn step(store: &EventStore) -> Result<usize, StoreError> {
-    let from = store.checkpoint(CHECKPOINT).await?;
+    step_from(store, &mut None).await
+}
+
+/// As [`step`], from `saved`: the checkpoint this process last stored (read from the
+/// database when `None`, and left `None` after a failure), so the leader does not read its
+/// own checkpoint back on every batch.
+///
+/// # Errors
+/// Store failures; the checkpoint then stays where it was and the batch is redone.
+pub async fn step_from(store: &EventStore, saved: &mut Option<i64>) -> Result<usize, StoreError> {
+    let from = match saved.take() {
+        Some(p) => p,
+        None => store.checkpoint(CHECKPOINT).await?,
+    };
     let read = store.read_from(from, BATCH).await?;
     let Some(last) = read.last().map(|e| e.position) else {
+        *saved = Some(from);
         return Ok(0);
     };
     let count = read.len();
     let (events, poison) = poison::split(CHECKPOINT, read);
     store.park(CHECKPOINT, &poison).await?;
     react_all(store, &events, last).await?;
+    *saved = Some(last);
     // Measured when a batch came back full, i.e. when there may be a lag.
     let lag = if count as i64 == BATCH {
         store.head().await.map_or(0, |h| h - last)

@@ -136,12 +136,9 @@ impl EventLog for Postgres {
             // The checkpoint alone: one statement, not a transaction of four.
             return reader::advance_checkpoint(&self.0, name, position).await;
         }
-        let mut tx = self.0.begin().await?;
         // Redone after a lost commit, what led here is a no-op: no need to wait for the WAL
         // flush.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = reader::begin_unflushed(&self.0).await?;
         if !reserved.is_empty() {
             let jobs: Vec<Uuid> = reserved.iter().map(|(j, _, _)| *j).collect();
             let usages: Vec<&str> = reserved.iter().map(|(_, u, _)| u.as_str()).collect();

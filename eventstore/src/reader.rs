@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 pub use crate::meta::Meta;
@@ -174,6 +174,16 @@ async fn horizon(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
             return Ok(0);
         }
     }
+}
+
+/// A transaction whose commit does not wait for the WAL flush, begun in one round trip: for
+/// writes that are redone when a crash loses them (a follower's rows with its checkpoint).
+///
+/// # Errors
+/// Database errors.
+pub async fn begin_unflushed(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        .await
 }
 
 /// Every event of one aggregate, in sequence order.

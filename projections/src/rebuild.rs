@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use eventstore::{
     poison,
-    reader::{read_from, save_checkpoint},
+    reader::{begin_unflushed, read_from, save_checkpoint},
 };
 use sqlx::{PgConnection, PgPool};
 
@@ -159,11 +159,8 @@ async fn rebuild_alone(
         if full {
             next = Some(tokio::spawn(timed_read(pool.clone(), last)));
         }
-        let mut tx = pool.begin().await?;
         // The copies are rebuilt from scratch after a crash: no need to wait for fsync.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = begin_unflushed(pool).await?;
         if projection == Projection::Jobs {
             crate::jobs::apply_buffered(&mut tx, &batch, SUFFIX, &mut buffer).await?;
             if buffer.len() >= crate::jobs::BUFFER_MAX || !full {

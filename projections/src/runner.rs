@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use eventstore::{
     poison,
-    reader::{checkpoints, head, read_from, save_checkpoints},
+    reader::{begin_unflushed, checkpoints, head, read_from, save_checkpoints},
 };
 use platform::notice::NoticeBus;
 use sqlx::PgPool;
@@ -29,12 +29,9 @@ pub async fn step(
     bus: &NoticeBus,
     warm: &mut Warm,
 ) -> Result<usize, ProjectionError> {
-    let mut tx = pool.begin().await?;
     // Rows and checkpoints commit together: a crash that loses this commit loses both, and
     // the batch is applied again. So no need to wait for the WAL flush.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_unflushed(pool).await?;
     // All locks in one statement, then all checkpoints in the next (whose snapshot is taken
     // once the locks are held): two round trips per batch, not two per projection.
     let keys: Vec<i64> = projections.iter().map(|p| p.lock_key()).collect();

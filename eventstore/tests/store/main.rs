@@ -430,3 +430,32 @@ async fn insert_raw(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: &str) ->
     .unwrap();
     p
 }
+
+/// A follower's transaction skips the WAL flush for itself only, and is a transaction.
+#[tokio::test]
+async fn an_unflushed_transaction_is_one_and_its_setting_ends_with_it() {
+    let db = TestDb::create().await;
+    let mut tx = eventstore::reader::begin_unflushed(&db.pool).await.unwrap();
+    let (inside,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(inside, "off");
+    sqlx::query("INSERT INTO checkpoints (name, position) VALUES ('unflushed', 1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let kept: Option<(i64,)> =
+        sqlx::query_as("SELECT position FROM checkpoints WHERE name = 'unflushed'")
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, None, "rolled back with the transaction");
+    let mut conn = db.pool.acquire().await.unwrap();
+    let (after,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(after, "on");
+}

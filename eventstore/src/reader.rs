@@ -96,21 +96,33 @@ pub async fn read_from(
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     // One connection for the horizon's queries and the reads: the pool pings every
     // connection given back, a round trip per release (sqlx 0.8).
-    let mut conn = pool.acquire().await?;
+    read_from_conn(&mut *pool.acquire().await?, position, limit).await
+}
+
+/// As [`read_from`], on a connection the caller holds (a follower's own transaction: one
+/// connection per batch, not two).
+///
+/// # Errors
+/// Database errors.
+pub async fn read_from_conn(
+    conn: &mut PgConnection,
+    position: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     // Positions are drawn once each: when every position from `position + 1` to `k` is
     // committed, nothing can commit at or below `k` any more, and no probe of the writers
     // in flight is needed (ADR 0024). Only a hole right after `position` asks for one.
-    let mut read = read_after(&mut conn, position, limit, i64::MAX).await?;
+    let mut read = read_after(conn, position, limit, i64::MAX).await?;
     let run = contiguous(position, &read);
     if run > 0 || read.is_empty() {
         read.truncate(run);
         return Ok(read);
     }
-    let safe = horizon(&mut conn).await?;
+    let safe = horizon(conn).await?;
     if safe <= position {
         return Ok(vec![]);
     }
-    read_after(&mut conn, position, limit, safe).await
+    read_after(conn, position, limit, safe).await
 }
 
 /// How many of `read` (in position order) follow `position` without a hole.

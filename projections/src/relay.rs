@@ -49,11 +49,10 @@ async fn step(
     prefix: &str,
     saved: &mut Option<i64>,
 ) -> Result<usize, RelayError> {
-    let from = match *saved {
+    let from = match saved.take() {
         Some(p) => p,
         None => store.checkpoint(CHECKPOINT).await?,
     };
-    *saved = None;
     let events = store.read_from(from, BATCH).await?;
     let Some(last) = events.last().map(|e| e.position) else {
         *saved = Some(from);

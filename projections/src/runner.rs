@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use eventstore::{
     poison,
-    reader::{begin_unflushed, checkpoints, head, read_from, save_checkpoints},
+    reader::{begin_unflushed, checkpoints, head, read_from_conn, save_checkpoints},
 };
 use platform::notice::NoticeBus;
 use sqlx::PgPool;
@@ -46,7 +46,9 @@ pub async fn step(
         .map(|n| stored.iter().find(|(s, _)| s == n).map_or(0, |(_, p)| *p))
         .collect();
     let start = from.iter().copied().min().unwrap_or(0);
-    let read = read_from(pool, start, BATCH).await?;
+    // In the batch's transaction, on its connection: its locks are held (which the writers
+    // never take) and each statement reads the latest commits.
+    let read = read_from_conn(&mut tx, start, BATCH).await?;
     let Some(last) = read.last().map(|e| e.position) else {
         tx.rollback().await?;
         return Ok(0);
